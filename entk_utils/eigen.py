@@ -1,0 +1,116 @@
+"""Top eigenpairs of kernels and operators, and automatic location of spectral cliffs."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+import torch
+
+
+def _as_numpy(K) -> np.ndarray:
+    if isinstance(K, torch.Tensor):
+        K = K.detach().cpu().numpy()
+    return np.asarray(K, dtype=np.float64)
+
+
+def top_eigenpairs(K, k: int | None = None, *, ridge: float = 1e-12, seed: int = 0,
+                   tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of a symmetric PSD kernel and their eigenvectors.
+
+    Parameters
+    ----------
+    K : (N, N) array / tensor (dense path: symmetrised, then ``scipy.linalg.eigh`` in
+        float64 with ``ridge * mean(diag(K))`` added to the diagonal and taken off the
+        eigenvalues again, which keeps a rank-deficient kernel well conditioned), or an
+        operator with ``.shape == (N, N)`` and ``.matvec(v)`` (e.g. a
+        ``scipy.sparse.linalg.LinearOperator``; Lanczos via ``scipy.sparse.linalg.eigsh``
+        from a start vector seeded by ``seed``).
+    k : how many pairs (default: all, dense only).
+
+    Returns
+    -------
+    evals : (k,) descending.
+    evecs : (N, k) orthonormal columns; ``evecs[:, i]`` belongs to ``evals[i]``. Signs are
+        fixed so that each column's largest-magnitude entry is positive.
+    """
+    if hasattr(K, "matvec") and not isinstance(K, (np.ndarray, torch.Tensor)):
+        n = K.shape[0]
+        if k is None or not 0 < k < n:
+            raise ValueError(f"for an operator, k must lie in 1..{n - 1}, got {k}")
+        op = scipy.sparse.linalg.aslinearoperator(K)
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        evals, evecs = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0, tol=tol)
+    else:
+        A = _as_numpy(K)
+        if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
+            raise ValueError(f"K must be a non-empty square (N, N) matrix, got shape {A.shape}")
+        n = A.shape[0]
+        k = n if k is None else int(k)
+        if not 0 < k <= n:
+            raise ValueError(f"k must lie in 1..{n}, got {k}")
+        A = (A + A.T) / 2
+        shift = ridge * float(np.mean(np.diag(A)))
+        A[np.diag_indices(n)] += shift
+        evals, evecs = scipy.linalg.eigh(A, subset_by_index=(n - k, n - 1))
+        evals = evals - shift
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    flip = np.sign(evecs[np.abs(evecs).argmax(0), np.arange(evecs.shape[1])])
+    return evals, evecs * np.where(flip == 0, 1.0, flip)
+
+
+def find_cliffs(evals, *, max_index: int | None = None, min_ratio: float = 1.25,
+                n_cliffs: int | None = None, floor: float = 1e-8) -> np.ndarray:
+    """Locate the large drops ("cliffs") in a descending spectrum.
+
+    A cliff after position ``i`` is a drop ``evals[i] / evals[i+1]`` that stands out from
+    the ratios between neighbouring eigenvalues: at least ``min_ratio`` (a 25% drop by
+    default) and, in log scale, an outlier among the gaps (above median + 10 x median
+    absolute deviation of all log-gaps considered), so a spectrum that decays steeply but
+    smoothly has no cliffs. Only the leading ``max_index`` eigenvalues (default: all) that
+    exceed ``floor * evals[0]`` are examined, so the numerical-zero tail cannot make cliffs.
+
+    Parameters
+    ----------
+    evals : (M,) eigenvalues, descending.
+    n_cliffs : if given, return exactly the ``n_cliffs`` largest drops instead (ignores
+        the outlier rule, not ``max_index``).
+
+    Returns
+    -------
+    (n,) int array, ascending: each entry is the number of eigenvalues above a cliff, so the
+    blocks between cliffs are ``evals[0:c0], evals[c0:c1], ...``.
+    """
+    lam = np.asarray(evals, dtype=np.float64)
+    if lam.ndim != 1 or lam.size < 3:
+        raise ValueError(f"evals must be a 1-D spectrum with at least 3 values, got shape {lam.shape}")
+    if np.any(np.diff(lam) > 1e-9 * abs(lam[0])):
+        raise ValueError("evals must be sorted in descending order")
+    if lam[0] <= 0:
+        raise ValueError("the leading eigenvalue must be positive")
+    keep = lam > floor * lam[0]
+    m = int(np.argmin(keep)) if not keep.all() else lam.size
+    if max_index is not None:
+        m = min(m, int(max_index))
+    if m < 3:
+        raise ValueError(f"fewer than 3 eigenvalues above floor/max_index (got {m})")
+    gaps = np.log(lam[: m - 1]) - np.log(lam[1:m])
+    if n_cliffs is not None:
+        if not 0 < n_cliffs < m:
+            raise ValueError(f"n_cliffs must lie in 1..{m - 1}, got {n_cliffs}")
+        return np.sort(np.argsort(gaps)[::-1][:n_cliffs] + 1)
+    med = np.median(gaps)
+    mad = np.median(np.abs(gaps - med))
+    threshold = max(np.log(min_ratio), med + 10 * mad)
+    return np.flatnonzero(gaps > threshold) + 1
+
+
+def cliff_blocks(cliffs, n: int | None = None) -> list[tuple[int, int]]:
+    """Turn cliff positions into ``[(start, stop), ...]`` eigenvector index blocks.
+
+    The blocks are ``[0, c0), [c0, c1), ...``; with ``n`` the block after the last cliff,
+    ``[c_last, n)``, is appended.
+    """
+    edges = [0, *(int(c) for c in cliffs)] + ([int(n)] if n is not None else [])
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]

@@ -1,0 +1,276 @@
+"""Modular addition: the dataset, the Gromov (2023) MLP and a training loop with checkpoints.
+
+The task is ``(a, b) -> (a + b) mod p`` over all ``p * p`` pairs. The MLP is the one of
+Gromov, "Grokking modular arithmetic" (2023), as the eNTK paper's code runs it: input
+``concat(one_hot(a), one_hot(b))``, a bias-free linear layer scaled by ``1/sqrt(2p)``, the
+activation ``x**2`` and a bias-free readout scaled by ``1/width``, all weights ``N(0, 1)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .cache import cached
+
+
+def check_modulus(p: int) -> int:
+    """Return ``p`` if it is an odd prime, else raise ``ValueError`` saying why."""
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+        raise ValueError(f"modulus p must be an odd prime integer, got {p!r}")
+    p = int(p)
+    if p < 3 or p % 2 == 0 or any(p % d == 0 for d in range(3, math.isqrt(p) + 1, 2)):
+        raise ValueError(f"modulus p must be an odd prime (3, 5, 7, 11, ...), got {p}")
+    return p
+
+
+def modular_addition_pairs(p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs of Z_p and their sums.
+
+    Returns
+    -------
+    pairs : (p*p, 2) long tensor, row ``a * p + b`` holds ``(a, b)``.
+    labels : (p*p,) long tensor, ``(a + b) mod p``.
+    """
+    p = check_modulus(p)
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    pairs = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
+    return pairs, (pairs[:, 0] + pairs[:, 1]) % p
+
+
+def one_hot_pairs(pairs: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, 2) pairs -> (N, 2p) float inputs ``concat(one_hot(a), one_hot(b))``."""
+    return torch.cat([F.one_hot(pairs[:, 0], p), F.one_hot(pairs[:, 1], p)], dim=1).float()
+
+
+def train_test_split(n: int, train_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random split of ``range(n)`` into sorted train and test index arrays.
+
+    ``round(train_frac * n)`` indices go to train; the permutation is drawn with
+    ``numpy.random.default_rng(seed)``.
+    """
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must lie strictly between 0 and 1, got {train_frac}")
+    if n < 2:
+        raise ValueError(f"need at least 2 examples to split, got n={n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = min(max(int(round(train_frac * n)), 1), n - 1)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+class GromovMLP(nn.Module):
+    """The 1-hidden-layer MLP of Gromov (2023): ``W2 (W1 x / sqrt(2p))**2 / width``.
+
+    Input (N, 2p) one-hot pairs; output (N, p) logits. ``fc1`` and ``fc2`` are plain
+    bias-free ``nn.Linear`` layers (so the fast eNTK path applies); the scalings are
+    applied outside them.
+    """
+
+    def __init__(self, p: int, width: int = 512):
+        super().__init__()
+        self.p = check_modulus(p)
+        if width < 1:
+            raise ValueError(f"width must be a positive integer, got {width}")
+        self.width = int(width)
+        self.fc1 = nn.Linear(2 * p, width, bias=False)
+        self.fc2 = nn.Linear(width, p, bias=False)
+        for layer in (self.fc1, self.fc2):
+            nn.init.normal_(layer.weight, mean=0.0, std=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x) / math.sqrt(2 * self.p)
+        return self.fc2(h**2) / self.width
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    history : one row per evaluated epoch with ``epoch, train_loss, train_acc, test_loss,
+        test_acc`` (epoch 0 is the initial model).
+    checkpoints : ``{epoch: state_dict}`` every ``checkpoint_every`` epochs, plus the first
+        and the last.
+    """
+
+    history: pd.DataFrame
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def final_state(self) -> dict[str, torch.Tensor]:
+        return self.checkpoints[max(self.checkpoints)]
+
+    def to_dict(self) -> dict:
+        """Plain containers only, so it round-trips through ``torch.load(weights_only=True)``."""
+        return {"history": self.history.to_dict("list"), "checkpoints": self.checkpoints}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainResult":
+        return cls(history=pd.DataFrame(d["history"]), checkpoints=dict(d["checkpoints"]))
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "mse":
+        return F.mse_loss(logits, F.one_hot(y, logits.shape[-1]).to(logits.dtype))
+    return F.cross_entropy(logits, y)
+
+
+@torch.no_grad()
+def _evaluate(model, x, y, loss, n_classes):
+    logits = model(x)[..., :n_classes]
+    return _loss(logits, y, loss).item(), (logits.argmax(-1) == y).float().mean().item()
+
+
+def train(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.01,
+    loss: str = "mse",
+    batch_size: int | None = None,
+    checkpoint_every: int = 10,
+    n_classes: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` with AdamW, recording accuracy curves and checkpoints.
+
+    Parameters
+    ----------
+    inputs : (N, ...) model inputs for all examples; labels : (N,) class indices.
+    train_idx, test_idx : index arrays into ``inputs``.
+    epochs : passes over the training set. With ``batch_size=None`` (full batch) an epoch
+        is one optimiser step.
+    loss : ``"mse"`` (against one-hot targets) or ``"cross_entropy"``.
+    n_classes : only the first ``n_classes`` logits count in loss and accuracy (default:
+        all); lets a model with extra output tokens be scored over the answers only.
+    seed : seeds the minibatch shuffling.
+
+    Returns a :class:`TrainResult` whose checkpoints are CPU copies of ``state_dict``.
+    """
+    if loss not in ("mse", "cross_entropy"):
+        raise ValueError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
+    if epochs < 1 or checkpoint_every < 1:
+        raise ValueError(f"epochs and checkpoint_every must be >= 1, got {epochs}, {checkpoint_every}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    x_train, y_train = inputs[train_idx].to(device), labels[train_idx].to(device)
+    x_test, y_test = inputs[test_idx].to(device), labels[test_idx].to(device)
+    n_classes = n_classes or int(labels.max()) + 1
+    n_train = len(train_idx)
+    batch_size = n_train if batch_size is None else int(batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    rows, checkpoints = [], {}
+
+    def record(epoch):
+        model.eval()
+        train_loss, train_acc = _evaluate(model, x_train, y_train, loss, n_classes)
+        test_loss, test_acc = _evaluate(model, x_test, y_test, loss, n_classes)
+        rows.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                         test_loss=test_loss, test_acc=test_acc))
+        if epoch % checkpoint_every == 0 or epoch == epochs:
+            checkpoints[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        model.train()
+
+    record(0)
+    for epoch in tqdm(range(1, epochs + 1), desc="training", disable=not progress):
+        order = torch.randperm(n_train, generator=generator) if batch_size < n_train else torch.arange(n_train)
+        for start in range(0, n_train, batch_size):
+            batch = order[start:start + batch_size].to(device)
+            optimiser.zero_grad(set_to_none=True)
+            logits = model(x_train[batch])[..., :n_classes]
+            _loss(logits, y_train[batch], loss).backward()
+            optimiser.step()
+        record(epoch)
+    model.eval()
+    return TrainResult(history=pd.DataFrame(rows), checkpoints=checkpoints)
+
+
+def model_at(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` with the given checkpoint loaded, in eval mode."""
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state_dict)
+    return clone.eval()
+
+
+@dataclass
+class ModularRun:
+    """A trained modular-addition model with its data: what the notebooks analyse.
+
+    pairs (N, 2) and labels (N,) over all p*p pairs; inputs (N, ...) what the model reads;
+    train_idx / test_idx index arrays; result the curves and checkpoints; model the final
+    model (eval mode).
+    """
+
+    p: int
+    pairs: torch.Tensor
+    labels: torch.Tensor
+    inputs: torch.Tensor
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    result: TrainResult
+    model: nn.Module
+
+
+def train_gromov_mlp(
+    p: int = 29,
+    width: int = 512,
+    steps: int = 500,
+    *,
+    seed: int = 0,
+    split_seed: int = 0,
+    train_frac: float = 0.7,
+    lr: float = 0.05,
+    weight_decay: float = 0.01,
+    checkpoint_every: int = 10,
+    cache_dir=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ModularRun:
+    """Train the Gromov MLP on modular addition as the eNTK paper's code does.
+
+    Full-batch AdamW on MSE against one-hot targets; ``seed`` seeds the weights,
+    ``split_seed`` the train/test split. The result is cached in ``cache_dir`` (keyed by
+    every argument that changes it) so re-running a notebook does not retrain.
+    """
+    p = check_modulus(p)
+    pairs, labels = modular_addition_pairs(p)
+    inputs = one_hot_pairs(pairs, p)
+    train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
+    model = _seeded(lambda: GromovMLP(p, width), seed)
+
+    def compute():
+        return train(
+            model, inputs, labels, train_idx, test_idx, epochs=steps, lr=lr,
+            weight_decay=weight_decay, loss="mse", checkpoint_every=checkpoint_every,
+            device=device, progress=progress,
+        ).to_dict()
+
+    result = TrainResult.from_dict(cached(
+        cache_dir, "gromov_mlp", compute, p=p, width=width, steps=steps, seed=seed,
+        split_seed=split_seed, train_frac=train_frac, lr=lr, weight_decay=weight_decay,
+        checkpoint_every=checkpoint_every, torch=torch.__version__,
+    ))
+    model.load_state_dict(result.final_state())
+    return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(device).eval())
+
+
+def _seeded(make, seed: int):
+    """Build a module under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()

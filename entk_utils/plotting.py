@@ -1,0 +1,75 @@
+"""Shared figure style and savers: every figure and table a notebook shows goes to ``out_dir``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.size": 10,
+    "legend.frameon": False,
+    # Stable PNG bytes across runs: no timestamp or software tag in the file.
+    "savefig.metadata": {"Software": None},
+}
+
+
+def set_style() -> None:
+    """Apply the project's matplotlib style."""
+    mpl.rcParams.update({k: v for k, v in STYLE.items() if k != "savefig.metadata"})
+
+
+def _out(out_dir) -> Path:
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(fig: plt.Figure, name: str, out_dir) -> Path:
+    """Write ``fig`` as ``out_dir/name`` (PNG; ``.png`` added if missing) and return the path."""
+    path = _out(out_dir) / (name if name.endswith(".png") else f"{name}.png")
+    fig.savefig(path, metadata={"Software": None})
+    return path
+
+
+def save_table(df: pd.DataFrame, name: str, out_dir, floatfmt: str = ".4g") -> tuple[Path, Path]:
+    """Write ``df`` as ``out_dir/name.csv`` and ``out_dir/name.md``; return both paths."""
+    out = _out(out_dir)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    df.to_csv(csv, index=False)
+    md.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    return csv, md
+
+
+def plot_spectrum(ax, evals, cliffs=(), n_show: int = 200, label: str | None = None):
+    """Eigenvalues (descending) on a log scale with each cliff marked by a dashed line."""
+    lam = np.asarray(evals)[:n_show]
+    ax.semilogy(np.arange(len(lam)), lam, ".", ms=3, label=label)
+    for c in cliffs:
+        if c < n_show:
+            ax.axvline(c - 0.5, color="C3", ls="--", lw=0.8)
+            ax.annotate(f"{c}", (c - 0.5, lam.max()), xytext=(3, 0), textcoords="offset points",
+                        color="C3", fontsize=8, va="top")
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("eigenvalue")
+    return ax
+
+
+def plot_heatmap(ax, values, xlabels, ylabel: str, title: str, vmax: float = 1.0):
+    """A (rows, cols) heatmap in [0, vmax] with one x tick per column label."""
+    im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(len(xlabels)), xlabels, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(False)
+    return im

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from entk_utils.alignment import (
+    captured_fraction,
+    orthonormal_basis,
+    overlap_table,
+    principal_cosines,
+    projection_heatmap,
+    subspace_overlap,
+)
+
+
+def rotation_pair(theta):
+    """Two lines in R^3 at angle theta."""
+    return np.array([[1.0, 0, 0]]).T, np.array([[np.cos(theta), np.sin(theta), 0]]).T
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.3, np.pi / 4, 1.2, np.pi / 2])
+def test_overlap_of_two_lines_is_cos_squared(theta):
+    a, b = rotation_pair(theta)
+    assert subspace_overlap(a, b) == pytest.approx(np.cos(theta) ** 2, abs=1e-12)
+
+
+def test_planes_with_known_principal_angles():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    angles = np.array([0.2, 0.9])
+    A = Q[:, :2]
+    B = Q[:, :2] * np.cos(angles) + Q[:, 2:4] * np.sin(angles)
+    np.testing.assert_allclose(principal_cosines(A, B), np.sort(np.cos(angles))[::-1], atol=1e-12)
+    assert subspace_overlap(A, B) == pytest.approx(np.sum(np.cos(angles) ** 2), abs=1e-12)
+    # invariant to the choice of spanning set
+    assert subspace_overlap(A @ rng.standard_normal((2, 2)), 3 * B) == pytest.approx(subspace_overlap(A, B), abs=1e-10)
+
+
+def test_overlap_bounds_and_redundant_columns():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((20, 3))
+    assert subspace_overlap(A, A) == pytest.approx(3)
+    redundant = np.column_stack([A, A[:, 0] + A[:, 1]])
+    assert orthonormal_basis(redundant).shape == (20, 3)
+    assert subspace_overlap(A, redundant) == pytest.approx(3)
+    assert subspace_overlap(A, np.column_stack([A, rng.standard_normal((20, 5))])) == pytest.approx(3)
+    orth = np.linalg.qr(np.column_stack([A, rng.standard_normal((20, 2))]))[0][:, 3:]
+    assert subspace_overlap(A, orth) == pytest.approx(0, abs=1e-12)
+
+
+def test_random_subspace_overlap_matches_expectation():
+    """E[overlap] = k * l / N for uniformly random subspaces."""
+    rng = np.random.default_rng(2)
+    n, k, l = 60, 6, 10
+    draws = [subspace_overlap(rng.standard_normal((n, k)), rng.standard_normal((n, l))) for _ in range(400)]
+    assert np.mean(draws) == pytest.approx(k * l / n, rel=0.05)
+
+
+def test_projection_heatmap_is_phase_insensitive():
+    n = 31
+    t = 2 * np.pi * np.arange(n) / n
+    plane3 = np.column_stack([np.cos(3 * t), np.sin(3 * t)])
+    plane5 = np.column_stack([np.cos(5 * t), np.sin(5 * t)])
+    vectors = np.column_stack([np.cos(3 * t + phase) for phase in (0.0, 0.7, 2.0)])
+    heat = projection_heatmap(vectors, [plane3, plane5])
+    np.testing.assert_allclose(heat[:, 0], 1.0, atol=1e-12)
+    np.testing.assert_allclose(heat[:, 1], 0.0, atol=1e-12)
+
+
+def test_captured_fraction_ignores_rotation_within_span():
+    rng = np.random.default_rng(3)
+    span = rng.standard_normal((40, 4))
+    inside, outside = span[:, :2], np.linalg.qr(np.column_stack([span, rng.standard_normal((40, 2))]))[0][:, 4:]
+    rotated = span @ np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    np.testing.assert_allclose(captured_fraction(span, [inside, outside]), [1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(captured_fraction(rotated, [inside, outside]), [1.0, 0.0], atol=1e-12)
+
+
+def test_overlap_table_columns_and_values():
+    eye = np.eye(6)
+    table = overlap_table(eye, {0: (0, 2), 1: (2, 6)}, {"f": eye[:, :3]})
+    assert list(table.columns) == ["cliff", "eigvecs", "family", "overlap", "dim", "percent"]
+    np.testing.assert_allclose(table.overlap, [2, 1])
+    np.testing.assert_allclose(table.dim, [2, 3])
+    np.testing.assert_allclose(table.percent, [100, 100 / 3])
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="different spaces"):
+        subspace_overlap(np.ones((3, 1)), np.ones((4, 1)))
+    with pytest.raises(ValueError, match="zero subspace"):
+        orthonormal_basis(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="non-zero"):
+        projection_heatmap(np.zeros((3, 1)), [np.ones((3, 1))])

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from entk_utils.dynamics import derivative, overlap_over_training, steepest_rise
+from entk_utils.fourier import feature_family
+from entk_utils.modular import train_gromov_mlp
+
+
+def test_derivative_is_exact_for_quadratics_on_uneven_grids():
+    x = np.array([0.0, 1.0, 3.0, 4.0, 7.0])
+    np.testing.assert_allclose(derivative(x, x**2)[1:-1], 2 * x[1:-1])
+    with pytest.raises(ValueError):
+        derivative([1.0], [2.0])
+
+
+def test_steepest_rise_of_a_sigmoid():
+    x = np.arange(0, 200, 10.0)
+    assert steepest_rise(x, 1 / (1 + np.exp(-(x - 80) / 8))) == 80
+
+
+def test_overlap_over_training_on_a_small_run():
+    run = train_gromov_mlp(7, 64, steps=40, checkpoint_every=20, progress=False)
+    fams = {f: feature_family(run.pairs.numpy(), 7, f) for f in ("sum", "a")}
+    curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (1, 13), fams, progress=False)
+    assert curve.epoch.tolist() == [0, 20, 40]
+    assert list(curve.columns) == ["epoch", "sum", "a"]
+    assert ((curve[["sum", "a"]] >= 0) & (curve[["sum", "a"]] <= 6 + 1e-9)).all().all()
+    with pytest.raises(ValueError, match="block"):
+        overlap_over_training(run.model, run.result.checkpoints, run.inputs, (5, 2), fams)

@@ -1,0 +1,194 @@
+"""The fast eNTK equals the torch.func reference, on models it was not written for."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from entk_utils.kernels import entk, entk_contributions, layerwise_entk, resolve_params
+from entk_utils.modular import GromovMLP, modular_addition_pairs, one_hot_pairs
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+class DeepMLP(nn.Module):
+    """Biases, tanh and ReLU, three layers, one of them applied twice (weight sharing)."""
+
+    def __init__(self, d_in=6, d_hidden=10, d_out=4):
+        super().__init__()
+        self.inp = nn.Linear(d_in, d_hidden)
+        self.mid = nn.Linear(d_hidden, d_hidden)
+        self.out = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        h = torch.relu(self.mid(h))
+        h = torch.relu(self.mid(h))
+        return self.out(h)
+
+
+class Mixed(nn.Module):
+    """Linear layers plus parameters the fast path does not know (falls back to reference)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 7, bias=False)
+        self.gain = nn.Parameter(torch.randn(7))
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.head(torch.sin(self.fc(x)) * self.gain)
+
+
+class TinySeqModel(nn.Module):
+    """Token ids (N, T) -> embedding -> per-position linear -> mean-pool readout.
+
+    Linear layers see (N, T, d) inputs, so each weight is used at every position.
+    """
+
+    def __init__(self, vocab=9, d=8, n_out=5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.proj = nn.Linear(d, d)
+        self.readout = nn.Linear(d, n_out, bias=False)
+
+    def forward(self, ids):
+        h = torch.relu(self.proj(self.embed(ids)))
+        return self.readout(h.mean(1))
+
+
+def _cases():
+    torch.manual_seed(1)
+    pairs, _ = modular_addition_pairs(7)
+    yield "gromov", GromovMLP(7, 16), one_hot_pairs(pairs, 7)[:30], None
+    yield "deep", DeepMLP(), torch.randn(17, 6), None
+    yield "deep-subset", DeepMLP(), torch.randn(17, 6), ["mid", "out.bias"]
+    yield "mixed", Mixed(), torch.randn(13, 5), None
+    yield "sequence", TinySeqModel(), torch.randint(0, 9, (11, 4)), None
+
+
+@pytest.mark.parametrize("reduce", ["trace", "mean", "full"])
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_fast_equals_reference(case, reduce):
+    _, model, x, params = case
+    model = model.double()
+    x = x.double() if x.is_floating_point() else x
+    ref = entk(model, x, params, reduce, method="reference", chunk_size=5)
+    fast = entk(model, x, params, reduce, method="fast")
+    assert fast.shape == ref.shape
+    assert rel_err(fast, ref) < 1e-10
+
+
+def test_fast_equals_reference_float32_gromov():
+    torch.manual_seed(0)
+    pairs, _ = modular_addition_pairs(11)
+    model, x = GromovMLP(11, 64), one_hot_pairs(pairs, 11)
+    assert rel_err(entk(model, x), entk(model, x, method="reference", chunk_size=32)) < 1e-5
+
+
+def test_reductions_agree_with_full_kernel():
+    model, x = DeepMLP().double(), torch.randn(9, 6).double()
+    full = entk(model, x, reduce="full")
+    n_out = full.shape[-1]
+    assert full.shape == (9, 9, n_out, n_out)
+    trace = torch.einsum("nmcc->nm", full) / n_out
+    assert rel_err(entk(model, x, reduce="trace"), trace) < 1e-12
+    assert rel_err(entk(model, x, reduce="mean"), full.mean(dim=(2, 3))) < 1e-12
+    # symmetric and positive semi-definite
+    K = entk(model, x)
+    assert torch.allclose(K, K.T, atol=1e-12)
+    assert torch.linalg.eigvalsh(K).min() > -1e-10 * K.diagonal().max()
+
+
+def test_kernel_matches_explicit_gradient_inner_product():
+    """Ground truth from first principles: <grad f_c(x), grad f_c(x')> by autograd."""
+    model, x = Mixed().double(), torch.randn(4, 5).double()
+    out = model(x)
+    grads = [[torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[n, c], list(model.parameters()), retain_graph=True)])
+              for c in range(3)] for n in range(4)]
+    expected = torch.tensor([[sum(grads[n][c] @ grads[m][c] for c in range(3)).item() / 3 for m in range(4)] for n in range(4)],
+                            dtype=torch.float64)
+    assert rel_err(entk(model, x), expected) < 1e-12
+
+
+def test_layerwise_groups_sum_to_full_kernel():
+    model, x = DeepMLP().double(), torch.randn(12, 6).double()
+    full = entk(model, x)
+    per_param = layerwise_entk(model, x)
+    assert set(per_param) == {n for n, _ in model.named_parameters()}
+    assert rel_err(sum(per_param.values()), full) < 1e-12
+    by_layer = layerwise_entk(model, x, ["inp", "mid", "out"])
+    assert rel_err(sum(by_layer.values()), full) < 1e-12
+    labelled = layerwise_entk(model, x, {"hidden": ["inp", "mid"], "readout": "out"})
+    assert rel_err(labelled["hidden"], by_layer["inp"] + by_layer["mid"]) < 1e-12
+
+
+def test_layer_kernel_equals_restricted_entk():
+    model, x = DeepMLP().double(), torch.randn(8, 6).double()
+    assert rel_err(layerwise_entk(model, x, ["mid"])["mid"], entk(model, x, params="mid", method="reference")) < 1e-12
+
+
+def test_chunk_size_does_not_change_the_kernel():
+    model, x = DeepMLP().double(), torch.randn(23, 6).double()
+    a = entk(model, x, chunk_size=4)
+    b = entk(model, x, chunk_size=100)
+    c = entk(model, x, method="reference", chunk_size=7)
+    assert rel_err(a, b) < 1e-12 and rel_err(c, b) < 1e-12
+
+
+def test_gromov_kernel_has_expected_scale_at_init():
+    """With N(0,1) weights the scalings keep the kernel O(1/width) on the diagonal: finite, positive."""
+    pairs, _ = modular_addition_pairs(5)
+    K = entk(GromovMLP(5, 32), one_hot_pairs(pairs, 5))
+    assert K.shape == (25, 25)
+    assert torch.all(K.diagonal() > 0) and math.isfinite(K.sum().item())
+
+
+def test_model_mode_is_restored():
+    model = DeepMLP().train()
+    entk(model, torch.randn(3, 6))
+    assert model.training
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(reduce="sum"), "unknown reduce"),
+    (dict(method="fastest"), "unknown method"),
+    (dict(params=["nope"]), "unknown parameter group 'nope'"),
+    (dict(params=[]), "empty list"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        entk(DeepMLP(), torch.randn(3, 6), **kwargs)
+
+
+def test_empty_input_raises():
+    with pytest.raises(ValueError, match="at least one example"):
+        entk(DeepMLP(), torch.randn(0, 6))
+
+
+def test_non_matrix_output_raises():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x).reshape(-1)
+
+    with pytest.raises(ValueError, match=r"\(N, C\) outputs"):
+        entk(Bad(), torch.randn(4, 3))
+
+
+def test_overlapping_groups_raise():
+    with pytest.raises(ValueError, match="both group"):
+        layerwise_entk(DeepMLP(), torch.randn(3, 6), {"x": "mid", "y": "mid.weight"})
+
+
+def test_resolve_params_prefix_and_order():
+    model = DeepMLP()
+    assert resolve_params(model, "mid") == ["mid.weight", "mid.bias"]
+    assert resolve_params(model, ["out.bias", "inp"]) == ["inp.weight", "inp.bias", "out.bias"]
+    assert entk_contributions(model, torch.randn(2, 6), "out").keys() == {"out.weight", "out.bias"}

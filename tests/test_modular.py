@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from entk_utils.modular import (
+    GromovMLP,
+    TrainResult,
+    check_modulus,
+    model_at,
+    modular_addition_pairs,
+    one_hot_pairs,
+    train,
+    train_gromov_mlp,
+    train_test_split,
+)
+
+
+@pytest.mark.parametrize("p", [3, 5, 7, 29, 97])
+def test_odd_primes_accepted(p):
+    assert check_modulus(p) == p
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 9, 15, 91, -7, 2.5, "29", True])
+def test_non_primes_rejected(p):
+    with pytest.raises(ValueError, match="odd prime"):
+        check_modulus(p)
+
+
+def test_dataset_covers_all_pairs():
+    pairs, labels = modular_addition_pairs(5)
+    assert pairs.shape == (25, 2) and labels.shape == (25,)
+    assert {tuple(r) for r in pairs.tolist()} == {(a, b) for a in range(5) for b in range(5)}
+    assert torch.equal(labels, (pairs[:, 0] + pairs[:, 1]) % 5)
+    x = one_hot_pairs(pairs, 5)
+    assert x.shape == (25, 10) and torch.all(x.sum(1) == 2)
+
+
+def test_split_is_seeded_disjoint_and_sized():
+    tr, te = train_test_split(841, 0.7, seed=0)
+    assert len(tr) == 589 and len(te) == 252
+    assert not set(tr) & set(te) and len(set(tr) | set(te)) == 841
+    tr2, _ = train_test_split(841, 0.7, seed=0)
+    tr3, _ = train_test_split(841, 0.7, seed=1)
+    np.testing.assert_array_equal(tr, tr2)
+    assert not np.array_equal(tr, tr3)
+    with pytest.raises(ValueError, match="train_frac"):
+        train_test_split(10, 1.0)
+
+
+def test_gromov_mlp_shapes_and_init():
+    model = GromovMLP(7, 300)
+    assert model(torch.zeros(4, 14)).shape == (4, 7)
+    assert [n for n, _ in model.named_parameters()] == ["fc1.weight", "fc2.weight"]
+    w = model.fc1.weight.detach()
+    assert abs(w.mean().item()) < 0.1 and abs(w.std().item() - 1) < 0.1
+    with pytest.raises(ValueError, match="odd prime"):
+        GromovMLP(8)
+
+
+def test_training_learns_the_training_set_and_keeps_checkpoints():
+    run = train_gromov_mlp(7, 64, steps=60, checkpoint_every=20, progress=False)
+    h = run.result.history
+    assert list(h.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert h.epoch.tolist() == list(range(61))
+    assert sorted(run.result.checkpoints) == [0, 20, 40, 60]
+    assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
+    assert h.train_acc.iloc[-1] == 1.0
+    # the final model is the last checkpoint
+    final = model_at(run.model, run.result.final_state())
+    assert torch.equal(final(run.inputs), run.model(run.inputs))
+
+
+def test_training_is_deterministic_and_cached(tmp_path):
+    a = train_gromov_mlp(5, 16, steps=20, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 1
+    b = train_gromov_mlp(5, 16, steps=20, cache_dir=tmp_path, progress=False)  # read back
+    c = train_gromov_mlp(5, 16, steps=20, progress=False)  # recomputed
+    for other in (b, c):
+        assert other.result.history.equals(a.result.history)
+        assert torch.equal(other.model.fc1.weight, a.model.fc1.weight)
+    train_gromov_mlp(5, 16, steps=20, seed=1, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 2
+
+
+def test_minibatch_cross_entropy_training():
+    pairs, labels = modular_addition_pairs(5)
+    x = one_hot_pairs(pairs, 5)
+    tr, te = train_test_split(25, 0.6)
+    result = train(GromovMLP(5, 32), x, labels, tr, te, epochs=3, lr=0.01, loss="cross_entropy",
+                   batch_size=4, checkpoint_every=2, progress=False)
+    assert sorted(result.checkpoints) == [0, 2, 3]
+    round_trip = TrainResult.from_dict(result.to_dict())
+    assert round_trip.history.equals(result.history)
+    with pytest.raises(ValueError, match="loss must be"):
+        train(GromovMLP(5, 4), x, labels, tr, te, epochs=1, lr=0.1, loss="hinge")
