@@ -15,18 +15,29 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" > /dev/null
 	touch $(STAMP)
 
-# Execute each notebook in place (its committed outputs are those of this run).
-# PROFILE=paper (or gpu) runs with notebooks/profiles/<notebook>.<PROFILE>.yaml where one exists.
+# Execute each notebook in place: its committed outputs are those of the default run.
+# The .py source is pushed into the .ipynb first, so the outputs always belong to it.
+# PROFILE=paper|gpu|quick runs with notebooks/profiles/<notebook>.<PROFILE>.yaml where one
+# exists; the executed copies then go to .cache/executed/ so the committed notebooks stay
+# the default run.
 figures: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); prof=notebooks/profiles/$$name.$(PROFILE).yaml; \
-	  args=""; if [ -n "$(PROFILE)" ] && [ -f $$prof ]; then args="-f $$prof"; fi; \
-	  echo "== $$name $$args"; \
-	  $(PY) -m papermill --cwd notebooks -k python3 $$args $$nb $$nb.tmp && mv $$nb.tmp $$nb || exit 1; \
-	  $(VENV)/bin/jupytext --sync --quiet $$nb || exit 1; \
+	  if [ -z "$(PROFILE)" ]; then \
+	    echo "== $$name"; \
+	    $(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/$$name.py || exit 1; \
+	    $(PY) -m papermill --cwd notebooks -k python3 $$nb notebooks/.$$name.run.ipynb && mv notebooks/.$$name.run.ipynb $$nb || exit 1; \
+	    $(VENV)/bin/jupytext --sync --quiet $$nb || exit 1; \
+	  else \
+	    args=""; [ -f $$prof ] && args="-f $$prof"; mkdir -p .cache/executed; \
+	    echo "== $$name $$args"; \
+	    $(PY) -m papermill --cwd notebooks -k python3 $$args $$nb .cache/executed/$$name.$(PROFILE).ipynb || exit 1; \
+	  fi; \
 	done
+	@[ -n "$(PROFILE)" ] || $(PY) -m entk_utils.report
 	@echo "figures and tables written to paper_figures/"
 
 test: $(STAMP)

@@ -42,7 +42,7 @@ def save_figure(fig: plt.Figure, name: str, out_dir) -> Path:
     return path
 
 
-def save_table(df: pd.DataFrame, name: str, out_dir, floatfmt: str = ".4g") -> tuple[Path, Path]:
+def save_table(df: pd.DataFrame, name: str, out_dir, floatfmt: str = ".3f") -> tuple[Path, Path]:
     """Write ``df`` as ``out_dir/name.csv`` and ``out_dir/name.md``; return both paths."""
     out = _out(out_dir)
     csv, md = out / f"{name}.csv", out / f"{name}.md"

@@ -5,13 +5,15 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.00159, "end_time": "2026-11-25T09:47:28.751115+00:00", "exception": false, "start_time": "2026-11-25T09:47:28.749525+00:00", "status": "completed"}
 # # 3 · Gemma-3-270M on TinyStories: eNTK eigendirections vs. grammar features vs. PCA
 #
 # *Will reproduce section 5 of "Feature Identification via the Empirical NTK"
@@ -20,9 +22,9 @@
 # **Not implemented yet** (tracked as issue 4). This placeholder exists so that
 # `make figures` runs every notebook; it computes nothing and writes no figures.
 
-# %% tags=["parameters"]
+# %% papermill={"duration": 0.010047, "end_time": "2026-11-25T09:47:28.762987+00:00", "exception": false, "start_time": "2026-11-25T09:47:28.752940+00:00", "status": "completed"} tags=["parameters"]
 seed = 0
 out_dir = None
 
-# %%
+# %% papermill={"duration": 0.005671, "end_time": "2026-11-25T09:47:28.769793+00:00", "exception": false, "start_time": "2026-11-25T09:47:28.764122+00:00", "status": "completed"}
 print("03_gemma_tinystories: not implemented yet; see the project's issue tracker (issue 4).")

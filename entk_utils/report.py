@@ -1,0 +1,48 @@
+"""Keep the README's result tables in step with what the notebooks and benchmarks wrote.
+
+The README holds marked regions ``<!-- BEGIN name -->`` ... ``<!-- END name -->``; each is
+replaced by the contents of a Markdown file (e.g. ``paper_figures/summary_mlp.md``), so no
+number in the README is typed by hand. Run ``python -m entk_utils.report`` (``make figures``
+and ``make benchmark`` do).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+# README region -> generated Markdown file (relative to the repository root)
+SECTIONS = {
+    "mlp-summary": "paper_figures/summary_mlp.md",
+    "mlp-table1": "paper_figures/table1_mlp_overlaps.md",
+    "bench-entk": "benchmarks/results/bench_entk.md",
+}
+
+
+def fill_region(text: str, name: str, content: str) -> str:
+    """Replace the body of region ``name`` in ``text``; ``ValueError`` if it has none."""
+    pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"no region '<!-- BEGIN {name} -->' ... '<!-- END {name} -->' found")
+    return pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), text)
+
+
+def update_readme(root: str | Path = ".", sections: dict[str, str] = SECTIONS) -> list[str]:
+    """Fill every region whose source file exists; return the names of the regions filled."""
+    root = Path(root)
+    readme = root / "README.md"
+    text = readme.read_text()
+    filled = []
+    for name, source in sections.items():
+        path = root / source
+        if path.exists():
+            text = fill_region(text, name, path.read_text())
+            filled.append(name)
+    readme.write_text(text)
+    return filled
+
+
+if __name__ == "__main__":
+    done = update_readme(sys.argv[1] if len(sys.argv) > 1 else ".")
+    print(f"README.md: refreshed {', '.join(done) or 'nothing'}")

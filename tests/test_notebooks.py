@@ -1,0 +1,64 @@
+"""The notebooks run headlessly with small parameters and stay paired with their sources.
+
+(nbval, run by `make test` on notebooks/*.ipynb, separately re-executes each committed
+notebook with its defaults and compares the cells tagged NBVAL_CHECK_OUTPUT.)
+"""
+
+from pathlib import Path
+
+import jupytext
+import pandas as pd
+import papermill
+import pytest
+import yaml
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def profile(name, which):
+    return yaml.safe_load((NOTEBOOKS / "profiles" / f"{name}.{which}.yaml").read_text())
+
+
+def execute(name, tmp_path, **parameters):
+    out_dir, cache_dir = tmp_path / "figures", tmp_path / "cache"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+        parameters={**parameters, "out_dir": str(out_dir), "cache_dir": str(cache_dir)},
+        kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
+    )
+    return out_dir
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_is_paired_with_its_source(source):
+    notebook = source.with_suffix(".ipynb")
+    assert notebook.exists(), f"{notebook.name} is missing: run `make sync`"
+    cells = lambda path: [(c.cell_type, c.source.strip()) for c in jupytext.read(path).cells]
+    assert cells(notebook) == cells(source), f"{notebook.name} differs from {source.name}: run `make sync`"
+    tags = [c.metadata.get("tags", []) for c in jupytext.read(source).cells]
+    assert any("parameters" in t for t in tags), "papermill needs a cell tagged 'parameters'"
+
+
+@pytest.mark.notebook
+def test_mlp_notebook_quick_profile(tmp_path):
+    params = profile("01_mlp_modular_addition", "quick")
+    out = execute("01_mlp_modular_addition", tmp_path, **params)
+    for name in ("fig1_mlp_spectrum.png", "fig2_mlp_grokking.png", "fig_mlp_heatmaps.png",
+                 "table1_mlp_overlaps.csv", "table1_mlp_overlaps.md", "summary_mlp.csv"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table1_mlp_overlaps.csv")
+    assert {"cliff", "family", "overlap", "dim", "percent"} <= set(table.columns)
+    p = params["p"]
+    # the cliffs fall where the Fourier picture puts them, and span the predicted families
+    assert table.eigvecs.unique().tolist() == ["0-0", f"1-{2 * (p - 1)}", f"{2 * p - 1}-{4 * (p - 1)}"]
+    best = table.loc[table.groupby("family").overlap.idxmax()].set_index("family")
+    assert best.loc["a", "cliff"] == best.loc["b", "cliff"] == 1
+    assert best.loc["sum", "cliff"] == best.loc["diff", "cliff"] == 2
+    assert (best.percent > 80).all(), best
+
+
+@pytest.mark.notebook
+def test_mlp_notebook_rejects_a_non_prime_modulus(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="odd prime"):
+        execute("01_mlp_modular_addition", tmp_path, p=21, steps=2)
