@@ -11,7 +11,9 @@ module computes it, and its reductions to one ``N x N`` matrix, in two ways:
   gradient of output ``c`` is ``sum_t g_{c,t} x_t^T`` (``g`` = gradient w.r.t. the layer's
   output, ``x`` = its input, ``t`` over positions and repeated calls), so the kernel is a
   product of two small Gram matrices and no per-example Jacobian is ever formed. Parameters
-  not owned by an ``nn.Linear`` fall back to the reference path.
+  not owned by an ``nn.Linear``, or whose gradient the factorisation does not reproduce on
+  a probe batch (weight tying, a subclass with its own ``forward``), fall back to the
+  reference path.
 
 ``method="auto"`` (default) is the fast path. Both return the same numbers; the tests and
 ``benchmarks/bench_entk.py`` check it.
@@ -212,12 +214,39 @@ def _linear_kernel(x, g, attr, reduce):
     return g_gram.sum(dim=(1, 3))
 
 
+def _factorisation_holds(model, inputs, owners, stats, n_probe=8, rtol=1e-4):
+    """Names of the owned parameters whose gradient the (x, g) statistics reproduce.
+
+    The factorisation assumes a weight is used only inside its own ``nn.Linear`` call, as
+    ``x @ W.T + b``. Weight tying (``F.linear(h, fc.weight)`` elsewhere) or a subclass with
+    another ``forward`` breaks that silently, so we compare, on a few inputs, the gradient
+    of a random combination of the outputs by autograd with the one rebuilt from (x, g).
+    """
+    probe = inputs[:n_probe]
+    params = dict(model.named_parameters())
+    with torch.enable_grad():
+        out = model(probe)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
+        true = torch.autograd.grad((out * weights).sum(), [params[n] for n in owners], allow_unused=True)
+    good = set()
+    for (name, (mod_name, attr)), grad in zip(owners.items(), true):
+        x, g = stats[mod_name]
+        g_probe = torch.einsum("nc,cnto->nto", weights, g[:, : len(probe)])
+        rebuilt = torch.einsum("nto,nti->oi", g_probe, x[: len(probe)]) if attr == "weight" else g_probe.sum((0, 1))
+        grad = torch.zeros_like(rebuilt) if grad is None else grad
+        if (rebuilt - grad).norm() <= rtol * grad.norm() + 1e-30:
+            good.add(name)
+    return good
+
+
 def _fast_contributions(model, inputs, names, reduce, chunk_size):
     owners = _linear_owners(model, names)
     kernels = {}
     if owners:
         module_names = sorted({m for m, _ in owners.values()})
         stats = _linear_statistics(model, inputs, module_names, chunk_size)
+        safe = _factorisation_holds(model, inputs, owners, stats)
+        owners = {n: owner for n, owner in owners.items() if n in safe}
         for name, (mod_name, attr) in owners.items():
             kernels[name] = _linear_kernel(*stats[mod_name], attr, reduce)
     rest = [n for n in names if n not in owners]

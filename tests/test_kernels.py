@@ -60,6 +60,36 @@ class TinySeqModel(nn.Module):
         return self.readout(h.mean(1))
 
 
+class Tied(nn.Module):
+    """A linear layer whose weight is used a second time outside its own call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        return self.head(nn.functional.linear(h, self.fc.weight))
+
+
+class ScaledLinear(nn.Linear):
+    """An nn.Linear subclass whose forward is not x @ W.T + b."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, 2.0 * self.weight**2, self.bias)
+
+
+class WithScaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = ScaledLinear(4, 5)
+        self.b = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
 def _cases():
     torch.manual_seed(1)
     pairs, _ = modular_addition_pairs(7)
@@ -68,6 +98,8 @@ def _cases():
     yield "deep-subset", DeepMLP(), torch.randn(17, 6), ["mid", "out.bias"]
     yield "mixed", Mixed(), torch.randn(13, 5), None
     yield "sequence", TinySeqModel(), torch.randint(0, 9, (11, 4)), None
+    yield "tied", Tied(), torch.randn(10, 6), None
+    yield "subclass", WithScaled(), torch.randn(10, 4), None
 
 
 @pytest.mark.parametrize("reduce", ["trace", "mean", "full"])
@@ -192,3 +224,14 @@ def test_resolve_params_prefix_and_order():
     assert resolve_params(model, "mid") == ["mid.weight", "mid.bias"]
     assert resolve_params(model, ["out.bias", "inp"]) == ["inp.weight", "inp.bias", "out.bias"]
     assert entk_contributions(model, torch.randn(2, 6), "out").keys() == {"out.weight", "out.bias"}
+
+
+@pytest.mark.parametrize("model_cls, n_in", [(Tied, 6), (WithScaled, 4)])
+def test_probe_check_is_what_keeps_the_fast_path_right(monkeypatch, model_cls, n_in):
+    """Without the probe check the factorisation would be silently wrong on these models."""
+    from entk_utils import kernels
+
+    model, x = model_cls().double(), torch.randn(10, n_in).double()
+    ref = entk(model, x, method="reference")
+    monkeypatch.setattr(kernels, "_factorisation_holds", lambda model, inputs, owners, stats: set(owners))
+    assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
