@@ -89,7 +89,7 @@ def overlap_table(vectors, blocks, families) -> pd.DataFrame:
         for name, F in families.items():
             overlap = subspace_overlap(V[:, start:stop], F)
             dim = min(stop - start, orthonormal_basis(F).shape[1])
-            rows.append({"cliff": label, "eigvecs": f"{start}-{stop - 1}", "family": name,
+            rows.append({"cliff": label, "eigvecs": _ranges([(start, stop)]), "family": name,
                          "overlap": overlap, "dim": dim, "percent": 100 * overlap / dim})
     return pd.DataFrame(rows)
 
@@ -102,3 +102,47 @@ def captured_fraction(vectors, bases: Sequence) -> np.ndarray:
     their span, so it is the right view of a block of nearly equal eigenvalues.
     """
     return np.array([subspace_overlap(vectors, B) / orthonormal_basis(B).shape[1] for B in bases])
+
+
+def _ranges(blocks) -> str:
+    return ",".join(f"{a}-{b - 1}" for a, b in blocks)
+
+
+def family_ranges(vectors, families, min_share: float = 0.5) -> dict[str, tuple[int, int] | None]:
+    """The range of vectors that belongs to each feature family.
+
+    vectors : (N, M), e.g. the leading eigenvectors in descending order; families :
+    ``{name: (N, d)}``. A vector belongs to a family when at least ``min_share`` of its
+    squared norm lies in the family's span (so it belongs to at most one family when the
+    families are orthogonal and ``min_share >= 0.5``). A family's range is ``(first,
+    last + 1)`` over its vectors, so vectors in between that are mixtures stay in the span;
+    ``None`` when no vector belongs to it.
+    """
+    V = np.asarray(vectors, dtype=np.float64)
+    shares = projection_heatmap(V, list(families.values())) ** 2  # (M, n_families)
+    ranges = {}
+    for j, name in enumerate(families):
+        members = np.flatnonzero(shares[:, j] >= min_share)
+        ranges[name] = (int(members[0]), int(members[-1]) + 1) if members.size else None
+    return ranges
+
+
+def family_overlap_table(vectors, families, min_share: float = 0.5) -> pd.DataFrame:
+    """For each family, the overlap of the eigenvectors that :func:`family_ranges` gives it.
+
+    When no vector belongs to a family, its leading ``d = rank(F)`` vectors are used and
+    ``assigned`` is False. Returns a DataFrame with columns ``family, eigvecs, overlap, dim,
+    percent, assigned``, where ``dim`` = min(number of vectors, rank of the family) is the
+    largest possible overlap.
+    """
+    V = np.asarray(vectors, dtype=np.float64)
+    rows = []
+    for name, rng in family_ranges(V, families, min_share).items():
+        F = families[name]
+        rank = orthonormal_basis(F).shape[1]
+        start, stop = rng if rng is not None else (0, rank)
+        overlap = subspace_overlap(V[:, start:stop], F)
+        dim = min(stop - start, rank)
+        rows.append({"family": name, "eigvecs": _ranges([(start, stop)]), "overlap": overlap, "dim": dim,
+                     "percent": 100 * overlap / dim, "assigned": rng is not None})
+    return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ def overlap_over_training(
     checkpoints: Mapping[int, dict[str, torch.Tensor]],
     inputs: torch.Tensor,
     block: tuple[int, int],
-    features: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray] | Callable[[nn.Module], Mapping[str, np.ndarray | None]],
     *,
     params=None,
     reduce: str = "trace",
@@ -29,19 +29,28 @@ def overlap_over_training(
 ) -> pd.DataFrame:
     """Overlap of a block of top eNTK eigenvectors with feature families, per checkpoint.
 
-    For each ``{epoch: state_dict}`` the eNTK on ``inputs`` (N, ...) is computed, its
-    eigenvectors ``block = (start, stop)`` (in descending order) are taken, and their
-    :func:`~entk_utils.alignment.subspace_overlap` with each (N, d) feature matrix is
-    recorded. Returns a DataFrame with columns ``epoch`` and one per family, sorted by epoch.
+    For each ``{epoch: state_dict}`` the eNTK on ``inputs`` (N, ...) is computed (restricted
+    to ``params``, e.g. one layer), its eigenvectors ``block = (start, stop)`` (in
+    descending order) are taken, and their :func:`~entk_utils.alignment.subspace_overlap`
+    with each (N, d) feature matrix is recorded.
+
+    ``features`` is a mapping ``{name: (N, d)}``, or a function of the checkpoint's model
+    returning one (features that depend on the checkpoint, e.g. its own key frequencies;
+    a ``None`` value records NaN).
+
+    Returns a DataFrame with columns ``epoch`` and one per feature name, sorted by epoch.
     """
     start, stop = block
     if not 0 <= start < stop <= len(inputs):
         raise ValueError(f"block must satisfy 0 <= start < stop <= N={len(inputs)}, got {block}")
     rows = []
     for epoch in tqdm(sorted(checkpoints), desc="eNTK per checkpoint", disable=not progress):
-        K = entk(model_at(model, checkpoints[epoch]), inputs, params, reduce)
+        snapshot = model_at(model, checkpoints[epoch])
+        K = entk(snapshot, inputs, params, reduce)
         _, vecs = top_eigenpairs(K, stop)
-        rows.append({"epoch": epoch, **{name: subspace_overlap(vecs[:, start:stop], F) for name, F in features.items()}})
+        feats = features(snapshot) if callable(features) else features
+        rows.append({"epoch": epoch, **{name: np.nan if F is None else subspace_overlap(vecs[:, start:stop], F)
+                                        for name, F in feats.items()}})
     return pd.DataFrame(rows)
 
 
@@ -56,3 +65,16 @@ def derivative(x, y) -> np.ndarray:
 def steepest_rise(x, y) -> float:
     """The ``x`` at which ``y`` increases fastest (argmax of the central-difference slope)."""
     return float(np.asarray(x)[np.argmax(derivative(x, y))])
+
+
+def sustained_crossing(x, y, level: float) -> float:
+    """The first ``x`` from which ``y`` stays at or above ``level`` to the end (NaN if never).
+
+    E.g. the epoch at which test accuracy leaves chance for good:
+    ``sustained_crossing(epochs, test_acc, 2 / p)``.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    below = np.flatnonzero(y < level)
+    if below.size == 0:
+        return float(x[0])
+    return float(x[below[-1] + 1]) if below[-1] + 1 < len(x) else float("nan")

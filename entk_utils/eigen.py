@@ -61,7 +61,8 @@ def top_eigenpairs(K, k: int | None = None, *, ridge: float = 1e-12, seed: int =
 
 
 def find_cliffs(evals, *, max_index: int | None = None, min_ratio: float = 1.25,
-                n_cliffs: int | None = None, floor: float = 1e-8) -> np.ndarray:
+                n_cliffs: int | None = None, floor: float = 1e-8,
+                outlier_mads: float | None = 10.0) -> np.ndarray:
     """Locate the large drops ("cliffs") in a descending spectrum.
 
     A cliff after position ``i`` is a drop ``evals[i] / evals[i+1]`` that stands out from
@@ -76,6 +77,9 @@ def find_cliffs(evals, *, max_index: int | None = None, min_ratio: float = 1.25,
     evals : (M,) eigenvalues, descending.
     n_cliffs : if given, return exactly the ``n_cliffs`` largest drops instead (ignores
         the outlier rule, not ``max_index``).
+    outlier_mads : how many median absolute deviations above the median log-gap a cliff
+        must be; ``None`` keeps only the ``min_ratio`` rule (for short, steeply decaying
+        spectra, where every gap is large and the outlier rule finds nothing).
 
     Returns
     -------
@@ -100,9 +104,10 @@ def find_cliffs(evals, *, max_index: int | None = None, min_ratio: float = 1.25,
         if not 0 < n_cliffs < m:
             raise ValueError(f"n_cliffs must lie in 1..{m - 1}, got {n_cliffs}")
         return np.sort(np.argsort(gaps)[::-1][:n_cliffs] + 1)
-    med = np.median(gaps)
-    mad = np.median(np.abs(gaps - med))
-    threshold = max(np.log(min_ratio), med + 10 * mad)
+    threshold = np.log(min_ratio)
+    if outlier_mads is not None:
+        med = np.median(gaps)
+        threshold = max(threshold, med + outlier_mads * np.median(np.abs(gaps - med)))
     return np.flatnonzero(gaps > threshold) + 1
 
 

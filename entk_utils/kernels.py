@@ -10,10 +10,11 @@ module computes it, and its reductions to one ``N x N`` matrix, in two ways:
 * ``method="fast"``: for the weight (and bias) of every ``nn.Linear`` the per-example
   gradient of output ``c`` is ``sum_t g_{c,t} x_t^T`` (``g`` = gradient w.r.t. the layer's
   output, ``x`` = its input, ``t`` over positions and repeated calls), so the kernel is a
-  product of two small Gram matrices and no per-example Jacobian is ever formed. Parameters
-  not owned by an ``nn.Linear``, or whose gradient the factorisation does not reproduce on
-  a probe batch (weight tying, a subclass with its own ``forward``), fall back to the
-  reference path.
+  product of two small Gram matrices and no per-example Jacobian is ever formed; an
+  ``nn.Embedding`` is the same with one-hot inputs (its input Gram says which token ids
+  coincide). Parameters of other modules, or whose gradient the factorisation does not
+  reproduce on a probe batch (weight tying, a subclass with its own ``forward``), fall back
+  to the reference path.
 
 ``method="auto"`` (default) is the fast path. Both return the same numbers; the tests and
 ``benchmarks/bench_entk.py`` check it.
@@ -124,24 +125,33 @@ def _reference_contributions(model, inputs, names, reduce, chunk_size):
 
 
 # --------------------------------------------------------------------------- fast path
-def _linear_owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """``{param_name: (module_name, "weight" | "bias")}`` for params owned by an nn.Linear."""
+# A parameter is "owned" when its per-example gradient is a sum over positions t of an
+# outer product g_t x_t^T (nn.Linear weight), of g_t (nn.Linear bias), or of g_t placed in
+# row ids_t (nn.Embedding weight). Its kernel is then a product of two small Grams.
+_FACTORISABLE = {nn.Linear: ("weight", "bias"), nn.Embedding: ("weight",)}
+
+
+def _owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{param_name: (module_name, kind)}``, kind in {"weight", "bias", "embedding"}."""
     owners = {}
     for mod_name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            for attr in ("weight", "bias"):
+        for cls, attrs in _FACTORISABLE.items():
+            if not isinstance(module, cls):
+                continue
+            for attr in attrs:
                 full = f"{mod_name}.{attr}" if mod_name else attr
                 if full in names and getattr(module, attr) is not None:
-                    owners[full] = (mod_name, attr)
+                    owners[full] = (mod_name, "embedding" if cls is nn.Embedding else attr)
     return owners
 
 
-def _linear_statistics(model, inputs, module_names, chunk_size):
-    """Inputs and output-gradients of the given nn.Linear modules.
+def _layer_statistics(model, inputs, module_names, chunk_size):
+    """Inputs and output-gradients of the given nn.Linear / nn.Embedding modules.
 
-    Returns ``{module_name: (x, g)}`` with ``x`` (N, T, in) the layer inputs and ``g``
-    (C, N, T, out) the gradients of every model output ``c`` w.r.t. the layer outputs,
-    where ``T`` counts the positions (all non-batch, non-feature dims) and repeated calls.
+    Returns ``{module_name: (x, g)}`` with ``x`` the layer inputs, (N, T, in) for a linear
+    layer or (N, T) token ids for an embedding, and ``g`` (C, N, T, out) the gradients of
+    every model output ``c`` w.r.t. the layer outputs, where ``T`` counts the positions (all
+    non-batch, non-feature dims) and repeated calls.
     """
     modules = dict(model.named_modules())
     xs = {m: [] for m in module_names}
@@ -177,7 +187,9 @@ def _linear_statistics(model, inputs, module_names, chunk_size):
         k = 0
         for m in module_names:
             calls = captured[m]
-            x_cat = torch.cat([x.detach().reshape(x.shape[0], -1, x.shape[-1]) for x, _ in calls], dim=1)
+            embedding = isinstance(modules[m], nn.Embedding)
+            x_cat = torch.cat([x.reshape(y.shape[0], -1) if embedding else x.detach().reshape(y.shape[0], -1, x.shape[-1])
+                               for x, y in calls], dim=1)
             g_cat = torch.stack([
                 torch.cat([per_c[c][k + i].reshape(y.shape[0], -1, y.shape[-1]) for i, (_, y) in enumerate(calls)], dim=1)
                 for c in range(n_out)
@@ -188,17 +200,26 @@ def _linear_statistics(model, inputs, module_names, chunk_size):
     return {m: (torch.cat(xs[m], 0), torch.cat(gs[m], 1)) for m in module_names}
 
 
-def _linear_kernel(x, g, attr, reduce):
-    """Kernel of one nn.Linear weight or bias from its statistics (see _linear_statistics).
+def _input_gram(x, kind, module, dtype):
+    """(N, T, N, T) Gram of what multiplies the output-gradient; None means all ones."""
+    if kind == "weight":
+        return torch.einsum("nti,msi->ntms", x, x)
+    if kind == "embedding":
+        same = x[:, :, None, None] == x[None, None, :, :]
+        if module.padding_idx is not None:
+            same &= (x != module.padding_idx)[:, :, None, None]
+        return same.to(dtype)
+    return None
 
-    ``<dW f_c(n), dW f_d(m)> = sum_{t,s} (g_{c,n,t} . g_{d,m,s}) (x_{n,t} . x_{m,s})``; for
-    the bias the input Gram is all ones.
+
+def _layer_kernel(x, g, kind, module, reduce):
+    """Kernel of one factorisable parameter from its statistics (see _layer_statistics).
+
+    ``<dW f_c(n), dW f_d(m)> = sum_{t,s} (g_{c,n,t} . g_{d,m,s}) X[n,t,m,s]`` with X the
+    input Gram: ``x_{n,t} . x_{m,s}`` for a weight, 1 for a bias, ``[ids_{n,t} == ids_{m,s}]``
+    for an embedding.
     """
-    n, t = x.shape[:2]
-    if attr == "weight":
-        x_gram = torch.einsum("nti,msi->ntms", x, x)
-    else:
-        x_gram = None
+    x_gram = _input_gram(x, kind, module, g.dtype)
     if reduce == "full":
         g_gram = torch.einsum("cnto,dmso->ntmscd", g, g)
         if x_gram is not None:
@@ -214,25 +235,37 @@ def _linear_kernel(x, g, attr, reduce):
     return g_gram.sum(dim=(1, 3))
 
 
+def _rebuilt_gradient(x, g, kind, module):
+    """Batch gradient of the parameter rebuilt from statistics ``x`` and ``g`` (N, T, out)."""
+    if kind == "weight":
+        return torch.einsum("nto,nti->oi", g, x)
+    if kind == "bias":
+        return g.sum((0, 1))
+    grad = torch.zeros_like(module.weight).index_add_(0, x.reshape(-1), g.reshape(-1, g.shape[-1]))
+    if module.padding_idx is not None:
+        grad[module.padding_idx] = 0
+    return grad
+
+
 def _factorisation_holds(model, inputs, owners, stats, n_probe=8, rtol=1e-4):
     """Names of the owned parameters whose gradient the (x, g) statistics reproduce.
 
-    The factorisation assumes a weight is used only inside its own ``nn.Linear`` call, as
-    ``x @ W.T + b``. Weight tying (``F.linear(h, fc.weight)`` elsewhere) or a subclass with
+    The factorisation assumes a parameter is used only inside its own module's call, in
+    the standard way. Weight tying (``F.linear(h, fc.weight)`` elsewhere) or a subclass with
     another ``forward`` breaks that silently, so we compare, on a few inputs, the gradient
     of a random combination of the outputs by autograd with the one rebuilt from (x, g).
     """
     probe = inputs[:n_probe]
-    params = dict(model.named_parameters())
+    params, modules = dict(model.named_parameters()), dict(model.named_modules())
     with torch.enable_grad():
         out = model(probe)
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
         true = torch.autograd.grad((out * weights).sum(), [params[n] for n in owners], allow_unused=True)
     good = set()
-    for (name, (mod_name, attr)), grad in zip(owners.items(), true):
+    for (name, (mod_name, kind)), grad in zip(owners.items(), true):
         x, g = stats[mod_name]
         g_probe = torch.einsum("nc,cnto->nto", weights, g[:, : len(probe)])
-        rebuilt = torch.einsum("nto,nti->oi", g_probe, x[: len(probe)]) if attr == "weight" else g_probe.sum((0, 1))
+        rebuilt = _rebuilt_gradient(x[: len(probe)], g_probe, kind, modules[mod_name])
         grad = torch.zeros_like(rebuilt) if grad is None else grad
         if (rebuilt - grad).norm() <= rtol * grad.norm() + 1e-30:
             good.add(name)
@@ -240,15 +273,15 @@ def _factorisation_holds(model, inputs, owners, stats, n_probe=8, rtol=1e-4):
 
 
 def _fast_contributions(model, inputs, names, reduce, chunk_size):
-    owners = _linear_owners(model, names)
+    owners = _owners(model, names)
     kernels = {}
     if owners:
-        module_names = sorted({m for m, _ in owners.values()})
-        stats = _linear_statistics(model, inputs, module_names, chunk_size)
+        modules = dict(model.named_modules())
+        stats = _layer_statistics(model, inputs, sorted({m for m, _ in owners.values()}), chunk_size)
         safe = _factorisation_holds(model, inputs, owners, stats)
         owners = {n: owner for n, owner in owners.items() if n in safe}
-        for name, (mod_name, attr) in owners.items():
-            kernels[name] = _linear_kernel(*stats[mod_name], attr, reduce)
+        for name, (mod_name, kind) in owners.items():
+            kernels[name] = _layer_kernel(*stats[mod_name], kind, modules[mod_name], reduce)
     rest = [n for n in names if n not in owners]
     if rest:
         kernels.update(_reference_contributions(model, inputs, rest, reduce, chunk_size))
@@ -308,8 +341,8 @@ def entk(
     reduce : ``"trace"`` -> (N, N), ``sum_c K[n, m, c, c] / C``;
         ``"mean"`` -> (N, N), the mean over all ``C * C`` output pairs;
         ``"full"`` -> (N, N, C, C).
-    method : ``"auto"`` / ``"fast"`` (Gram factorisation for nn.Linear weights, reference
-        elsewhere) or ``"reference"`` (torch.func Jacobians throughout).
+    method : ``"auto"`` / ``"fast"`` (Gram factorisation for nn.Linear and nn.Embedding
+        parameters, reference elsewhere) or ``"reference"`` (torch.func Jacobians throughout).
     chunk_size : inputs per forward/Jacobian chunk (bounds memory).
     device : move the model there first (e.g. ``"cuda"``); default: where the model is.
 

@@ -274,3 +274,115 @@ def _seeded(make, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make()
+
+
+class OneLayerTransformer(nn.Module):
+    """The 1-layer Transformer of the grokking literature (Nanda et al. 2023), as the eNTK
+    paper's code runs it on modular addition.
+
+    Tokens ``(a, b, "=")`` with ``"=" = p``, vocabulary ``p + 1``; learned token and
+    position embeddings; ``n_heads`` causal attention heads; a ReLU MLP; no LayerNorm and no
+    biases; an untied unembedding read at the last position. Input (N, 3) token ids, output
+    (N, p + 1) logits.
+
+    Every weight is an ``nn.Linear`` or ``nn.Embedding`` named as in the paper (``W_E``,
+    ``W_pos``, ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``W_in``, ``W_out``, ``W_U``), so each has
+    a fast layerwise eNTK. ``W_Q``, ``W_K``, ``W_V`` hold all heads: their weight is the
+    paper's ``(heads, d_head, d_model)`` tensor reshaped to ``(heads * d_head, d_model)``.
+    Initialisation: ``W_E``, ``W_pos``, ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``W_out`` ~
+    N(0, 1/d_model); ``W_in`` ~ N(0, 1/d_mlp); ``W_U`` ~ N(0, 1/d_vocab).
+    """
+
+    WEIGHTS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")
+
+    def __init__(self, p: int = 29, d_model: int = 64, n_heads: int = 4, d_mlp: int = 256, n_ctx: int = 3):
+        super().__init__()
+        self.p = check_modulus(p)
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_vocab, self.n_heads, self.d_head = p + 1, n_heads, d_model // n_heads
+        self.W_E = nn.Embedding(self.d_vocab, d_model)
+        self.W_pos = nn.Embedding(n_ctx, d_model)
+        self.W_Q = nn.Linear(d_model, d_model, bias=False)
+        self.W_K = nn.Linear(d_model, d_model, bias=False)
+        self.W_V = nn.Linear(d_model, d_model, bias=False)
+        self.W_O = nn.Linear(d_model, d_model, bias=False)
+        self.W_in = nn.Linear(d_model, d_mlp, bias=False)
+        self.W_out = nn.Linear(d_mlp, d_model, bias=False)
+        self.W_U = nn.Linear(d_model, self.d_vocab, bias=False)
+        std = {"W_in": d_mlp**-0.5, "W_U": self.d_vocab**-0.5}
+        for name in self.WEIGHTS:
+            nn.init.normal_(getattr(self, name).weight, std=std.get(name, d_model**-0.5))
+        self.register_buffer("causal_mask", torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool)), persistent=False)
+
+    def attention_pattern(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, heads, T, T) attention weights of residual stream ``x`` (N, T, d_model)."""
+        n, t, _ = x.shape
+        q = self.W_Q(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
+        k = self.W_K(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        return scores.masked_fill(~self.causal_mask[:t, :t], float("-inf")).softmax(-1)
+
+    def forward(self, tokens: torch.Tensor, return_mlp: bool = False):
+        n, t = tokens.shape
+        positions = torch.arange(t, device=tokens.device).expand(n, t)
+        x = self.W_E(tokens) + self.W_pos(positions)
+        v = self.W_V(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
+        z = (self.attention_pattern(x) @ v).transpose(1, 2).reshape(n, t, -1)
+        x = x + self.W_O(z)
+        mlp = torch.relu(self.W_in(x))
+        x = x + self.W_out(mlp)
+        logits = self.W_U(x[:, -1])
+        return (logits, mlp[:, -1]) if return_mlp else logits
+
+
+def transformer_tokens(pairs: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, 2) pairs -> (N, 3) token ids ``(a, b, p)``, where ``p`` is the "=" token."""
+    return torch.cat([pairs, torch.full((len(pairs), 1), p, dtype=pairs.dtype)], dim=1)
+
+
+def train_transformer(
+    p: int = 29,
+    epochs: int = 4000,
+    *,
+    seed: int = 2,
+    split_seed: int | None = None,
+    train_frac: float = 0.5,
+    lr: float = 3e-4,
+    weight_decay: float = 1.0,
+    batch_size: int = 64,
+    d_model: int = 64,
+    n_heads: int = 4,
+    d_mlp: int = 256,
+    checkpoint_every: int = 20,
+    cache_dir=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ModularRun:
+    """Train :class:`OneLayerTransformer` on modular addition as the eNTK paper's code does.
+
+    AdamW, cross-entropy over the first ``p`` logits at the last position, shuffled
+    minibatches. ``seed`` seeds the weights and the shuffling; ``split_seed`` (default:
+    ``seed``) the train/test split. Cached in ``cache_dir`` by every argument.
+    """
+    p = check_modulus(p)
+    split_seed = seed if split_seed is None else split_seed
+    pairs, labels = modular_addition_pairs(p)
+    tokens = transformer_tokens(pairs, p)
+    train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
+    model = _seeded(lambda: OneLayerTransformer(p, d_model, n_heads, d_mlp), seed)
+
+    def compute():
+        return train(
+            model, tokens, labels, train_idx, test_idx, epochs=epochs, lr=lr, weight_decay=weight_decay,
+            loss="cross_entropy", batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p,
+            seed=seed, device=device, progress=progress,
+        ).to_dict()
+
+    result = TrainResult.from_dict(cached(
+        cache_dir, "transformer", compute, p=p, epochs=epochs, seed=seed, split_seed=split_seed,
+        train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size, d_model=d_model,
+        n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every, torch=torch.__version__,
+    ))
+    model.load_state_dict(result.final_state())
+    return ModularRun(p, pairs, labels, tokens, train_idx, test_idx, result, model.to(device).eval())

@@ -16,6 +16,8 @@ from pathlib import Path
 SECTIONS = {
     "mlp-summary": "paper_figures/summary_mlp.md",
     "mlp-table1": "paper_figures/table1_mlp_overlaps.md",
+    "transformer-summary": "paper_figures/summary_transformer.md",
+    "transformer-table2": "paper_figures/table2_transformer_overlaps.md",
     "bench-entk": "benchmarks/results/bench_entk.md",
 }
 

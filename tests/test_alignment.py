@@ -3,6 +3,8 @@ import pytest
 
 from entk_utils.alignment import (
     captured_fraction,
+    family_overlap_table,
+    family_ranges,
     orthonormal_basis,
     overlap_table,
     principal_cosines,
@@ -90,3 +92,19 @@ def test_bad_inputs():
         orthonormal_basis(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="non-zero"):
         projection_heatmap(np.zeros((3, 1)), [np.ones((3, 1))])
+
+
+def test_family_ranges_and_table_on_planted_eigenvectors():
+    rng = np.random.default_rng(5)
+    Q = np.linalg.qr(rng.standard_normal((50, 12)))[0]
+    fam_a, fam_b = Q[:, :4], Q[:, 4:8]
+    # vectors: 0-2 in a, 3 half a / half b (a mixture), 4 in a, 5-8 in b, 9 neither
+    mix = (Q[:, 0:1] + Q[:, 4:5]) / np.sqrt(2)
+    V = np.column_stack([Q[:, 0], Q[:, 1], Q[:, 2], mix[:, 0], Q[:, 3], Q[:, 4], Q[:, 5], Q[:, 6], Q[:, 7], Q[:, 10]])
+    assert family_ranges(V, {"a": fam_a, "b": fam_b, "c": Q[:, 11:12]}) == {"a": (0, 5), "b": (3, 9), "c": None}
+    table = family_overlap_table(V, {"a": fam_a, "c": Q[:, 11:12]}).set_index("family")
+    assert table.loc["a", "eigvecs"] == "0-4" and table.loc["a", "assigned"]
+    assert table.loc["a", "overlap"] == pytest.approx(4.0)
+    assert table.loc["a", "dim"] == 4 and table.loc["a", "percent"] == pytest.approx(100)
+    assert table.loc["c", "eigvecs"] == "0-0" and not table.loc["c", "assigned"]
+    assert table.loc["c", "overlap"] == pytest.approx(0, abs=1e-12)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from entk_utils.dynamics import derivative, overlap_over_training, steepest_rise
+from entk_utils.dynamics import derivative, overlap_over_training, steepest_rise, sustained_crossing
 from entk_utils.fourier import feature_family
 from entk_utils.modular import train_gromov_mlp
 
@@ -27,3 +27,20 @@ def test_overlap_over_training_on_a_small_run():
     assert ((curve[["sum", "a"]] >= 0) & (curve[["sum", "a"]] <= 6 + 1e-9)).all().all()
     with pytest.raises(ValueError, match="block"):
         overlap_over_training(run.model, run.result.checkpoints, run.inputs, (5, 2), fams)
+
+
+def test_sustained_crossing():
+    x = np.arange(6)
+    assert sustained_crossing(x, [0, 0.5, 0.1, 0.6, 0.7, 0.9], 0.5) == 3
+    assert sustained_crossing(x, [0.6] * 6, 0.5) == 0
+    assert np.isnan(sustained_crossing(x, [0, 0, 0, 0, 0, 0.4], 0.5))
+
+
+def test_overlap_over_training_with_per_checkpoint_features():
+    run = train_gromov_mlp(5, 32, steps=20, checkpoint_every=10, progress=False)
+    fixed = feature_family(run.pairs.numpy(), 5, "sum")
+    curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (0, 4),
+                                  lambda model: {"same": fixed, "none": None}, progress=False)
+    direct = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (0, 4), {"same": fixed}, progress=False)
+    np.testing.assert_allclose(curve["same"], direct["same"])
+    assert curve["none"].isna().all()

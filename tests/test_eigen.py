@@ -104,3 +104,12 @@ def test_find_cliffs_n_cliffs_and_max_index():
 def test_find_cliffs_bad_input(bad, message):
     with pytest.raises(ValueError, match=message):
         find_cliffs(bad)
+
+
+def test_ratio_rule_alone_for_short_steep_spectra():
+    """In a steep spectrum many gaps are large: the default keeps only the outliers among
+    them, the ratio rule alone keeps every drop of at least min_ratio."""
+    ratios = [1.5, 4.0, 1.6, 1.5, 4.0, 2.2, 1.5, 2.5, 1.6]
+    lam = 100 / np.cumprod([1.0, *ratios])
+    np.testing.assert_array_equal(find_cliffs(lam), [2, 5])
+    np.testing.assert_array_equal(find_cliffs(lam, min_ratio=2.0, outlier_mads=None), [2, 5, 6, 8])

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 
 from entk_utils.alignment import subspace_overlap
-from entk_utils.fourier import FAMILIES, check_frequencies, feature_family, fourier_family, frequency_planes
+from entk_utils.fourier import (
+    FAMILIES,
+    check_frequencies,
+    family_power,
+    feature_family,
+    first_key_frequencies,
+    fourier_family,
+    fourier_power,
+    frequency_planes,
+    key_frequencies,
+)
 from entk_utils.modular import modular_addition_pairs
 
 P = 13
@@ -63,3 +73,73 @@ def test_bad_family_and_modulus():
         fourier_family(np.arange(4), 15)
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
         feature_family(np.arange(5), P, "a")
+
+
+def planted(p, freqs, d=32, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    return fourier_family(np.arange(p), p, freqs) @ rng.standard_normal((2 * len(freqs), d)) + noise * rng.standard_normal((p, d))
+
+
+@pytest.mark.parametrize("p, freqs", [(29, [1, 12]), (29, [1, 3, 7, 10]), (31, [5]), (23, [2, 3, 10])])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_key_frequencies_recovers_planted_frequencies(p, freqs, seed):
+    power = fourier_power(planted(p, freqs, seed=seed), p)
+    assert power.shape == ((p - 1) // 2,) and power.sum() == pytest.approx(1)
+    np.testing.assert_array_equal(key_frequencies(power), freqs)
+
+
+def test_key_frequencies_sees_through_extra_tokens_and_unequal_power():
+    W = planted(29, [4, 9])
+    W[:, :16] *= 3  # one frequency stronger than the other is still a key
+    with_equals_token = np.vstack([W, 100 * np.ones((1, W.shape[1]))])
+    np.testing.assert_array_equal(key_frequencies(fourier_power(with_equals_token, 29)), [4, 9])
+
+
+def test_no_key_frequency_in_noise():
+    noise = np.random.default_rng(0).standard_normal((29, 64))
+    with pytest.raises(ValueError, match="no frequency stands out"):
+        key_frequencies(fourier_power(noise, 29))
+
+
+def test_family_power_on_planted_sum_features():
+    pairs = modular_addition_pairs(13)[0].numpy()
+    A = feature_family(pairs, 13, "sum", [2, 5]) @ np.random.default_rng(0).standard_normal((4, 10))
+    power = family_power(A, pairs, 13, "sum")
+    assert power[[1, 4]].sum() == pytest.approx(1)
+    np.testing.assert_array_equal(key_frequencies(power), [2, 5])
+    assert family_power(A, pairs, 13, "diff").max() < 1e-20
+
+
+def test_first_key_frequencies_falls_back_in_order():
+    flat, peaked = np.ones(14) / 14, fourier_power(planted(29, [6]), 29)
+    assert first_key_frequencies({"flat": flat, "peaked": peaked})[0] == "peaked"
+    with pytest.raises(ValueError, match="flat: no frequency stands out"):
+        first_key_frequencies({"flat": flat})
+
+
+@pytest.mark.parametrize("power, kwargs, message", [
+    (np.ones(14), {"max_keys": 14}, "max_keys"),
+    (-np.ones(14), {}, "non-negative"),
+    (np.ones(1), {}, "at least 2"),
+])
+def test_key_frequencies_bad_input(power, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        key_frequencies(power, **kwargs)
+
+
+@pytest.mark.parametrize("p, train_frac", [(17, 0.7), (23, 0.6)])
+def test_trained_transformers_embedding_and_neurons_agree_on_keys(p, train_frac):
+    """Two independent readings of a trained network (embedding, MLP neurons) find the same keys."""
+    import torch
+
+    from entk_utils.modular import train_transformer
+
+    run = train_transformer(p, 1500, seed=1, lr=3e-3, train_frac=train_frac, batch_size=None,
+                            checkpoint_every=1500, progress=False)
+    assert run.result.history.test_acc.iloc[-1] > 0.9
+    with torch.no_grad():
+        _, acts = run.model(run.inputs, return_mlp=True)
+    from_embedding = key_frequencies(fourier_power(run.model.W_E.weight.detach(), p))
+    from_neurons = key_frequencies(family_power(acts.numpy(), run.pairs.numpy(), p, "sum"))
+    assert 1 <= len(from_embedding) <= (p - 1) // 4
+    np.testing.assert_array_equal(from_embedding, from_neurons)

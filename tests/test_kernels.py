@@ -90,6 +90,21 @@ class WithScaled(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+class PaddedPositional(nn.Module):
+    """Token embedding with a padding id, a positional embedding, a linear readout."""
+
+    def __init__(self, vocab=7, d=5, n_ctx=4):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d, padding_idx=0)
+        self.pos = nn.Embedding(n_ctx, d)
+        self.readout = nn.Linear(d, 3)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        h = torch.tanh(self.tok(ids) + self.pos(positions))
+        return self.readout(h[:, -1] * h[:, 0])
+
+
 def _cases():
     torch.manual_seed(1)
     pairs, _ = modular_addition_pairs(7)
@@ -98,6 +113,7 @@ def _cases():
     yield "deep-subset", DeepMLP(), torch.randn(17, 6), ["mid", "out.bias"]
     yield "mixed", Mixed(), torch.randn(13, 5), None
     yield "sequence", TinySeqModel(), torch.randint(0, 9, (11, 4)), None
+    yield "padded-positional", PaddedPositional(), torch.randint(0, 7, (12, 4)), None
     yield "tied", Tied(), torch.randn(10, 6), None
     yield "subclass", WithScaled(), torch.randn(10, 4), None
 
@@ -235,3 +251,17 @@ def test_probe_check_is_what_keeps_the_fast_path_right(monkeypatch, model_cls, n
     ref = entk(model, x, method="reference")
     monkeypatch.setattr(kernels, "_factorisation_holds", lambda model, inputs, owners, stats: set(owners))
     assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
+
+
+def test_embeddings_take_the_fast_path(monkeypatch):
+    """The embedding kernels come from the Gram factorisation, not the Jacobian fallback."""
+    from entk_utils import kernels
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("reference path used")
+
+    model = PaddedPositional().double()
+    ids = torch.randint(0, 7, (9, 4))
+    ref = entk(model, ids, method="reference")
+    monkeypatch.setattr(kernels, "_reference_contributions", no_reference)
+    assert rel_err(entk(model, ids, method="fast"), ref) < 1e-10

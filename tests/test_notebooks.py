@@ -62,3 +62,23 @@ def test_mlp_notebook_quick_profile(tmp_path):
 def test_mlp_notebook_rejects_a_non_prime_modulus(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="odd prime"):
         execute("01_mlp_modular_addition", tmp_path, p=21, steps=2)
+
+
+@pytest.mark.notebook
+def test_transformer_notebook_quick_profile_other_seed(tmp_path):
+    params = profile("02_transformer_modular_addition", "quick")
+    out = execute("02_transformer_modular_addition", tmp_path, **params)
+    for name in ("fig3_transformer_grokking.png", "fig_transformer_layer_spectra.png",
+                 "fig_transformer_key_frequencies.png", "table2_transformer_overlaps.csv", "summary_transformer.csv"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table2_transformer_overlaps.csv")
+    assert {"weight", "family", "eigvecs", "overlap", "dim", "percent"} <= set(table.columns)
+    assert set(table.weight) == {"W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U", "full"}
+    # The unembedding kernel's leading eigenvectors hold both families at this seed's keys:
+    # a majority of each family, and over 10x what a random subspace of the same size holds
+    # (expected overlap of random k- and d-dim subspaces of R^N is k * d / N).
+    w_u = table[table.weight == "W_U"].set_index("family")
+    n_vectors = w_u.eigvecs.map(lambda r: int(r.split("-")[1]) - int(r.split("-")[0]) + 1)
+    random_expectation = n_vectors * w_u.dim / params["p"] ** 2
+    assert w_u.assigned.all() and (w_u.percent > 50).all(), w_u
+    assert (w_u.overlap > 10 * random_expectation).all(), w_u
