@@ -30,6 +30,9 @@ from torch.func import functional_call, jacrev, vmap
 
 REDUCTIONS = ("trace", "mean", "full")
 METHODS = ("auto", "fast", "reference")
+# Inputs per chunk when chunk_size is None: the reference path holds (chunk, C, P) Jacobians,
+# the fast path only activations, so it takes far larger chunks (fewer backward calls).
+DEFAULT_CHUNK = {"reference": 64, "fast": 1024}
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -296,7 +299,7 @@ def entk_contributions(
     reduce: str = "trace",
     *,
     method: str = "auto",
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
     """The eNTK of each selected parameter tensor on its own: ``{param_name: K}``.
@@ -310,8 +313,10 @@ def entk_contributions(
     inputs = inputs.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
+    path = "reference" if method == "reference" else "fast"
+    chunk_size = chunk_size or DEFAULT_CHUNK[path]
     try:
-        if method == "reference":
+        if path == "reference":
             kernels = _reference_contributions(model, inputs, names, reduce, chunk_size)
         else:
             kernels = _fast_contributions(model, inputs, names, reduce, chunk_size)
@@ -327,7 +332,7 @@ def entk(
     reduce: str = "trace",
     *,
     method: str = "auto",
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Empirical NTK of ``model`` on ``inputs``.
@@ -343,7 +348,8 @@ def entk(
         ``"full"`` -> (N, N, C, C).
     method : ``"auto"`` / ``"fast"`` (Gram factorisation for nn.Linear and nn.Embedding
         parameters, reference elsewhere) or ``"reference"`` (torch.func Jacobians throughout).
-    chunk_size : inputs per forward/Jacobian chunk (bounds memory).
+    chunk_size : inputs per forward/Jacobian chunk (bounds memory); default
+        ``DEFAULT_CHUNK[path]``: 64 for the reference path, 1024 for the fast one.
     device : move the model there first (e.g. ``"cuda"``); default: where the model is.
 
     Returns the kernel as a tensor on the model's device, in the model's dtype.

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.001689, "end_time": "2026-11-25T10:23:07.492481+00:00", "exception": false, "start_time": "2026-11-25T10:23:07.490792+00:00", "status": "completed"}
+# %% [markdown] papermill={"duration": 0.001203, "end_time": "2026-11-25T10:31:07.347822+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.346619+00:00", "status": "completed"}
 # # 3 · Gemma-3-270M on TinyStories: eNTK eigendirections vs. grammar features vs. PCA
 #
 # *Will reproduce section 5 of "Feature Identification via the Empirical NTK"
@@ -22,9 +22,9 @@
 # **Not implemented yet** (tracked as issue 4). This placeholder exists so that
 # `make figures` runs every notebook; it computes nothing and writes no figures.
 
-# %% papermill={"duration": 0.012436, "end_time": "2026-11-25T10:23:07.506794+00:00", "exception": false, "start_time": "2026-11-25T10:23:07.494358+00:00", "status": "completed"} tags=["parameters"]
+# %% papermill={"duration": 0.008362, "end_time": "2026-11-25T10:31:07.357471+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.349109+00:00", "status": "completed"} tags=["parameters"]
 seed = 0
 out_dir = None
 
-# %% papermill={"duration": 0.005334, "end_time": "2026-11-25T10:23:07.513489+00:00", "exception": false, "start_time": "2026-11-25T10:23:07.508155+00:00", "status": "completed"}
+# %% papermill={"duration": 0.005021, "end_time": "2026-11-25T10:31:07.363638+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.358617+00:00", "status": "completed"}
 print("03_gemma_tinystories: not implemented yet; see the project's issue tracker (issue 4).")
