@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse.linalg
 import torch
 
-from entk_utils.eigen import cliff_blocks, find_cliffs, top_eigenpairs
+from entk_utils.eigen import cliff_blocks, find_cliffs, lanczos, top_eigenpairs
 
 
 def random_psd(n, seed=0, decay=0.9):
@@ -31,15 +31,35 @@ def test_top_k_and_sign_convention():
     assert np.all(biggest > 0)
 
 
-def test_operator_path_agrees_with_dense_and_is_seeded():
+@pytest.mark.parametrize("solver", ["lanczos", "eigsh"])
+def test_operator_path_agrees_with_dense_and_is_seeded(solver):
     K, lam, _ = random_psd(60, seed=2, decay=0.8)
     op = scipy.sparse.linalg.LinearOperator(K.shape, matvec=lambda v: K @ v, dtype=np.float64)
-    evals, evecs = top_eigenpairs(op, 6, seed=3)
+    evals, evecs = top_eigenpairs(op, 6, seed=3, solver=solver, steps=40, progress=False)
     np.testing.assert_allclose(evals, lam[:6], rtol=1e-8)
     _, dense_vecs = top_eigenpairs(K, 6)
     np.testing.assert_allclose(np.abs(evecs.T @ dense_vecs), np.eye(6), atol=1e-6)
-    again, _ = top_eigenpairs(op, 6, seed=3)
+    again, _ = top_eigenpairs(op, 6, seed=3, solver=solver, steps=40, progress=False)
     np.testing.assert_array_equal(evals, again)
+
+
+def test_lanczos_counts_matvecs_and_reports_residuals():
+    K, lam, _ = random_psd(200, seed=4, decay=0.85)
+    calls = []
+    op = scipy.sparse.linalg.LinearOperator(K.shape, matvec=lambda v: calls.append(1) or K @ v, dtype=np.float64)
+    evals, evecs, residuals = lanczos(op, 5, steps=50, progress=False)
+    assert len(calls) == 50
+    np.testing.assert_allclose(evals, lam[:5], rtol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(K @ evecs - evecs * evals, axis=0), residuals, atol=1e-8)
+    np.testing.assert_allclose(evecs.T @ evecs, np.eye(5), atol=1e-10)
+    with pytest.raises(ValueError, match="k must lie"):
+        lanczos(op, 51, steps=50)
+
+
+def test_lanczos_stops_when_the_krylov_space_is_exhausted():
+    K = np.diag([5.0, 3.0, 1.0] + [0.0] * 17)
+    evals, _, _ = lanczos(scipy.sparse.linalg.aslinearoperator(K), 3, steps=10, progress=False)
+    np.testing.assert_allclose(evals, [5, 3, 1], atol=1e-10)
 
 
 @pytest.mark.parametrize("bad, message", [

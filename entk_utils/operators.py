@@ -1,0 +1,201 @@
+"""Matrix-free eNTK operators for models too big to materialise the kernel.
+
+For a Hugging Face causal LM, the output studied is the final hidden state (after the final
+norm) at the last position, ``h(x) in R^d``, and the parameters one weight of one decoder
+layer (by default ``mlp.down_proj.weight``). With ``J`` the (N*d, P) Jacobian over N
+contexts, the operator is
+
+    K~ = (I_N kron A) J J^T (I_N kron A),    A = (U^T U)^{1/2},
+
+where ``U`` (V, d) is the unembedding: since the logits are ``U h``, ``K~`` has the nonzero
+spectrum of the full-vocabulary logit eNTK ``(I kron U) J J^T (I kron U^T)`` without ever
+forming V = 262k logits. Vectors are laid out as an (N, d) row-major array (context ``n``,
+hidden unit ``i`` at ``n * d + i``).
+
+``K~ @ v`` is one VJP (``J^T``) and one JVP (``J``) with ``torch.func``, chunked over
+contexts. The layers below the chosen one do not depend on its weight, so with
+``truncate=True`` the residual stream entering that layer (and the masks / rotary
+embeddings each higher layer receives) is recorded once, and every matvec runs only the
+layers from there up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+METRICS = ("unembedding", "identity")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a Hugging Face causal LM (``model.model.layers``)."""
+    body = getattr(model, "model", model)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)")
+    return layers
+
+
+def unembedding_metric(model: nn.Module) -> torch.Tensor:
+    """``A = (U^T U)^{1/2}`` (d, d) from the output embedding ``U`` (V, d), in float64."""
+    U = model.get_output_embeddings().weight.detach().to(torch.float64)
+    evals, evecs = torch.linalg.eigh(U.T @ U)
+    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+
+
+def _math_attention():
+    """Forward-mode AD does not go through fused SDPA kernels: use the math backend."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
+    """``K~`` of one decoder-layer weight as a symmetric (N*d, N*d) ``LinearOperator``.
+
+    Build it with :func:`layer_entk_operator`. ``matvec(v)`` takes and returns a float64
+    vector of length N*d; ``n_matvecs`` counts the products so far.
+    """
+
+    def __init__(self, model, input_ids, layer, param, metric, truncate, chunk_size, attention_mask):
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.layer, self.param, self.truncate, self.chunk_size = layer, param, truncate, chunk_size
+        self.device = next(model.parameters()).device
+        self.input_ids = input_ids.to(self.device)
+        self.attention_mask = None if attention_mask is None else attention_mask.to(self.device)
+        self.target = self.layers[layer]
+        self.theta = dict(self.target.named_parameters())[param].detach()
+        self.dtype_torch = self.theta.dtype
+        self.hidden = model.config.hidden_size
+        n = len(self.input_ids)
+        self.chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+        self.A = None if metric is None else metric.to(self.device, self.dtype_torch)
+        self.n_matvecs = 0
+        self._records = self._record_layer_inputs() if truncate else None
+        super().__init__(dtype=np.float64, shape=(n * self.hidden, n * self.hidden))
+
+    # ---------------------------------------------------------------- forward functions
+    def _full_name(self):
+        prefix = next(name for name, module in self.model.model.named_modules() if module is self.target)
+        return f"{prefix}.{self.param}"
+
+    @torch.no_grad()
+    def _record_layer_inputs(self):
+        """Per chunk, ``{i: (args, kwargs)}`` that decoder layer ``i >= layer`` receives."""
+        records = []
+        for sl in self.chunks:
+            seen = {}
+
+            def make_hook(i):
+                def hook(module, args, kwargs):
+                    seen[i] = (args, kwargs)
+                return hook
+
+            handles = [self.layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True)
+                       for i in range(self.layer, len(self.layers))]
+            try:
+                with _math_attention():
+                    self.model.model(**self._model_inputs(sl))
+            finally:
+                for h in handles:
+                    h.remove()
+            records.append(seen)
+        return records
+
+    def _model_inputs(self, sl):
+        kwargs = {"input_ids": self.input_ids[sl], "use_cache": False}
+        if self.attention_mask is not None:
+            kwargs["attention_mask"] = self.attention_mask[sl]
+        return kwargs
+
+    def _output(self, theta, chunk_index):
+        """h (n_chunk, d): final-norm hidden state at the last position, as a function of theta."""
+        sl = self.chunks[chunk_index]
+        if not self.truncate:
+            out = functional_call(self.model.model, {self._full_name(): theta}, kwargs=self._model_inputs(sl))
+            return out.last_hidden_state[:, -1]
+        seen = self._records[chunk_index]
+        args, kwargs = seen[self.layer]
+        hidden = functional_call(self.target, {self.param: theta}, args, kwargs)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        for i in range(self.layer + 1, len(self.layers)):
+            args, kwargs = seen[i]
+            hidden = self.layers[i](hidden, *args[1:], **kwargs)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self.model.model.norm(hidden)[:, -1]
+
+    # ---------------------------------------------------------------- J^T and J
+    def rmatvec_params(self, w: torch.Tensor) -> torch.Tensor:
+        """``J^T w`` for w (N, d): a tensor shaped like the weight."""
+        total = torch.zeros_like(self.theta)
+        for c, sl in enumerate(self.chunks):
+            _, pullback = vjp(lambda t: self._output(t, c), self.theta)
+            total += pullback(w[sl])[0]
+        return total
+
+    def matvec_params(self, u: torch.Tensor) -> torch.Tensor:
+        """``J u`` for a weight-shaped u: (N, d)."""
+        return torch.cat([jvp(lambda t: self._output(t, c), (self.theta,), (u,))[1] for c in range(len(self.chunks))])
+
+    def _matvec(self, v):
+        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
+        with torch.no_grad(), _math_attention():
+            w = v @ self.A if self.A is not None else v
+            out = self.matvec_params(self.rmatvec_params(w))
+            out = out @ self.A if self.A is not None else out
+        self.n_matvecs += 1
+        return out.reshape(-1).double().cpu().numpy()
+
+    def _rmatvec(self, v):
+        return self._matvec(v)  # symmetric
+
+    def outputs(self) -> torch.Tensor:
+        """The outputs h (N, d) at the current weights (for checks)."""
+        with torch.no_grad(), _math_attention():
+            return torch.cat([self._output(self.theta, c) for c in range(len(self.chunks))])
+
+
+def layer_entk_operator(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    layer: int,
+    *,
+    param: str = "mlp.down_proj.weight",
+    metric: str | torch.Tensor | None = "unembedding",
+    truncate: bool = True,
+    chunk_size: int = 64,
+    attention_mask: torch.Tensor | None = None,
+) -> LayerENTKOperator:
+    """The matrix-free eNTK operator of one decoder-layer weight of a Hugging Face causal LM.
+
+    Parameters
+    ----------
+    model : e.g. ``Gemma3ForCausalLM``; any attention implementation (JVPs run under the
+        math SDPA backend). It is used as it is (device, dtype); gradients are not kept.
+    input_ids : (N, T) contexts, all of length T (no padding unless ``attention_mask``).
+    layer : decoder layer index, ``0 <= layer < num_hidden_layers``.
+    param : the weight, relative to the layer (default the MLP's ``down_proj``).
+    metric : ``"unembedding"`` for ``A = (U^T U)^{1/2}``, ``"identity"`` / ``None`` for
+        none, or a (d, d) tensor.
+    truncate : record the inputs of layers ``>= layer`` once and run only those per matvec.
+    chunk_size : contexts per VJP / JVP call (bounds memory).
+
+    Returns a :class:`LayerENTKOperator` with ``.shape == (N*d, N*d)`` and ``.matvec(v)``.
+    """
+    layers = decoder_layers(model)
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(layers):
+        raise ValueError(f"layer must be an integer in 0..{len(layers) - 1}, got {layer!r}")
+    if param not in dict(layers[layer].named_parameters()):
+        raise ValueError(f"layer {layer} has no parameter {param!r}; it has {list(dict(layers[layer].named_parameters()))}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be a non-empty (N, T) tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}, None or a (d, d) tensor")
+        metric = unembedding_metric(model) if metric == "unembedding" else None
+    return LayerENTKOperator(model, input_ids, int(layer), param, metric, truncate, chunk_size, attention_mask)
