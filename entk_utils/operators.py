@@ -199,3 +199,28 @@ def layer_entk_operator(
             raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}, None or a (d, d) tensor")
         metric = unembedding_metric(model) if metric == "unembedding" else None
     return LayerENTKOperator(model, input_ids, int(layer), param, metric, truncate, chunk_size, attention_mask)
+
+
+def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int = 50,
+                            seed: int = 0, metric=None, chunk_size: int = 64, key: str = "",
+                            progress: bool = True) -> dict:
+    """Top ``n_eigs`` eigenpairs of :func:`layer_entk_operator` at ``layer`` by Lanczos,
+    cached per layer (so a sweep over layers that stops halfway resumes where it stopped).
+
+    ``key`` should identify the model and inputs (e.g. the dataset's cache key). Returns
+    ``{"evals": (n_eigs,), "evecs": (N*d, n_eigs), "residuals": (n_eigs,), "seconds": float}``.
+    """
+    import time
+
+    from .cache import cached
+    from .eigen import lanczos
+
+    def compute():
+        start = time.perf_counter()
+        op = layer_entk_operator(model, input_ids, layer, metric=metric, chunk_size=chunk_size)
+        evals, evecs, residuals = lanczos(op, n_eigs, steps, seed=seed, progress=progress)
+        return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs),
+                "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
+
+    return cached(cache_dir, f"entk-eigs-layer{layer}", compute, layer=layer, n_eigs=n_eigs, steps=steps,
+                  seed=seed, key=key, n=len(input_ids), metric=metric is not None)

@@ -18,7 +18,9 @@ SECTIONS = {
     "mlp-table1": "paper_figures/table1_mlp_overlaps.md",
     "transformer-summary": "paper_figures/summary_transformer.md",
     "transformer-table2": "paper_figures/table2_transformer_overlaps.md",
+    "gemma-summary": "paper_figures/summary_gemma.md",
     "bench-entk": "benchmarks/results/bench_entk.md",
+    "bench-operators": "benchmarks/results/bench_operators.md",
 }
 
 

@@ -13,18 +13,201 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.001203, "end_time": "2026-11-25T10:31:07.347822+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.346619+00:00", "status": "completed"}
-# # 3 · Gemma-3-270M on TinyStories: eNTK eigendirections vs. grammar features vs. PCA
+# %% [markdown] papermill={"duration": 0.001771, "end_time": "2026-11-25T10:58:23.468675+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.466904+00:00", "status": "completed"}
+# # 3 · Gemma-3-270M on TinyStories: eNTK eigendirections vs grammar vs PCA
 #
-# *Will reproduce section 5 of "Feature Identification via the Empirical NTK"
-# (arXiv 2510.00468): Gemma-3-270M on TinyStories context windows: matrix-free layer eNTK eigendirections scored against spaCy part-of-speech and morphology labels, next to a same-budget PCA (Table 3).*
+# *Reproduces section 5 of "Feature Identification via the Empirical NTK"
+# (arXiv 2510.00468).*
 #
-# **Not implemented yet** (tracked as issue 4). This placeholder exists so that
-# `make figures` runs every notebook; it computes nothing and writes no figures.
+# Does the method scale to a pretrained language model, where nobody knows the features in
+# advance? The paper takes contexts from children's stories, restricts the eNTK to the
+# MLP output weight (`down_proj`) of one layer of Gemma-3-270M, and asks whether its top
+# eigenvectors pick out grammatical categories of the *next* word (part of speech,
+# morphology) better than the same number of principal components of the activations.
+#
+# The kernel here is far too big to form (`N · 640` rows), so it is used only through
+# matrix-vector products (one VJP and one JVP), and its top eigenpairs come from Lanczos.
+#
+# **Scale.** The defaults run on a 2-core CPU in minutes: 8 contexts per part of speech
+# (N = 64) and one layer. `notebooks/profiles/03_gemma_tinystories.paper.yaml` is the
+# paper's scale (128 per tag, N = 1024, all 18 layers: hours on a CPU, or use the GPU
+# profile). Small-N numbers are noisy; read them as a check that the pipeline works.
 
-# %% papermill={"duration": 0.008362, "end_time": "2026-11-25T10:31:07.357471+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.349109+00:00", "status": "completed"} tags=["parameters"]
+# %% papermill={"duration": 0.008586, "end_time": "2026-11-25T10:58:23.479213+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.470627+00:00", "status": "completed"} tags=["parameters"]
 seed = 0
-out_dir = None
+n_per_tag = 8            # contexts per part of speech (paper: 128)
+context_len = 64         # Gemma tokens before the target word (no BOS)
+layers = [16]            # decoder layers to analyse (paper: all 18, best reported)
+n_eigs = 25              # eNTK directions = PCA components = random directions
+lanczos_steps = 50
+min_positives = 6        # morphological features need this many positives (paper: 30 at N = 1024)
+model_source = "auto"    # "auto" | "hub" | "gguf" | a local path
+stories_path = None      # None: $ENTK_TINYSTORIES or shared/data/tinystories/validation_first1000.txt
+device = "cpu"
+out_dir = None           # None: $ENTK_OUT_DIR or ../paper_figures
+cache_dir = None         # None: $ENTK_CACHE_DIR or ../.cache
 
-# %% papermill={"duration": 0.005021, "end_time": "2026-11-25T10:31:07.363638+00:00", "exception": false, "start_time": "2026-11-25T10:31:07.358617+00:00", "status": "completed"}
-print("03_gemma_tinystories: not implemented yet; see the project's issue tracker (issue 4).")
+# %% papermill={"duration": 48.54226, "end_time": "2026-11-25T10:59:12.022961+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.480701+00:00", "status": "completed"}
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from entk_utils import alignment, language, operators, plotting
+
+out_dir = out_dir or os.environ.get("ENTK_OUT_DIR", "../paper_figures")
+cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
+plotting.set_style()
+torch.manual_seed(seed)
+stories = language.load_stories("local", language.stories_path(stories_path))
+lm = language.load_gemma(model_source, device=device, cache_dir=cache_dir)
+n_layers = lm.model.config.num_hidden_layers
+bad = [layer for layer in layers if not 0 <= layer < n_layers]
+if bad:
+    raise ValueError(f"layers {bad} out of range: Gemma-3-270M has layers 0..{n_layers - 1}")
+print(f"model: {lm.description}")
+print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
+
+# %% [markdown] papermill={"duration": 0.001571, "end_time": "2026-11-25T10:59:12.027029+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.025458+00:00", "status": "completed"}
+# ## The data: contexts whose next word the model gets grammatically right
+#
+# An example is a word in a story with at least 64 Gemma tokens before it; the context is
+# exactly those 64 tokens. Gemma continues the context greedily for 3 tokens, spaCy tags
+# the first generated word, and the example is kept only if that part of speech equals the
+# real next word's, so the model's computation at the last position is about a category it
+# actually predicts. We fill a quota per part of speech (PUNCT, PRON, PROPN, DET, ADV,
+# CCONJ, NOUN, VERB); the dataset is cached.
+
+# %% papermill={"duration": 0.657409, "end_time": "2026-11-25T10:59:12.686076+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.028667+00:00", "status": "completed"}
+nlp = language.load_spacy()
+data = language.cached_context_dataset(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag,
+                                       context_len=context_len, seed=seed)
+print(f"N = {len(data)} contexts; {data.report['generated']} continuations generated "
+      f"in {data.report['rounds']} round(s) over {data.report['stories']} stories")
+if data.report["rounds"] > 1:
+    print("(one position per story did not fill every quota, so more positions per story were drawn)")
+labels, kinds = language.grammar_labels(data.upos, data.morph, min_positives=min_positives)
+print(f"{len(labels.columns)} labels: {sum(k == 'pos' for k in kinds.values())} parts of speech, "
+      f"{sum(k == 'morph' for k in kinds.values())} morphological features with >= {min_positives} positives")
+examples = pd.DataFrame({"tag": data.upos, "context (end)": [lm.tokenizer.decode(ids[-12:].tolist()) for ids in data.input_ids],
+                         "next word": data.words, "model continues": data.generated})
+examples.groupby("tag").head(1)
+
+# %% [markdown] papermill={"duration": 0.001656, "end_time": "2026-11-25T10:59:12.690042+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.688386+00:00", "status": "completed"}
+# ## Directions: eNTK eigenvectors, principal components, random
+#
+# For each layer: the top eigenpairs of the `down_proj` eNTK operator
+# `K~ = (I ⊗ A) J Jᵀ (I ⊗ A)`, `A = (UᵀU)^½` from the unembedding (so it has the spectrum
+# of the full-vocabulary logit eNTK). Each eigenvector is an `N × 640` array; its top
+# singular component gives one signed score per context. The baselines use the same budget
+# in the residual stream after that layer: its top principal components, and random
+# directions. First a check of the operator on two random vectors: symmetric, and the
+# truncated forward pass (from the analysed layer up) equals the full model's.
+
+# %% papermill={"duration": 5.270224, "end_time": "2026-11-25T10:59:17.961965+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.691741+00:00", "status": "completed"}
+metric = operators.unembedding_metric(lm.model)
+check_ids = data.input_ids[:4]
+op_t = operators.layer_entk_operator(lm.model, check_ids, layers[0], metric=metric)
+op_f = operators.layer_entk_operator(lm.model, check_ids, layers[0], metric=metric, truncate=False)
+rng = np.random.default_rng(seed)
+u, v = rng.standard_normal((2, op_t.shape[0]))
+Ku, Kv = op_t.matvec(u), op_t.matvec(v)
+print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {abs(u @ Kv - Ku @ v) / abs(u @ Kv):.1e}; "
+      f"truncated vs full model: {np.linalg.norm(Ku - op_f.matvec(u)) / np.linalg.norm(Ku):.1e}")
+
+# %% papermill={"duration": 7.920538, "end_time": "2026-11-25T10:59:25.885133+00:00", "exception": false, "start_time": "2026-11-25T10:59:17.964595+00:00", "status": "completed"}
+key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description)))
+classes = np.array(data.upos)
+select, evaluate = alignment.stratified_halves(classes, seed=seed)
+results, spectra, shares = [], {}, {}
+for layer in layers:
+    eig = operators.cached_layer_eigenpairs(cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps,
+                                            seed=seed, metric=metric, key=key)
+    spectra[layer] = eig["evals"].numpy()
+    entk_s, shares[layer] = language.entk_scores(eig["evecs"].numpy(), len(data))
+    acts = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
+    for method, scores in {"entk": entk_s, "pca": language.pca_scores(acts, n_eigs),
+                           "random": language.random_scores(acts, n_eigs, seed=seed)}.items():
+        table = alignment.score_directions(scores, labels, select, evaluate)
+        results.append(table.assign(layer=layer, method=method, kind=table.label.map(kinds)))
+    print(f"layer {layer}: {n_eigs} eigenpairs in {eig['seconds'] / 60:.1f} min; top eigenvalues "
+          f"{np.round(spectra[layer][:3], 2).tolist()}; median top-singular share {np.median(shares[layer]):.2f}")
+per_layer = pd.concat(results, ignore_index=True)
+
+# %% [markdown] papermill={"duration": 0.001831, "end_time": "2026-11-25T10:59:25.889569+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.887738+00:00", "status": "completed"}
+# ## Table 3 · How well each method's best direction picks out each label
+#
+# For each label we choose, among the 25 directions of a method and both signs, the one
+# with the best average precision on one half of the contexts (split stratified by part of
+# speech), and report its AUROC and AP on the other half. Rows per layer, plus the best
+# layer per method (by macro AUROC).
+
+# %% papermill={"duration": 0.047133, "end_time": "2026-11-25T10:59:25.938437+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.891304+00:00", "status": "completed"}
+table3, best_layer = alignment.with_best_layer(per_layer, by="auroc")
+table3 = table3[["label", "kind", "layer", "method", "auroc", "ap", "precision_at_quota", "enrichment",
+                 "base_rate", "direction", "sign"]]
+plotting.save_table(table3, "table3_gemma_auroc", out_dir)
+wide = table3[table3.layer == "best"].pivot(index=["kind", "label"], columns="method", values="auroc")[["entk", "pca", "random"]]
+wide.loc[("macro", "all labels"), :] = wide.mean()
+wide.round(3)
+
+# %% [markdown] papermill={"duration": 0.001927, "end_time": "2026-11-25T10:59:25.942703+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.940776+00:00", "status": "completed"}
+# The macro averages (this cell's output is checked by nbval):
+
+# %% papermill={"duration": 0.013206, "end_time": "2026-11-25T10:59:25.957757+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.944551+00:00", "status": "completed"} tags=["NBVAL_CHECK_OUTPUT"]
+summary = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[["entk", "pca", "random"]]
+summary["best layer"] = best_layer
+plotting.save_table(summary.reset_index().assign(N=len(data), labels=len(labels.columns)), "summary_gemma", out_dir)
+print(f"N = {len(data)}, {len(labels.columns)} labels, chance AP for a part of speech = {1 / 8:.3f}")
+print(summary.round(2).to_string())
+
+# %% [markdown] papermill={"duration": 0.001871, "end_time": "2026-11-25T10:59:25.961656+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.959785+00:00", "status": "completed"}
+# The paper's code at layer 16 (N = 1024, the original Gemma weights, Stanza tags): macro
+# AUROC eNTK .827 vs PCA .745; macro AP .523 vs .409 (chance .125); e.g. DET .758 vs .602,
+# ADV .803 vs .596, NOUN .981 vs .940. Ours differ in three stated ways: the model is a
+# 4-bit quantisation dequantised to float32 (a perturbed Gemma), the tags come from spaCy,
+# not Stanza, and the default run has 16× fewer contexts, so each AUROC rests on a handful
+# of held-out positives. Run the paper profile before reading anything into the gap.
+
+# %% papermill={"duration": 0.345981, "end_time": "2026-11-25T10:59:26.309666+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.963685+00:00", "status": "completed"}
+fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
+best = table3[table3.layer == "best"].pivot(index="label", columns="method", values="auroc")
+order = list(labels.columns)
+x = np.arange(len(order))
+for i, method in enumerate(["entk", "pca", "random"]):
+    ax.bar(x + (i - 1) * 0.27, best.loc[order, method], width=0.27, label=method)
+ax.axhline(0.5, color="k", lw=0.8, ls=":")
+ax.set_xticks(x, order, rotation=60, ha="right", fontsize=8)
+ax.set(ylabel="held-out AUROC", ylim=(0.3, 1.0), title=f"Best direction per label, best layer per method (N = {len(data)})")
+ax.legend()
+plotting.save_figure(fig, "fig_gemma_auroc", out_dir)
+plt.show()
+
+# %% papermill={"duration": 0.289828, "end_time": "2026-11-25T10:59:26.602301+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.312473+00:00", "status": "completed"}
+fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+for layer, evals in spectra.items():
+    ax.semilogy(np.arange(len(evals)), evals, ".-", ms=4, label=f"layer {layer}")
+ax.set(xlabel="eigenvalue index", ylabel="eigenvalue", title="Top eNTK eigenvalues of down_proj (Lanczos)")
+ax.legend(fontsize=8)
+plotting.save_figure(fig, "fig_gemma_spectrum", out_dir)
+plt.show()
+
+# %% [markdown] papermill={"duration": 0.002386, "end_time": "2026-11-25T10:59:26.607732+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.605346+00:00", "status": "completed"}
+# ## What the top directions respond to
+#
+# The contexts that score highest on a few eNTK directions, with the words that follow
+# them. (Signs of eigenvectors are arbitrary; we orient each direction so that its largest
+# scores are positive.)
+
+# %% papermill={"duration": 0.093356, "end_time": "2026-11-25T10:59:26.703381+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.610025+00:00", "status": "completed"}
+layer = int(best_layer["entk"])
+entk_s, _ = language.entk_scores(operators.cached_layer_eigenpairs(
+    cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps, seed=seed, metric=metric, key=key)["evecs"].numpy(), len(data))
+for j in range(3):
+    s = entk_s[:, j] * np.sign(entk_s[np.argmax(np.abs(entk_s[:, j])), j])
+    top = np.argsort(-s)[:min(20, len(s))]
+    tags = pd.Series(classes[top]).value_counts().head(3).to_dict()
+    print(f"direction {j} (layer {layer}): most common next-word tags among its top {len(top)}: {tags}")
+    print("   next words:", ", ".join(repr(data.words[i]) for i in top[:10]))

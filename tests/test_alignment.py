@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from entk_utils.alignment import (
@@ -8,6 +9,9 @@ from entk_utils.alignment import (
     orthonormal_basis,
     overlap_table,
     principal_cosines,
+    score_directions,
+    stratified_halves,
+    with_best_layer,
     projection_heatmap,
     subspace_overlap,
 )
@@ -108,3 +112,37 @@ def test_family_ranges_and_table_on_planted_eigenvectors():
     assert table.loc["a", "dim"] == 4 and table.loc["a", "percent"] == pytest.approx(100)
     assert table.loc["c", "eigvecs"] == "0-0" and not table.loc["c", "assigned"]
     assert table.loc["c", "overlap"] == pytest.approx(0, abs=1e-12)
+
+
+def test_stratified_halves_keep_class_proportions():
+    classes = np.repeat(["a", "b", "c", "d"], 10)
+    select, evaluate = stratified_halves(classes, seed=0)
+    assert len(select) == len(evaluate) == 20 and not set(select) & set(evaluate)
+    for c in "abcd":
+        assert (classes[evaluate] == c).sum() == 5
+
+
+def test_score_directions_finds_the_planted_direction_and_sign():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    scores = rng.standard_normal((80, 5))
+    scores[:, 3] = -3.0 * y + 0.1 * rng.standard_normal(80)  # separates the label, with a minus sign
+    labels = pd.DataFrame({"planted": y, "noise": rng.integers(0, 2, 80)})
+    select, evaluate = stratified_halves(y, seed=0)
+    table = score_directions(scores, labels, select, evaluate).set_index("label")
+    assert table.loc["planted", "direction"] == 3 and table.loc["planted", "sign"] == -1
+    assert table.loc["planted", "auroc"] == 1.0 and table.loc["planted", "ap"] == 1.0
+    assert table.loc["planted", "precision_at_quota"] == 1.0
+    assert table.loc["planted", "enrichment"] == pytest.approx(1 / table.loc["planted", "base_rate"])
+    assert 0.2 < table.loc["noise", "auroc"] < 0.8
+    with pytest.raises(ValueError, match="only one class"):
+        score_directions(scores, pd.DataFrame({"const": np.zeros(80, int)}), select, evaluate)
+
+
+def test_with_best_layer_appends_the_best_rows():
+    per_layer = pd.DataFrame({"label": ["x", "y"] * 4, "method": ["entk"] * 4 + ["pca"] * 4,
+                              "layer": [0, 0, 1, 1] * 2, "auroc": [0.6, 0.7, 0.9, 0.8, 0.9, 0.9, 0.5, 0.5]})
+    table, best = with_best_layer(per_layer)
+    assert best.to_dict() == {"entk": 1, "pca": 0}
+    assert table[table.layer == "best"].groupby("method").auroc.mean().round(2).to_dict() == {"entk": 0.85, "pca": 0.9}
+    assert set(table.layer) == {"0", "1", "best"}

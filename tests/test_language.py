@@ -32,3 +32,100 @@ def test_offline_gemma_tokenizer_round_trips_and_model_continues_text(gemma):
 def test_bad_model_source():
     with pytest.raises(ValueError, match="unknown model_source 'nowhere'"):
         load_gemma("nowhere")
+
+
+# ---------------------------------------------------------------- stories and labels
+import numpy as np  # noqa: E402
+
+from entk_utils import language  # noqa: E402
+
+
+def test_read_stories_drops_a_cut_off_last_story(tmp_path):
+    complete = tmp_path / "complete.txt"
+    complete.write_text("One day.\n<|endoftext|>\nTwo cats.\n<|endoftext|>\n")
+    cut = tmp_path / "cut.txt"
+    cut.write_text("One day.\n<|endoftext|>\nTwo cats.\n<|endoftext|>\nThree do")
+    assert language.read_stories(complete) == ["One day.", "Two cats."]
+    assert language.read_stories(cut) == ["One day.", "Two cats."]
+
+
+def test_shared_samples_have_the_documented_story_counts():
+    shared = language.DEFAULT_STORIES.parent
+    if not shared.is_dir():
+        pytest.skip("shared/data/tinystories is not beside the repository")
+    assert len(language.read_stories(shared / "validation_first1000.txt")) == 1000
+    assert len(language.read_stories(shared / "train_first2MiB.txt")) == 2316
+
+
+def test_missing_stories_file_names_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.delenv(language.STORIES_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="ENTK_TINYSTORIES"):
+        language.read_stories(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="unknown stories source"):
+        language.load_stories("ftp")
+
+
+def test_grammar_labels():
+    upos = ["NOUN", "VERB", "NOUN", "DET"]
+    morph = ["Number=Sing", "Tense=Past|VerbForm=Fin", "Number=Plur", "Definite=Def|PronType=Art"]
+    labels, kinds = language.grammar_labels(upos, morph, tags=("NOUN", "VERB", "DET"), min_positives=1)
+    assert labels["NOUN"].tolist() == [1, 0, 1, 0] and kinds["NOUN"] == "pos"
+    assert labels["Tense=Past"].tolist() == [0, 1, 0, 0] and kinds["Tense=Past"] == "morph"
+    strict, _ = language.grammar_labels(upos, morph, tags=("NOUN",), min_positives=2)
+    assert list(strict.columns) == ["NOUN"]
+
+
+def test_entk_scores_take_the_top_singular_component():
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal(6), rng.standard_normal(4)
+    rank_one = np.outer(u, w).reshape(-1)
+    noisy = rank_one + 0.1 * rng.standard_normal(24)
+    scores, share = language.entk_scores(np.column_stack([rank_one, noisy]) / np.linalg.norm(rank_one), 6)
+    assert scores.shape == (6, 2) and share[0] == pytest.approx(1.0) and share[1] < 1.0
+    assert abs(np.corrcoef(scores[:, 0], u)[0, 1]) == pytest.approx(1.0)
+
+
+def test_baseline_scores():
+    acts = np.random.default_rng(0).standard_normal((40, 10))
+    pca = language.pca_scores(acts, 3)
+    assert pca.shape == (40, 3) and np.all(np.diff(pca.var(0)) <= 1e-12)
+    rand = language.random_scores(acts, 3, seed=1)
+    np.testing.assert_allclose(rand, language.random_scores(acts, 3, seed=1))
+    np.testing.assert_allclose(rand.mean(0), 0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the dataset builder
+def test_builder_contexts_end_exactly_before_the_word(gemma):
+    tok, nlp = gemma.tokenizer, language.load_spacy()
+    stories = language.read_stories(language.stories_path())[:12]
+    truth = {}
+    for story in stories:
+        ids = tok(story, add_special_tokens=False).input_ids
+        for j in range(16, len(ids)):
+            truth[tuple(ids[j - 16:j])] = tok.decode(ids[j:j + 3])
+    oracle = lambda contexts: [truth[tuple(c.tolist())] for c in contexts]  # noqa: E731
+    data = language.build_context_dataset(stories, tok, oracle, nlp, n_per_tag=2, tags=("DET", "NOUN"),
+                                          context_len=16, seed=0, progress=False)
+    assert data.input_ids.shape == (4, 16) and sorted(data.upos) == ["DET", "DET", "NOUN", "NOUN"]
+    for i in range(len(data)):
+        story = stories[data.story[i]]
+        enc = tok(story, add_special_tokens=False, return_offsets_mapping=True)
+        j = data.token[i]
+        assert data.input_ids[i].tolist() == enc.input_ids[j - 16:j]
+        start = enc.offset_mapping[j][0]
+        assert story[start:].lstrip().startswith(data.words[i])
+    with pytest.raises(ValueError, match=r"could not fill n_per_tag=50.*reached"):
+        language.build_context_dataset(stories[:2], tok, oracle, nlp, n_per_tag=50, tags=("NOUN",),
+                                       context_len=16, progress=False)
+
+
+def test_builder_with_the_real_model_keeps_only_agreeing_contexts(gemma):
+    nlp = language.load_spacy()
+    stories = language.read_stories(language.stories_path())[:60]
+    data = language.build_context_dataset(stories, gemma.tokenizer, language.greedy_generate_fn(gemma.model, gemma.tokenizer),
+                                          nlp, n_per_tag=2, tags=("DET", "PUNCT"), seed=0, progress=False)
+    assert len(data) == 4 and data.input_ids.shape == (4, 64)
+    for i in range(len(data)):
+        prefix = gemma.tokenizer.decode(data.input_ids[i].tolist())
+        assert language.first_word_after(nlp, prefix, data.generated[i]).pos_ == data.upos[i]
+    assert data.report["generated"] >= 4
