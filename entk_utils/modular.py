@@ -253,20 +253,22 @@ def train_gromov_mlp(
     train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
     model = _seeded(lambda: GromovMLP(p, width), seed)
 
-    def compute():
-        return train(
-            model, inputs, labels, train_idx, test_idx, epochs=steps, lr=lr,
-            weight_decay=weight_decay, loss="mse", checkpoint_every=checkpoint_every,
-            device=device, progress=progress,
-        ).to_dict()
+    key = dict(p=p, width=width, steps=steps, seed=seed, split_seed=split_seed, train_frac=train_frac,
+               lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every)
+    return _cached_run("gromov_mlp", key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir,
+                       epochs=steps, lr=lr, weight_decay=weight_decay, loss="mse",
+                       checkpoint_every=checkpoint_every, device=device, progress=progress)
 
+
+def _cached_run(name, key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir, **train_kwargs):
+    """Train (or read back from ``cache_dir``, keyed by ``key``), load the final weights and
+    bundle everything as a :class:`ModularRun`."""
     result = TrainResult.from_dict(cached(
-        cache_dir, "gromov_mlp", compute, p=p, width=width, steps=steps, seed=seed,
-        split_seed=split_seed, train_frac=train_frac, lr=lr, weight_decay=weight_decay,
-        checkpoint_every=checkpoint_every, torch=torch.__version__,
+        cache_dir, name, lambda: train(model, inputs, labels, train_idx, test_idx, **train_kwargs).to_dict(),
+        **key, torch=torch.__version__,
     ))
     model.load_state_dict(result.final_state())
-    return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(device).eval())
+    return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(train_kwargs["device"]).eval())
 
 
 def _seeded(make, seed: int):
@@ -371,18 +373,10 @@ def train_transformer(
     tokens = transformer_tokens(pairs, p)
     train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
     model = _seeded(lambda: OneLayerTransformer(p, d_model, n_heads, d_mlp), seed)
-
-    def compute():
-        return train(
-            model, tokens, labels, train_idx, test_idx, epochs=epochs, lr=lr, weight_decay=weight_decay,
-            loss="cross_entropy", batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p,
-            seed=seed, device=device, progress=progress,
-        ).to_dict()
-
-    result = TrainResult.from_dict(cached(
-        cache_dir, "transformer", compute, p=p, epochs=epochs, seed=seed, split_seed=split_seed,
-        train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size, d_model=d_model,
-        n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every, torch=torch.__version__,
-    ))
-    model.load_state_dict(result.final_state())
-    return ModularRun(p, pairs, labels, tokens, train_idx, test_idx, result, model.to(device).eval())
+    key = dict(p=p, epochs=epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
+               weight_decay=weight_decay, batch_size=batch_size, d_model=d_model, n_heads=n_heads,
+               d_mlp=d_mlp, checkpoint_every=checkpoint_every)
+    return _cached_run("transformer", key, model, p, pairs, labels, tokens, train_idx, test_idx, cache_dir,
+                       epochs=epochs, lr=lr, weight_decay=weight_decay, loss="cross_entropy",
+                       batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p, seed=seed,
+                       device=device, progress=progress)

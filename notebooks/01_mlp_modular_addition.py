@@ -1,7 +1,9 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -papermill,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -13,7 +15,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.003156, "end_time": "2026-11-25T10:57:20.552143+00:00", "exception": false, "start_time": "2026-11-25T10:57:20.548987+00:00", "status": "completed"}
+# %% [markdown]
 # # 1 · The eNTK of an MLP trained on modular addition finds its Fourier features
 #
 # *Reproduces section 3 of "Feature Identification via the Empirical NTK"
@@ -33,7 +35,7 @@
 # family, and follows that overlap through training. Each number is printed next to the
 # one the paper's public code reports.
 
-# %% papermill={"duration": 0.014375, "end_time": "2026-11-25T10:57:20.569669+00:00", "exception": false, "start_time": "2026-11-25T10:57:20.555294+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 p = 29                  # modulus (odd prime); the paper uses 29
 width = 512             # hidden units
 steps = 500             # full-batch AdamW steps
@@ -47,7 +49,7 @@ device = "cpu"          # "cuda" to run on a GPU
 out_dir = None          # where figures and tables go (None: $ENTK_OUT_DIR or ../paper_figures)
 cache_dir = None        # trained-model cache (None: $ENTK_CACHE_DIR or ../.cache)
 
-# %% papermill={"duration": 1.838136, "end_time": "2026-11-25T10:57:22.412227+00:00", "exception": false, "start_time": "2026-11-25T10:57:20.574091+00:00", "status": "completed"}
+# %%
 import os
 
 import matplotlib.pyplot as plt
@@ -63,7 +65,7 @@ plotting.set_style()
 pd.set_option("display.precision", 3)
 print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps={steps}, seed={seed}")
 
-# %% [markdown] papermill={"duration": 0.00245, "end_time": "2026-11-25T10:57:22.417848+00:00", "exception": false, "start_time": "2026-11-25T10:57:22.415398+00:00", "status": "completed"}
+# %% [markdown]
 # ## The task and the model
 #
 # All `p² = 841` pairs, 70% for training (split by `split_seed`). Input
@@ -72,7 +74,7 @@ print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps=
 # with AdamW on the mean squared error against one-hot targets, exactly as in the paper's
 # code. Training takes a few seconds and is cached.
 
-# %% papermill={"duration": 0.047882, "end_time": "2026-11-25T10:57:22.468195+00:00", "exception": false, "start_time": "2026-11-25T10:57:22.420313+00:00", "status": "completed"}
+# %%
 run = modular.train_gromov_mlp(
     p, width, steps, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
     weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device,
@@ -81,7 +83,7 @@ history = run.result.history
 print(f"{len(run.train_idx)} training pairs, {len(run.test_idx)} test pairs")
 print(history.iloc[[0, len(history) // 4, len(history) // 2, -1]].to_string(index=False))
 
-# %% [markdown] papermill={"duration": 0.002597, "end_time": "2026-11-25T10:57:22.473848+00:00", "exception": false, "start_time": "2026-11-25T10:57:22.471251+00:00", "status": "completed"}
+# %% [markdown]
 # ## The empirical NTK
 #
 # For the trained parameters θ, the eNTK between two inputs is the matrix of inner
@@ -95,14 +97,14 @@ print(history.iloc[[0, len(history) // 4, len(history) // 2, -1]].to_string(inde
 # In the habit of neural-tangents we first check this fast kernel against the plain
 # `torch.func` Jacobian computation on a random subset of inputs.
 
-# %% papermill={"duration": 1.454791, "end_time": "2026-11-25T10:57:23.931303+00:00", "exception": false, "start_time": "2026-11-25T10:57:22.476512+00:00", "status": "completed"}
+# %%
 K = kernels.entk(run.model, run.inputs, reduce="trace")
 subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), 96, replace=False))
 K_ref = kernels.entk(run.model, run.inputs[subset], reduce="trace", method="reference")
 rel_err = ((K[subset][:, subset] - K_ref).norm() / K_ref.norm()).item()
 print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on 96 inputs: relative error {rel_err:.1e}")
 
-# %% [markdown] papermill={"duration": 0.00262, "end_time": "2026-11-25T10:57:23.937183+00:00", "exception": false, "start_time": "2026-11-25T10:57:23.934563+00:00", "status": "completed"}
+# %% [markdown]
 # ## Figure 1 · The spectrum and its cliffs
 #
 # We take all eigenpairs and let `find_cliffs` locate the drops: a cliff is a ratio between
@@ -111,7 +113,7 @@ print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on 96 inputs: rela
 # (the `a` and `b` families, `(p-1)/2` frequencies × cos/sin each), a cliff, then a
 # second block of `2(p-1)` (the `a+b` and `a-b` families), a cliff, then the tail.
 
-# %% papermill={"duration": 0.364876, "end_time": "2026-11-25T10:57:24.304619+00:00", "exception": false, "start_time": "2026-11-25T10:57:23.939743+00:00", "status": "completed"}
+# %%
 evals, evecs = eigen.top_eigenpairs(K)
 cliffs = eigen.find_cliffs(evals)
 blocks = eigen.cliff_blocks(cliffs)
@@ -127,15 +129,15 @@ ax.set_title(f"eNTK spectrum, MLP on modular addition (p={p}), trained {steps} s
 plotting.save_figure(fig, "fig1_mlp_spectrum", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.002722, "end_time": "2026-11-25T10:57:24.310795+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.308073+00:00", "status": "completed"}
+# %% [markdown]
 # The top eigenvector is the outlier. It is nearly constant over the inputs: the kernel's
 # shared component, the direction along which every output moves together.
 
-# %% papermill={"duration": 0.008821, "end_time": "2026-11-25T10:57:24.322369+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.313548+00:00", "status": "completed"}
+# %%
 constant = np.ones((len(evecs), 1))
 print(f"overlap of the top eigenvector with the constant function: {alignment.subspace_overlap(evecs[:, :1], constant):.3f}")
 
-# %% [markdown] papermill={"duration": 0.002684, "end_time": "2026-11-25T10:57:24.327940+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.325256+00:00", "status": "completed"}
+# %% [markdown]
 # ## Table 1 · What the cliffs span
 #
 # For every block between cliffs we measure the **subspace overlap** with each Fourier
@@ -144,7 +146,7 @@ print(f"overlap of the top eigenvector with the constant function: {alignment.su
 # cos/sin functions. It is at most the family's dimension, `p-1 = 28`, reached when the
 # eigenvectors contain the whole family.
 
-# %% papermill={"duration": 0.137336, "end_time": "2026-11-25T10:57:24.467953+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.330617+00:00", "status": "completed"}
+# %%
 pairs = run.pairs.numpy()
 families = {name: fourier.feature_family(pairs, p, name) for name in ("a", "b", "sum", "diff")}
 labels = {i: blk for i, blk in enumerate(blocks)}
@@ -154,19 +156,19 @@ pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overl
 pivot.columns.name = f"overlap (max {p - 1})"
 pivot.round(2)
 
-# %% [markdown] papermill={"duration": 0.007473, "end_time": "2026-11-25T10:57:24.482973+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.475500+00:00", "status": "completed"}
+# %% [markdown]
 # The same table rounded to two decimals (this cell's output is checked by nbval):
 
-# %% papermill={"duration": 0.011399, "end_time": "2026-11-25T10:57:24.497208+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.485809+00:00", "status": "completed"} tags=["NBVAL_CHECK_OUTPUT"]
+# %% tags=["NBVAL_CHECK_OUTPUT"]
 print(table1[["cliff", "eigvecs", "family", "overlap", "dim", "percent"]].round(2).to_string(index=False))
 
-# %% [markdown] papermill={"duration": 0.01059, "end_time": "2026-11-25T10:57:24.515021+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.504431+00:00", "status": "completed"}
+# %% [markdown]
 # Block 0 is the single outlier. **Block 1 (the first cliff) spans the `a` and `b`
 # families** and nothing of `a ± b`; **block 2 (the second cliff) spans `a + b` and
 # `a - b`**. The paper's code reports, for the second cliff, 26.47/28 (94.5%) for `sum`
 # and 25.21/28 (90.0%) for `diff`, and the first cliff spanning `a` and `b`.
 
-# %% papermill={"duration": 0.011822, "end_time": "2026-11-25T10:57:24.530133+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.518311+00:00", "status": "completed"}
+# %%
 paper = {"sum": 26.47, "diff": 25.21}
 fourier_block = int(table1.loc[table1.family == "sum"].sort_values("overlap").iloc[-1].cliff)
 ours = table1[(table1.cliff == fourier_block) & table1.family.isin(list(paper))].set_index("family").overlap
@@ -174,7 +176,7 @@ for name, ref in paper.items():
     print(f"second cliff vs {name:>4}: ours {ours[name]:.2f}/{p - 1} ({100 * ours[name] / (p - 1):.1f}%), "
           f"paper {ref:.2f}/28 ({100 * ref / 28:.1f}%)")
 
-# %% [markdown] papermill={"duration": 0.003033, "end_time": "2026-11-25T10:57:24.536369+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.533336+00:00", "status": "completed"}
+# %% [markdown]
 # At the paper's setting (the defaults: p = 29, seed 0) both overlaps land within a few
 # tenths of the paper's. They cannot agree to the last digit: the paper's code draws its
 # train/test split and initial weights from its own random streams, ours from
@@ -190,7 +192,7 @@ for name, ref in paper.items():
 # **Bottom row:** the individual eigenvectors: the cosine of the angle between each
 # eigenvector and each frequency plane, rows sorted by their strongest column.
 
-# %% papermill={"duration": 1.28778, "end_time": "2026-11-25T10:57:25.827070+00:00", "exception": false, "start_time": "2026-11-25T10:57:24.539290+00:00", "status": "completed"}
+# %%
 freqs = fourier.check_frequencies(None, p)
 planes = {name: fourier.frequency_planes(pairs, p, name) for name in families}
 all_planes = [plane for name in families for plane in planes[name]]
@@ -217,7 +219,7 @@ fig.colorbar(im, ax=axes.ravel().tolist(), label="fraction / |cos|", shrink=0.5)
 plotting.save_figure(fig, "fig_mlp_heatmaps", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.003326, "end_time": "2026-11-25T10:57:25.834387+00:00", "exception": false, "start_time": "2026-11-25T10:57:25.831061+00:00", "status": "completed"}
+# %% [markdown]
 # The top row is the clean statement: the first cliff contains (almost) every frequency of
 # `a` and of `b` and none of `a ± b`; the second every frequency of `a + b` and `a - b`
 # and none of `a`, `b`. The families separate cleanly *between* the cliffs.
@@ -228,7 +230,7 @@ plt.show()
 # and `b`. The share of an eigenvector in its strongest family is printed below; a value
 # near 1 would mean that the eigenvectors themselves are pure `a` / pure `b`.
 
-# %% papermill={"duration": 0.049295, "end_time": "2026-11-25T10:57:25.887230+00:00", "exception": false, "start_time": "2026-11-25T10:57:25.837935+00:00", "status": "completed"}
+# %%
 family_share = alignment.projection_heatmap(evecs, list(families.values())) ** 2
 for i in cliff_ids:
     start, stop = blocks[i]
@@ -243,7 +245,7 @@ for i in cliff_ids:
 # at the position of the final model's second cliff (the block that best matches `sum`)
 # with the `sum` and `diff` families, and its first derivative by central differences.
 
-# %% papermill={"duration": 21.142065, "end_time": "2026-11-25T10:57:47.037122+00:00", "exception": false, "start_time": "2026-11-25T10:57:25.895057+00:00", "status": "completed"}
+# %%
 block = blocks[fourier_block]
 curve = dynamics.overlap_over_training(
     run.model, run.result.checkpoints, run.inputs, block, {k: families[k] for k in ("sum", "diff")}
@@ -255,7 +257,7 @@ train_done_step = int(history.epoch[history.train_acc >= 0.99].iloc[0])
 print(f"derivative of the sum-overlap peaks at step {peak_step}")
 print(f"test accuracy rises fastest at step {test_rise_step}; train accuracy reaches 99% at step {train_done_step}")
 
-# %% papermill={"duration": 0.411384, "end_time": "2026-11-25T10:57:47.458593+00:00", "exception": false, "start_time": "2026-11-25T10:57:47.047209+00:00", "status": "completed"}
+# %%
 fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8))
 ax_acc.plot(history.epoch, history.train_acc, label="train")
 ax_acc.plot(history.epoch, history.test_acc, label="test")
@@ -274,7 +276,7 @@ ax_ov.legend(loc="center right")
 plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.004062, "end_time": "2026-11-25T10:57:47.467462+00:00", "exception": false, "start_time": "2026-11-25T10:57:47.463400+00:00", "status": "completed"}
+# %% [markdown]
 # Train accuracy saturates early; test accuracy stays near zero and then jumps. The
 # `sum` overlap climbs from its chance level (about `dim_Q · dim_F / N` =
 # 56 · 28 / 841 ≈ 1.9 for random subspaces) to near the maximum, and its derivative peaks
@@ -288,7 +290,7 @@ plt.show()
 # with them grows fastest as the network starts to generalise. This run against the
 # paper's code:
 
-# %% papermill={"duration": 0.015652, "end_time": "2026-11-25T10:57:47.487079+00:00", "exception": false, "start_time": "2026-11-25T10:57:47.471427+00:00", "status": "completed"}
+# %%
 summary = pd.DataFrame([
     ("cliff positions", ", ".join(map(str, cliffs.tolist())), "1, 57, 113"),
     ("second cliff vs sum", f"{ours['sum']:.2f} / {p - 1}", "26.47 / 28"),

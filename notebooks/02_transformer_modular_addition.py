@@ -1,7 +1,9 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -papermill,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -13,7 +15,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.002914, "end_time": "2026-11-25T10:57:53.715624+00:00", "exception": false, "start_time": "2026-11-25T10:57:53.712710+00:00", "status": "completed"}
+# %% [markdown]
 # # 2 · The layerwise eNTK of a 1-layer Transformer finds its key frequencies
 #
 # *Reproduces section 4 of "Feature Identification via the Empirical NTK"
@@ -30,7 +32,7 @@
 # The paper picks the key frequencies by eye. Here they are **found automatically**, and the
 # eigenvector ranges of each family are read off the eigenvectors, not typed in.
 
-# %% papermill={"duration": 0.010616, "end_time": "2026-11-25T10:57:53.728955+00:00", "exception": false, "start_time": "2026-11-25T10:57:53.718339+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 p = 29                  # modulus (odd prime)
 epochs = 4000
 seed = 2                # weights and minibatch order; the paper's run uses torch seed 2
@@ -48,7 +50,7 @@ device = "cpu"          # "cuda" to run on a GPU
 out_dir = None          # None: $ENTK_OUT_DIR or ../paper_figures
 cache_dir = None        # None: $ENTK_CACHE_DIR or ../.cache
 
-# %% papermill={"duration": 1.654169, "end_time": "2026-11-25T10:57:55.385473+00:00", "exception": false, "start_time": "2026-11-25T10:57:53.731304+00:00", "status": "completed"}
+# %%
 import os
 
 import matplotlib.pyplot as plt
@@ -63,7 +65,7 @@ cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
 plotting.set_style()
 print(f"torch {torch.__version__}, device {device}, p={p}, epochs={epochs}, seed={seed}")
 
-# %% [markdown] papermill={"duration": 0.002259, "end_time": "2026-11-25T10:57:55.390659+00:00", "exception": false, "start_time": "2026-11-25T10:57:55.388400+00:00", "status": "completed"}
+# %% [markdown]
 # ## The model and its training
 #
 # Tokens `(a, b, "=")` with `"="` the extra token `p`; one attention layer (4 heads of
@@ -73,7 +75,7 @@ print(f"torch {torch.__version__}, device {device}, p={p}, epochs={epochs}, seed
 # logits, half of the 841 pairs for training. This takes about two minutes on a 2-core CPU
 # and is cached.
 
-# %% papermill={"duration": 0.217755, "end_time": "2026-11-25T10:57:55.610715+00:00", "exception": false, "start_time": "2026-11-25T10:57:55.392960+00:00", "status": "completed"}
+# %%
 run = modular.train_transformer(
     p, epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr, weight_decay=weight_decay,
     batch_size=batch_size, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp,
@@ -87,7 +89,7 @@ print(f"final accuracy: train {history.train_acc.iloc[-1]:.3f}, test {history.te
 print(f"test accuracy stays above twice chance ({2 * chance:.3f}) from epoch {leaves_chance:.0f}, "
       f"above 50% from epoch {half_way:.0f}")
 
-# %% [markdown] papermill={"duration": 0.002343, "end_time": "2026-11-25T10:57:55.615802+00:00", "exception": false, "start_time": "2026-11-25T10:57:55.613459+00:00", "status": "completed"}
+# %% [markdown]
 # ## Key frequencies, found
 #
 # Which frequencies does the network use? We measure the share of the embedding `W_E`'s
@@ -98,7 +100,7 @@ print(f"test accuracy stays above twice chance ({2 * chance:.3f}) from epoch {le
 # least 2×; otherwise no frequency stands out and it says so. The embedding is used first
 # (as in the paper); the activations only if the embedding shows no standout frequency.
 
-# %% papermill={"duration": 0.419511, "end_time": "2026-11-25T10:57:56.037611+00:00", "exception": false, "start_time": "2026-11-25T10:57:55.618100+00:00", "status": "completed"}
+# %%
 with torch.no_grad():
     _, activations = model(run.inputs, return_mlp=True)
 pairs = run.pairs.numpy()
@@ -124,7 +126,7 @@ fig.suptitle(f"Fourier spectra, seed {seed}: key frequencies {keys.tolist()} in 
 plotting.save_figure(fig, "fig_transformer_key_frequencies", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.002564, "end_time": "2026-11-25T10:57:56.043329+00:00", "exception": false, "start_time": "2026-11-25T10:57:56.040765+00:00", "status": "completed"}
+# %% [markdown]
 # The paper's run with seed 2 found keys 1 and 12 (its earlier version, seed 0: 1, 3, 7,
 # 10). Ours differ because our random streams differ from the paper's code (weights, split
 # and minibatch order): which frequencies a network picks is a property of the run, and the
@@ -138,7 +140,7 @@ plt.show()
 # kernels come from the Gram factorisation in about a second. First, the check against the
 # plain `torch.func` Jacobians on a subset of inputs:
 
-# %% papermill={"duration": 1.768692, "end_time": "2026-11-25T10:57:57.814554+00:00", "exception": false, "start_time": "2026-11-25T10:57:56.045862+00:00", "status": "completed"}
+# %%
 weights = list(modular.OneLayerTransformer.WEIGHTS)
 layer_K = kernels.layerwise_entk(model, run.inputs, weights, reduce="mean")
 layer_K["full"] = sum(layer_K.values())
@@ -148,13 +150,13 @@ worst = max(((layer_K[w][subset][:, subset] - reference[w]).norm() / reference[w
 print(f"{len(weights)} layerwise kernels of shape {tuple(layer_K['W_U'].shape)}; "
       f"largest relative difference from the torch.func reference on 64 inputs: {worst:.1e}")
 
-# %% [markdown] papermill={"duration": 0.002634, "end_time": "2026-11-25T10:57:57.820503+00:00", "exception": false, "start_time": "2026-11-25T10:57:57.817869+00:00", "status": "completed"}
+# %% [markdown]
 # ### The spectra
 #
 # The leading eigenvalues of each kernel, with the drops of at least 2× marked (these
 # spectra are short and steep, so `find_cliffs` runs with the ratio rule alone).
 
-# %% papermill={"duration": 2.431466, "end_time": "2026-11-25T10:58:00.254505+00:00", "exception": false, "start_time": "2026-11-25T10:57:57.823039+00:00", "status": "completed"}
+# %%
 eigenpairs = {name: eigen.top_eigenpairs(K, n_eigs) for name, K in layer_K.items()}
 layer_cliffs = {name: eigen.find_cliffs(ev, min_ratio=2.0, outlier_mads=None) for name, (ev, _) in eigenpairs.items()}
 fig, axes = plt.subplots(2, 5, figsize=(15, 5.5), layout="constrained", sharex=True)
@@ -166,7 +168,7 @@ fig.suptitle(f"Layerwise eNTK spectra (top {n_eigs}), 1-layer Transformer, seed 
 plotting.save_figure(fig, "fig_transformer_layer_spectra", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.003137, "end_time": "2026-11-25T10:58:00.261300+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.258163+00:00", "status": "completed"}
+# %% [markdown]
 # ## Table 2 · Which eigenvectors hold the key-frequency families
 #
 # Families at the key frequencies: `sum` (cos/sin of `k(a+b)`) and `axis_sum`
@@ -177,7 +179,7 @@ plt.show()
 # shorter). A family that no eigenvector belongs to is scored on the leading `dim`
 # eigenvectors (`assigned = False`).
 
-# %% papermill={"duration": 0.053924, "end_time": "2026-11-25T10:58:00.318465+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.264541+00:00", "status": "completed"}
+# %%
 families = {name: fourier.feature_family(pairs, p, name, keys) for name in ("sum", "axis_sum")}
 table2 = pd.concat(
     [alignment.family_overlap_table(vecs, families).assign(weight=name) for name, (_, vecs) in eigenpairs.items()],
@@ -186,14 +188,14 @@ table2 = pd.concat(
 plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
 table2.assign(percent=table2.percent.round(1)).pivot(index="weight", columns="family", values=["eigvecs", "percent"]).loc[list(layer_K)]
 
-# %% [markdown] papermill={"duration": 0.003261, "end_time": "2026-11-25T10:58:00.325302+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.322041+00:00", "status": "completed"}
+# %% [markdown]
 # The full table, rounded (this cell's output is checked by nbval):
 
-# %% papermill={"duration": 0.016404, "end_time": "2026-11-25T10:58:00.344932+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.328528+00:00", "status": "completed"} tags=["NBVAL_CHECK_OUTPUT"]
+# %% tags=["NBVAL_CHECK_OUTPUT"]
 print(f"key frequencies: {keys.tolist()}")
 print(table2.round(2).to_string(index=False))
 
-# %% papermill={"duration": 0.010577, "end_time": "2026-11-25T10:58:00.359077+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.348500+00:00", "status": "completed"}
+# %%
 w_u = table2[table2.weight == "W_U"].set_index("family")
 paper = {"sum": ("0-4", 3.965), "axis_sum": ("5-8", 3.940)}
 for name, (paper_range, paper_overlap) in paper.items():
@@ -202,7 +204,7 @@ for name, (paper_range, paper_overlap) in paper.items():
           f"paper eigenvectors {paper_range}, {paper_overlap:.3f}/4 ({100 * paper_overlap / 4:.1f}%)")
 print(f"cliffs (>= 2x) in the W_U spectrum after eigenvalues {layer_cliffs['W_U'].tolist()}")
 
-# %% [markdown] papermill={"duration": 0.003245, "end_time": "2026-11-25T10:58:00.365780+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.362535+00:00", "status": "completed"}
+# %% [markdown]
 # The unembedding's kernel is where the features are cleanest: its leading eigenvectors
 # hold `sum` and the next ones `axis_sum`, each close to the family's full dimension,
 # as in the paper (which reports eigenvectors 0-4 and 5-8 for its seed-2 run). Where its
@@ -218,7 +220,7 @@ print(f"cliffs (>= 2x) in the W_U spectrum after eigenvalues {layer_cliffs['W_U'
 # key frequencies (the paper's choice), and, as a check, using the key frequencies found
 # at that checkpoint (where any stand out).
 
-# %% papermill={"duration": 16.284586, "end_time": "2026-11-25T10:58:16.653654+00:00", "exception": false, "start_time": "2026-11-25T10:58:00.369068+00:00", "status": "completed"}
+# %%
 sum_range = tuple(int(x) for x in w_u.loc["sum", "eigvecs"].split("-"))
 block = (sum_range[0], sum_range[1] + 1)
 
@@ -250,7 +252,7 @@ print(f"test accuracy leaves chance (stays > 2/p) at epoch {leaves_chance:.0f}; 
 differs = curve["checkpoint keys"].notna() & (curve["checkpoint keys"] - curve["final keys"]).abs().gt(1e-6)
 print(f"checkpoints where the checkpoint's own keys give a different overlap: {int(differs.sum())} of {len(curve)}")
 
-# %% papermill={"duration": 0.621667, "end_time": "2026-11-25T10:58:17.279487+00:00", "exception": false, "start_time": "2026-11-25T10:58:16.657820+00:00", "status": "completed"}
+# %%
 fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
 ax_acc.plot(history.epoch, history.train_acc, label="train")
 ax_acc.plot(history.epoch, history.test_acc, label="test")
@@ -271,7 +273,7 @@ ax_ov.legend(fontsize=8, loc="center left")
 plotting.save_figure(fig, "fig3_transformer_grokking", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.003839, "end_time": "2026-11-25T10:58:17.287630+00:00", "exception": false, "start_time": "2026-11-25T10:58:17.283791+00:00", "status": "completed"}
+# %% [markdown]
 # (Epochs on a symmetric-log axis: the interesting part is early.) The paper's code sees
 # the derivative peak around epoch 150, near where test accuracy leaves chance. The
 # checkpoint's own key frequencies agree with the final ones once any stand out; before
@@ -279,7 +281,7 @@ plt.show()
 #
 # ## Summary
 
-# %% papermill={"duration": 0.014759, "end_time": "2026-11-25T10:58:17.306116+00:00", "exception": false, "start_time": "2026-11-25T10:58:17.291357+00:00", "status": "completed"}
+# %%
 summary = pd.DataFrame([
     ("key frequencies (seed-dependent)", f"{keys.tolist()} from {key_source}", "[1, 12] (seed 2)"),
     ("W_U eigvecs vs sum", f"{w_u.loc['sum', 'eigvecs']}: {w_u.loc['sum', 'overlap']:.3f} / {w_u.loc['sum', 'dim']}", "0-4: 3.965 / 4"),

@@ -1,7 +1,9 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -papermill,-execution
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -papermill,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -13,7 +15,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.001771, "end_time": "2026-11-25T10:58:23.468675+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.466904+00:00", "status": "completed"}
+# %% [markdown]
 # # 3 · Gemma-3-270M on TinyStories: eNTK eigendirections vs grammar vs PCA
 #
 # *Reproduces section 5 of "Feature Identification via the Empirical NTK"
@@ -33,7 +35,7 @@
 # paper's scale (128 per tag, N = 1024, all 18 layers: hours on a CPU, or use the GPU
 # profile). Small-N numbers are noisy; read them as a check that the pipeline works.
 
-# %% papermill={"duration": 0.008586, "end_time": "2026-11-25T10:58:23.479213+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.470627+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 seed = 0
 n_per_tag = 8            # contexts per part of speech (paper: 128)
 context_len = 64         # Gemma tokens before the target word (no BOS)
@@ -47,7 +49,7 @@ device = "cpu"
 out_dir = None           # None: $ENTK_OUT_DIR or ../paper_figures
 cache_dir = None         # None: $ENTK_CACHE_DIR or ../.cache
 
-# %% papermill={"duration": 48.54226, "end_time": "2026-11-25T10:59:12.022961+00:00", "exception": false, "start_time": "2026-11-25T10:58:23.480701+00:00", "status": "completed"}
+# %%
 import os
 
 import matplotlib.pyplot as plt
@@ -70,7 +72,7 @@ if bad:
 print(f"model: {lm.description}")
 print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
-# %% [markdown] papermill={"duration": 0.001571, "end_time": "2026-11-25T10:59:12.027029+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.025458+00:00", "status": "completed"}
+# %% [markdown]
 # ## The data: contexts whose next word the model gets grammatically right
 #
 # An example is a word in a story with at least 64 Gemma tokens before it; the context is
@@ -80,7 +82,7 @@ print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 # actually predicts. We fill a quota per part of speech (PUNCT, PRON, PROPN, DET, ADV,
 # CCONJ, NOUN, VERB); the dataset is cached.
 
-# %% papermill={"duration": 0.657409, "end_time": "2026-11-25T10:59:12.686076+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.028667+00:00", "status": "completed"}
+# %%
 nlp = language.load_spacy()
 data = language.cached_context_dataset(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag,
                                        context_len=context_len, seed=seed)
@@ -95,7 +97,7 @@ examples = pd.DataFrame({"tag": data.upos, "context (end)": [lm.tokenizer.decode
                          "next word": data.words, "model continues": data.generated})
 examples.groupby("tag").head(1)
 
-# %% [markdown] papermill={"duration": 0.001656, "end_time": "2026-11-25T10:59:12.690042+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.688386+00:00", "status": "completed"}
+# %% [markdown]
 # ## Directions: eNTK eigenvectors, principal components, random
 #
 # For each layer: the top eigenpairs of the `down_proj` eNTK operator
@@ -106,7 +108,7 @@ examples.groupby("tag").head(1)
 # directions. First a check of the operator on two random vectors: symmetric, and the
 # truncated forward pass (from the analysed layer up) equals the full model's.
 
-# %% papermill={"duration": 5.270224, "end_time": "2026-11-25T10:59:17.961965+00:00", "exception": false, "start_time": "2026-11-25T10:59:12.691741+00:00", "status": "completed"}
+# %%
 metric = operators.unembedding_metric(lm.model)
 check_ids = data.input_ids[:4]
 op_t = operators.layer_entk_operator(lm.model, check_ids, layers[0], metric=metric)
@@ -117,7 +119,7 @@ Ku, Kv = op_t.matvec(u), op_t.matvec(v)
 print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {abs(u @ Kv - Ku @ v) / abs(u @ Kv):.1e}; "
       f"truncated vs full model: {np.linalg.norm(Ku - op_f.matvec(u)) / np.linalg.norm(Ku):.1e}")
 
-# %% papermill={"duration": 7.920538, "end_time": "2026-11-25T10:59:25.885133+00:00", "exception": false, "start_time": "2026-11-25T10:59:17.964595+00:00", "status": "completed"}
+# %%
 key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description)))
 classes = np.array(data.upos)
 select, evaluate = alignment.stratified_halves(classes, seed=seed)
@@ -136,7 +138,7 @@ for layer in layers:
           f"{np.round(spectra[layer][:3], 2).tolist()}; median top-singular share {np.median(shares[layer]):.2f}")
 per_layer = pd.concat(results, ignore_index=True)
 
-# %% [markdown] papermill={"duration": 0.001831, "end_time": "2026-11-25T10:59:25.889569+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.887738+00:00", "status": "completed"}
+# %% [markdown]
 # ## Table 3 · How well each method's best direction picks out each label
 #
 # For each label we choose, among the 25 directions of a method and both signs, the one
@@ -144,7 +146,7 @@ per_layer = pd.concat(results, ignore_index=True)
 # speech), and report its AUROC and AP on the other half. Rows per layer, plus the best
 # layer per method (by macro AUROC).
 
-# %% papermill={"duration": 0.047133, "end_time": "2026-11-25T10:59:25.938437+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.891304+00:00", "status": "completed"}
+# %%
 table3, best_layer = alignment.with_best_layer(per_layer, by="auroc")
 table3 = table3[["label", "kind", "layer", "method", "auroc", "ap", "precision_at_quota", "enrichment",
                  "base_rate", "direction", "sign"]]
@@ -153,17 +155,17 @@ wide = table3[table3.layer == "best"].pivot(index=["kind", "label"], columns="me
 wide.loc[("macro", "all labels"), :] = wide.mean()
 wide.round(3)
 
-# %% [markdown] papermill={"duration": 0.001927, "end_time": "2026-11-25T10:59:25.942703+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.940776+00:00", "status": "completed"}
+# %% [markdown]
 # The macro averages (this cell's output is checked by nbval):
 
-# %% papermill={"duration": 0.013206, "end_time": "2026-11-25T10:59:25.957757+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.944551+00:00", "status": "completed"} tags=["NBVAL_CHECK_OUTPUT"]
+# %% tags=["NBVAL_CHECK_OUTPUT"]
 summary = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[["entk", "pca", "random"]]
 summary["best layer"] = best_layer
 plotting.save_table(summary.reset_index().assign(N=len(data), labels=len(labels.columns)), "summary_gemma", out_dir)
 print(f"N = {len(data)}, {len(labels.columns)} labels, chance AP for a part of speech = {1 / 8:.3f}")
 print(summary.round(2).to_string())
 
-# %% [markdown] papermill={"duration": 0.001871, "end_time": "2026-11-25T10:59:25.961656+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.959785+00:00", "status": "completed"}
+# %% [markdown]
 # The paper's code at layer 16 (N = 1024, the original Gemma weights, Stanza tags): macro
 # AUROC eNTK .827 vs PCA .745; macro AP .523 vs .409 (chance .125); e.g. DET .758 vs .602,
 # ADV .803 vs .596, NOUN .981 vs .940. Ours differ in three stated ways: the model is a
@@ -171,7 +173,7 @@ print(summary.round(2).to_string())
 # not Stanza, and the default run has 16× fewer contexts, so each AUROC rests on a handful
 # of held-out positives. Run the paper profile before reading anything into the gap.
 
-# %% papermill={"duration": 0.345981, "end_time": "2026-11-25T10:59:26.309666+00:00", "exception": false, "start_time": "2026-11-25T10:59:25.963685+00:00", "status": "completed"}
+# %%
 fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
 best = table3[table3.layer == "best"].pivot(index="label", columns="method", values="auroc")
 order = list(labels.columns)
@@ -180,12 +182,12 @@ for i, method in enumerate(["entk", "pca", "random"]):
     ax.bar(x + (i - 1) * 0.27, best.loc[order, method], width=0.27, label=method)
 ax.axhline(0.5, color="k", lw=0.8, ls=":")
 ax.set_xticks(x, order, rotation=60, ha="right", fontsize=8)
-ax.set(ylabel="held-out AUROC", ylim=(0.3, 1.0), title=f"Best direction per label, best layer per method (N = {len(data)})")
+ax.set(ylabel="held-out AUROC", ylim=(0, 1), title=f"Best direction per label, best layer per method (N = {len(data)})")
 ax.legend()
 plotting.save_figure(fig, "fig_gemma_auroc", out_dir)
 plt.show()
 
-# %% papermill={"duration": 0.289828, "end_time": "2026-11-25T10:59:26.602301+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.312473+00:00", "status": "completed"}
+# %%
 fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
 for layer, evals in spectra.items():
     ax.semilogy(np.arange(len(evals)), evals, ".-", ms=4, label=f"layer {layer}")
@@ -194,14 +196,14 @@ ax.legend(fontsize=8)
 plotting.save_figure(fig, "fig_gemma_spectrum", out_dir)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.002386, "end_time": "2026-11-25T10:59:26.607732+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.605346+00:00", "status": "completed"}
+# %% [markdown]
 # ## What the top directions respond to
 #
 # The contexts that score highest on a few eNTK directions, with the words that follow
 # them. (Signs of eigenvectors are arbitrary; we orient each direction so that its largest
 # scores are positive.)
 
-# %% papermill={"duration": 0.093356, "end_time": "2026-11-25T10:59:26.703381+00:00", "exception": false, "start_time": "2026-11-25T10:59:26.610025+00:00", "status": "completed"}
+# %%
 layer = int(best_layer["entk"])
 entk_s, _ = language.entk_scores(operators.cached_layer_eigenpairs(
     cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps, seed=seed, metric=metric, key=key)["evecs"].numpy(), len(data))
