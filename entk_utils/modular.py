@@ -187,7 +187,8 @@ def train(
         model.train()
 
     record(0)
-    for epoch in tqdm(range(1, epochs + 1), desc="training", disable=not progress):
+    # mininterval: a notebook front end receives one message per update; keep them few
+    for epoch in tqdm(range(1, epochs + 1), desc="training", disable=not progress, mininterval=1.0):
         order = torch.randperm(n_train, generator=generator) if batch_size < n_train else torch.arange(n_train)
         for start in range(0, n_train, batch_size):
             batch = order[start:start + batch_size].to(device)

@@ -10,3 +10,7 @@ _tmp = tempfile.mkdtemp(prefix="entk-nbval-")
 os.environ.setdefault("ENTK_OUT_DIR", os.path.join(_tmp, "figures"))
 os.environ.setdefault("ENTK_CACHE_DIR", os.path.join(_tmp, "cache"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# nbval reads a kernel's messages only after each cell finishes; a progress bar updated many
+# times a second during a minutes-long cell overflows that queue (messages are dropped, the
+# cell's end is never seen). Progress output is not compared, so update it rarely here.
+os.environ.setdefault("TQDM_MININTERVAL", "30")
