@@ -161,3 +161,21 @@ def first_key_frequencies(spectra, **kwargs) -> tuple[str, np.ndarray]:
         except ValueError as err:
             reasons.append(f"{source}: {err}")
     raise ValueError("no key frequencies found; " + "; ".join(reasons))
+
+
+def transformer_spectra(model, tokens, pairs, p: int) -> dict[str, np.ndarray]:
+    """Two readings of which frequencies a modular-addition Transformer uses.
+
+    ``{"W_E": fourier_power of the token embedding over the residues,
+    "MLP activations (a+b)": family_power of the last-position MLP activations in the a+b
+    planes}``, in that order of preference for :func:`first_key_frequencies`. ``model`` is a
+    :class:`~entk_utils.modular.OneLayerTransformer`; tokens (N, 3), pairs (N, 2).
+    """
+    import torch
+
+    with torch.no_grad():
+        _, activations = model(tokens, return_mlp=True)
+    return {
+        "W_E": fourier_power(model.W_E.weight.detach().cpu(), p),
+        "MLP activations (a+b)": family_power(activations.cpu().numpy(), np.asarray(pairs), p, "sum"),
+    }

@@ -101,13 +101,8 @@ print(f"test accuracy stays above twice chance ({2 * chance:.3f}) from epoch {le
 # (as in the paper); the activations only if the embedding shows no standout frequency.
 
 # %%
-with torch.no_grad():
-    _, activations = model(run.inputs, return_mlp=True)
 pairs = run.pairs.numpy()
-spectra = {
-    "W_E": fourier.fourier_power(model.W_E.weight.detach().cpu(), p),
-    "MLP activations (a+b)": fourier.family_power(activations.cpu().numpy(), pairs, p, "sum"),
-}
+spectra = fourier.transformer_spectra(model, run.inputs, pairs, p)
 key_source, keys = fourier.first_key_frequencies(spectra)
 print(f"key frequencies {keys.tolist()}, found in {key_source}")
 for name, power in spectra.items():
@@ -227,16 +222,11 @@ block = (sum_range[0], sum_range[1] + 1)
 
 def features_at(snapshot):
     """The sum family at the final keys and at the checkpoint's own keys (None if none stand out)."""
-    with torch.no_grad():
-        _, acts = snapshot(run.inputs, return_mlp=True)
-    own = {"W_E": fourier.fourier_power(snapshot.W_E.weight.detach().cpu(), p),
-           "MLP activations (a+b)": fourier.family_power(acts.cpu().numpy(), pairs, p, "sum")}
     try:
-        _, own_keys = fourier.first_key_frequencies(own)
-        own_family = fourier.feature_family(pairs, p, "sum", own_keys)
+        _, own_keys = fourier.first_key_frequencies(fourier.transformer_spectra(snapshot, run.inputs, pairs, p))
     except ValueError:
-        own_family = None
-    return {"final keys": families["sum"], "checkpoint keys": own_family}
+        return {"final keys": families["sum"], "checkpoint keys": None}
+    return {"final keys": families["sum"], "checkpoint keys": fourier.feature_family(pairs, p, "sum", own_keys)}
 
 
 curve = dynamics.overlap_over_training(

@@ -12,6 +12,7 @@ from entk_utils.fourier import (
     fourier_power,
     frequency_planes,
     key_frequencies,
+    transformer_spectra,
 )
 from entk_utils.modular import modular_addition_pairs
 
@@ -137,9 +138,12 @@ def test_trained_transformers_embedding_and_neurons_agree_on_keys(p, train_frac)
     run = train_transformer(p, 1500, seed=1, lr=3e-3, train_frac=train_frac, batch_size=None,
                             checkpoint_every=1500, progress=False)
     assert run.result.history.test_acc.iloc[-1] > 0.9
-    with torch.no_grad():
+    spectra = transformer_spectra(run.model, run.inputs, run.pairs, p)
+    from_embedding = key_frequencies(spectra["W_E"])
+    from_neurons = key_frequencies(spectra["MLP activations (a+b)"])
+    with torch.no_grad():  # the spectra are what their names say
         _, acts = run.model(run.inputs, return_mlp=True)
-    from_embedding = key_frequencies(fourier_power(run.model.W_E.weight.detach(), p))
-    from_neurons = key_frequencies(family_power(acts.numpy(), run.pairs.numpy(), p, "sum"))
+    np.testing.assert_allclose(spectra["W_E"], fourier_power(run.model.W_E.weight.detach(), p))
+    np.testing.assert_allclose(spectra["MLP activations (a+b)"], family_power(acts.numpy(), run.pairs.numpy(), p, "sum"))
     assert 1 <= len(from_embedding) <= (p - 1) // 4
     np.testing.assert_array_equal(from_embedding, from_neurons)
