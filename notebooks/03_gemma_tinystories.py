@@ -123,12 +123,13 @@ print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {abs(u @ Kv - Ku @ v) / abs(u @ 
 key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description)))
 classes = np.array(data.upos)
 select, evaluate = alignment.stratified_halves(classes, seed=seed)
-results, spectra, shares = [], {}, {}
+results, spectra, shares, entk_by_layer = [], {}, {}, {}
 for layer in layers:
     eig = operators.cached_layer_eigenpairs(cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps,
                                             seed=seed, metric=metric, key=key)
     spectra[layer] = eig["evals"].numpy()
-    entk_s, shares[layer] = language.entk_scores(eig["evecs"].numpy(), len(data))
+    entk_by_layer[layer], shares[layer] = language.entk_scores(eig["evecs"].numpy(), len(data))
+    entk_s = entk_by_layer[layer]
     acts = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
     for method, scores in {"entk": entk_s, "pca": language.pca_scores(acts, n_eigs),
                            "random": language.random_scores(acts, n_eigs, seed=seed)}.items():
@@ -205,8 +206,7 @@ plt.show()
 
 # %%
 layer = int(best_layer["entk"])
-entk_s, _ = language.entk_scores(operators.cached_layer_eigenpairs(
-    cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps, seed=seed, metric=metric, key=key)["evecs"].numpy(), len(data))
+entk_s = entk_by_layer[layer]
 for j in range(3):
     s = entk_s[:, j] * np.sign(entk_s[np.argmax(np.abs(entk_s[:, j])), j])
     top = np.argsort(-s)[:min(20, len(s))]
