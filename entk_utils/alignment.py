@@ -78,9 +78,9 @@ def overlap_table(vectors, blocks, families) -> pd.DataFrame:
     blocks : ``{label: (start, stop)}`` column ranges of ``vectors``.
     families : ``{name: (N, d) feature matrix}``.
 
-    Returns a DataFrame with columns ``cliff, eigvecs, family, overlap, dim, percent`` where
-    ``dim = min(block size, rank of family)`` is the largest possible overlap and
-    ``percent = 100 * overlap / dim``.
+    Returns a DataFrame with columns ``cliff, eigvecs, family, overlap, dim, percent,
+    n_vectors, family_dim`` where ``dim = min(n_vectors, family_dim)`` (block size, rank of
+    the family) is the largest possible overlap and ``percent = 100 * overlap / dim``.
     """
 
     V = np.asarray(vectors, dtype=np.float64)
@@ -88,9 +88,11 @@ def overlap_table(vectors, blocks, families) -> pd.DataFrame:
     for label, (start, stop) in blocks.items():
         for name, F in families.items():
             overlap = subspace_overlap(V[:, start:stop], F)
-            dim = min(stop - start, orthonormal_basis(F).shape[1])
+            rank = orthonormal_basis(F).shape[1]
+            dim = min(stop - start, rank)
             rows.append({"cliff": label, "eigvecs": _ranges([(start, stop)]), "family": name,
-                         "overlap": overlap, "dim": dim, "percent": 100 * overlap / dim})
+                         "overlap": overlap, "dim": dim, "percent": 100 * overlap / dim,
+                         "n_vectors": stop - start, "family_dim": rank})
     return pd.DataFrame(rows)
 
 
@@ -106,6 +108,79 @@ def captured_fraction(vectors, bases: Sequence) -> np.ndarray:
 
 def _ranges(blocks) -> str:
     return ",".join(f"{a}-{b - 1}" for a, b in blocks)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"5-8"`` (the ``eigvecs`` column of the overlap tables) -> the column slice ``(5, 9)``."""
+    first, last = (int(x) for x in str(text).split("-"))
+    return first, last + 1
+
+
+def random_overlap_null(n: int, k: int, d: int, n_draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """Overlaps of ``n_draws`` uniformly random k-dim subspaces of R^n with a fixed d-dim one.
+
+    The distribution does not depend on which d-dim subspace is fixed (the random one is
+    rotation invariant), so we take the first d coordinates: the overlap of span(Q) is the
+    squared norm of Q's first d rows. Its exact mean is ``k * d / n``. Returns (n_draws,).
+    """
+    if not (1 <= k <= n and 1 <= d <= n):
+        raise ValueError(f"need 1 <= k, d <= n, got n={n}, k={k}, d={d}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_draws)
+    for i in range(n_draws):
+        Q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+        out[i] = np.sum(Q[:d] ** 2)
+    return out
+
+
+def with_random_null(table: pd.DataFrame, n: int, n_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Add what random subspaces of the same dimensions give to an overlap table.
+
+    table : rows with ``overlap, n_vectors, family_dim`` (from :func:`overlap_table` or
+    :func:`family_overlap_table`); n : the dimension of the space (number of inputs).
+    Adds ``null_mean`` (the exact expectation ``n_vectors * family_dim / n``), ``null_q99``
+    (the empirical 99th percentile of ``n_draws`` seeded random subspaces) and ``null_p``
+    (the empirical one-sided p-value ``(1 + #{null >= overlap}) / (1 + n_draws)``).
+    """
+    out = table.copy()
+    nulls = {}
+    for key in set(zip(out.n_vectors, out.family_dim)):
+        nulls[key] = random_overlap_null(n, int(key[0]), int(key[1]), n_draws, seed)
+    draws = [nulls[key] for key in zip(out.n_vectors, out.family_dim)]
+    out["null_mean"] = out.n_vectors * out.family_dim / n
+    out["null_q99"] = [np.quantile(null, 0.99) for null in draws]
+    out["null_p"] = [(1 + np.sum(null >= obs)) / (1 + n_draws) for null, obs in zip(draws, out.overlap)]
+    return out
+
+
+def overlaps_at_ranges(vectors, ranges, families) -> pd.DataFrame:
+    """The overlap of given column ranges of ``vectors`` (N, M) with each family.
+
+    ranges : ``{family: "first-last"}`` (e.g. the ``eigvecs`` column of
+    :func:`family_overlap_table`, indexed by family) or ``{family: (start, stop)}``;
+    families : ``{name: (N, d)}``. Used to score another set of eigenvectors (say, of the
+    kernel at initialisation) on the ranges found for the trained model. Returns columns
+    ``family, eigvecs, overlap``.
+    """
+    V = np.asarray(vectors, dtype=np.float64)
+    rows = []
+    for name, rng in dict(ranges).items():
+        start, stop = parse_range(rng) if isinstance(rng, str) else rng
+        rows.append({"family": name, "eigvecs": _ranges([(start, stop)]),
+                     "overlap": subspace_overlap(V[:, start:stop], families[name])})
+    return pd.DataFrame(rows)
+
+
+def with_reference_overlaps(table: pd.DataFrame, references: Sequence[pd.DataFrame], on: Sequence[str],
+                            prefix: str = "init") -> pd.DataFrame:
+    """Add the mean, standard deviation and maximum of the ``overlap`` column of several
+    reference tables (e.g. the same overlaps for the eNTK at initialisation, one table per
+    seed), matched on the columns ``on``: columns ``{prefix}_mean, {prefix}_std, {prefix}_max``.
+    """
+    stacked = pd.concat(list(references), ignore_index=True)
+    stats = stacked.groupby(list(on)).overlap.agg(["mean", "std", "max"])
+    stats.columns = [f"{prefix}_{c}" for c in stats.columns]
+    return table.merge(stats.reset_index(), on=list(on), how="left")
 
 
 def family_ranges(vectors, families, min_share: float = 0.5) -> dict[str, tuple[int, int] | None]:
@@ -144,7 +219,8 @@ def family_overlap_table(vectors, families, min_share: float = 0.5) -> pd.DataFr
         overlap = subspace_overlap(V[:, start:stop], F)
         dim = min(stop - start, rank)
         rows.append({"family": name, "eigvecs": _ranges([(start, stop)]), "overlap": overlap, "dim": dim,
-                     "percent": 100 * overlap / dim, "assigned": rng is not None})
+                     "percent": 100 * overlap / dim, "assigned": rng is not None,
+                     "n_vectors": stop - start, "family_dim": rank})
     return pd.DataFrame(rows)
 
 

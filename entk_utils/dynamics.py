@@ -78,3 +78,24 @@ def sustained_crossing(x, y, level: float) -> float:
     if below.size == 0:
         return float(x[0])
     return float(x[below[-1] + 1]) if below[-1] + 1 < len(x) else float("nan")
+
+
+def grokking_times(curve_epoch, d_overlap, history, chance: float) -> dict[str, float]:
+    """The epochs that describe one run's grokking, from its curves.
+
+    curve_epoch, d_overlap : (T,) checkpoint epochs and the derivative of the overlap;
+    history : DataFrame with ``epoch, train_acc, test_acc`` (every evaluated epoch);
+    chance : chance accuracy (1/p). Returns ``peak`` (argmax of the derivative),
+    ``steepest_rise`` (of test accuracy), ``leaves_chance`` (test accuracy stays above
+    2 * chance from then on), ``half_way`` (stays above 50%) and ``train_99`` (train
+    accuracy first reaches 99%); NaN where a run never gets there.
+    """
+    d = np.asarray(d_overlap, dtype=float)
+    train_99 = history.epoch[history.train_acc >= 0.99]
+    return {
+        "peak": float(np.asarray(curve_epoch)[np.nanargmax(d)]),
+        "steepest_rise": steepest_rise(history.epoch, history.test_acc),
+        "leaves_chance": sustained_crossing(history.epoch, history.test_acc, 2 * chance),
+        "half_way": sustained_crossing(history.epoch, history.test_acc, 0.5),
+        "train_99": float(train_99.iloc[0]) if len(train_99) else float("nan"),
+    }

@@ -76,6 +76,7 @@ class GromovMLP(nn.Module):
 
     def __init__(self, p: int, width: int = 512):
         super().__init__()
+        self.init_args = dict(p=p, width=width)
         self.p = check_modulus(p)
         if width < 1:
             raise ValueError(f"width must be a positive integer, got {width}")
@@ -201,6 +202,15 @@ def train(
     return TrainResult(history=pd.DataFrame(rows), checkpoints=checkpoints)
 
 
+def reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A fresh, untrained model of the same architecture and size, initialised under ``seed``
+    (on the same device, eval mode): the kernel "with the data but not the learned features"."""
+    if not hasattr(model, "init_args"):
+        raise ValueError(f"{type(model).__name__} does not record its constructor arguments (init_args)")
+    fresh = _seeded(lambda: type(model)(**model.init_args), seed)
+    return fresh.to(next(model.parameters()).device).eval()
+
+
 def model_at(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """A deep copy of ``model`` with the given checkpoint loaded, in eval mode."""
     clone = copy.deepcopy(model)
@@ -300,6 +310,7 @@ class OneLayerTransformer(nn.Module):
 
     def __init__(self, p: int = 29, d_model: int = 64, n_heads: int = 4, d_mlp: int = 256, n_ctx: int = 3):
         super().__init__()
+        self.init_args = dict(p=p, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, n_ctx=n_ctx)
         self.p = check_modulus(p)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")

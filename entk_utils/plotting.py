@@ -42,13 +42,16 @@ def save_figure(fig: plt.Figure, name: str, out_dir) -> Path:
     return path
 
 
-def save_table(df: pd.DataFrame, name: str, out_dir, floatfmt: str = ".3f") -> tuple[Path, Path]:
-    """Write ``df`` as ``out_dir/name.csv`` and ``out_dir/name.md``; return both paths."""
+def save_table(df: pd.DataFrame, name: str, out_dir, floatfmt: str = ".3f", markdown: bool = True) -> list[Path]:
+    """Write ``df`` as ``out_dir/name.csv`` and (unless ``markdown=False``, e.g. for curve
+    data) ``out_dir/name.md``; return the paths written."""
     out = _out(out_dir)
     csv, md = out / f"{name}.csv", out / f"{name}.md"
     df.to_csv(csv, index=False)
+    if not markdown:
+        return [csv]
     md.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
-    return csv, md
+    return [csv, md]
 
 
 def plot_spectrum(ax, evals, cliffs=(), n_show: int = 200, label: str | None = None):

@@ -21,6 +21,7 @@ SECTIONS = {
     "gemma-summary": "paper_figures/summary_gemma.md",
     "bench-entk": "benchmarks/results/bench_entk.md",
     "bench-operators": "benchmarks/results/bench_operators.md",
+    "bench-operators-eigs": "benchmarks/results/bench_operators_eigs.md",
 }
 
 

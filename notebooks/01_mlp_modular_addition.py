@@ -45,6 +45,8 @@ train_frac = 0.7        # fraction of the p*p pairs used for training
 seed = 0                # weight initialisation
 split_seed = 0          # train/test split
 checkpoint_every = 10   # steps between checkpoints (the eNTK is recomputed at each)
+null_draws = 1000       # random subspaces drawn for each overlap's null distribution
+init_seeds = [101, 102, 103, 104, 105]  # untrained networks whose eNTK is the second null
 device = "cpu"          # "cuda" to run on a GPU
 out_dir = None          # where figures and tables go (None: $ENTK_OUT_DIR or ../paper_figures)
 cache_dir = None        # trained-model cache (None: $ENTK_CACHE_DIR or ../.cache)
@@ -151,16 +153,42 @@ pairs = run.pairs.numpy()
 families = {name: fourier.feature_family(pairs, p, name) for name in ("a", "b", "sum", "diff")}
 labels = {i: blk for i, blk in enumerate(blocks)}
 table1 = alignment.overlap_table(evecs, labels, families)
-plotting.save_table(table1, "table1_mlp_overlaps", out_dir)
 pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overlap")[list(families)]
 pivot.columns.name = f"overlap (max {p - 1})"
 pivot.round(2)
 
 # %% [markdown]
+# ### Against chance
+#
+# How large would these overlaps be if the eigenvectors had nothing to do with the
+# features? Two nulls, both added to the table:
+#
+# - **random subspaces** of the block's dimension in the same `p²`-dimensional space:
+#   the exact expectation `dim_block · dim_family / N` (`null_mean`) and an empirical
+#   distribution of `null_draws` seeded draws (its 99th percentile `null_q99`, and
+#   `null_p`, the share of draws at least as large as ours, which cannot go below
+#   `1/(null_draws + 1)`);
+# - the **eNTK at initialisation**: the same architecture, the same 841 inputs, untrained
+#   weights from several seeds; the same eigenvector ranges (`init_mean ± init_std`,
+#   `init_max`). This kernel knows the data and the architecture, but not what training
+#   learned.
+
+# %%
+table1 = alignment.with_random_null(table1, len(run.inputs), n_draws=null_draws, seed=seed)
+init_tables = []
+for init_seed in init_seeds:
+    _, init_vecs = eigen.top_eigenpairs(kernels.entk(modular.reinitialised(run.model, init_seed), run.inputs))
+    init_tables.append(alignment.overlap_table(init_vecs, labels, families))
+table1 = alignment.with_reference_overlaps(table1, init_tables, on=["cliff", "family"])
+plotting.save_table(table1, "table1_mlp_overlaps", out_dir)
+table1[["cliff", "eigvecs", "family", "overlap", "null_mean", "null_q99", "null_p", "init_mean", "init_std", "init_max"]]
+
+# %% [markdown]
 # The same table rounded to two decimals (this cell's output is checked by nbval):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-print(table1[["cliff", "eigvecs", "family", "overlap", "dim", "percent"]].round(2).to_string(index=False))
+columns = ["cliff", "eigvecs", "family", "overlap", "dim", "percent", "null_mean", "null_p", "init_mean"]
+print(table1[columns].round({"overlap": 2, "percent": 1, "null_mean": 2, "null_p": 3, "init_mean": 1}).to_string(index=False))
 
 # %% [markdown]
 # Block 0 is the single outlier. **Block 1 (the first cliff) spans the `a` and `b`
@@ -172,9 +200,12 @@ print(table1[["cliff", "eigvecs", "family", "overlap", "dim", "percent"]].round(
 paper = {"sum": 26.47, "diff": 25.21}
 fourier_block = int(table1.loc[table1.family == "sum"].sort_values("overlap").iloc[-1].cliff)
 ours = table1[(table1.cliff == fourier_block) & table1.family.isin(list(paper))].set_index("family").overlap
+nulls = table1[table1.cliff == fourier_block].set_index("family")
 for name, ref in paper.items():
+    row = nulls.loc[name]
     print(f"second cliff vs {name:>4}: ours {ours[name]:.2f}/{p - 1} ({100 * ours[name] / (p - 1):.1f}%), "
-          f"paper {ref:.2f}/28 ({100 * ref / 28:.1f}%)")
+          f"paper {ref:.2f}/28 ({100 * ref / 28:.1f}%); random subspaces {row.null_mean:.2f} "
+          f"(99th percentile {row.null_q99:.2f}), eNTK at init {row.init_mean:.2f} ± {row.init_std:.2f}")
 
 # %% [markdown]
 # At the paper's setting (the defaults: p = 29, seed 0) both overlaps land within a few
@@ -265,6 +296,11 @@ ax_acc.axvline(test_rise_step, color="C1", ls=":", lw=1, label=f"steepest test r
 ax_acc.axvline(peak_step, color="C3", ls=":", lw=1, label=f"peak d(overlap) ({peak_step})")
 ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy")
 ax_acc.legend()
+null = alignment.random_overlap_null(len(run.inputs), block[1] - block[0], p - 1, null_draws, seed)
+at_init = table1[(table1.cliff == fourier_block) & (table1.family == "sum")].iloc[0]
+ax_ov.axhspan(*np.quantile(null, [0.01, 0.99]), color="0.75", alpha=0.6, label="random subspaces (1-99%)")
+ax_ov.axhspan(at_init.init_mean - at_init.init_std, at_init.init_mean + at_init.init_std, color="C1", alpha=0.3,
+              label=f"eNTK at init, {len(init_seeds)} seeds (±1 sd)")
 ax_ov.plot(curve.epoch, curve["sum"], "o-", ms=3, label="overlap with sum")
 ax_ov.set(xlabel="step", ylabel=f"overlap (max {p - 1})", title=f"eigenvectors {block[0]}-{block[1] - 1} vs sum")
 ax_d = ax_ov.twinx()
@@ -275,11 +311,14 @@ ax_d.grid(False)
 ax_ov.legend(loc="center right")
 plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
 plt.show()
+# the curves, for the seed sweep of notebook 04
+plotting.save_table(curve, "curves_mlp", out_dir, markdown=False)
+plotting.save_table(history, "history_mlp", out_dir, markdown=False)
 
 # %% [markdown]
 # Train accuracy saturates early; test accuracy stays near zero and then jumps. The
-# `sum` overlap climbs from its chance level (about `dim_Q · dim_F / N` =
-# 56 · 28 / 841 ≈ 1.9 for random subspaces) to near the maximum, and its derivative peaks
+# `sum` overlap climbs from the level of the nulls (grey: random subspaces of the block's
+# size; orange: the eNTK of untrained networks) to near the maximum, and its derivative peaks
 # at the step printed above, a checkpoint or so before the step at which test accuracy
 # rises fastest. The paper's code sees the derivative peak near step 70-80, where test
 # accuracy starts its sharp rise (train accuracy ~100% by step 40).
@@ -291,13 +330,18 @@ plt.show()
 # paper's code:
 
 # %%
+def chance(family):
+    row = nulls.loc[family]
+    return f"random {row.null_mean:.2f} (p {row.null_p:.3f}); init {row.init_mean:.2f} ± {row.init_std:.2f}"
+
+
 summary = pd.DataFrame([
-    ("cliff positions", ", ".join(map(str, cliffs.tolist())), "1, 57, 113"),
-    ("second cliff vs sum", f"{ours['sum']:.2f} / {p - 1}", "26.47 / 28"),
-    ("second cliff vs diff", f"{ours['diff']:.2f} / {p - 1}", "25.21 / 28"),
-    ("step of peak d(overlap)/d(step)", str(peak_step), "~70-80"),
-    ("step of steepest test-accuracy rise", str(test_rise_step), "~70-80 (sharp rise)"),
-    ("step train accuracy reaches 99%", str(train_done_step), "~40"),
-], columns=["quantity", "this run", "paper (code, p=29)"])
+    ("cliff positions", ", ".join(map(str, cliffs.tolist())), "", "1, 57, 113"),
+    ("second cliff vs sum", f"{ours['sum']:.2f} / {p - 1}", chance("sum"), "26.47 / 28"),
+    ("second cliff vs diff", f"{ours['diff']:.2f} / {p - 1}", chance("diff"), "25.21 / 28"),
+    ("step of peak d(overlap)/d(step)", str(peak_step), "", "~70-80"),
+    ("step of steepest test-accuracy rise", str(test_rise_step), "", "~70-80 (sharp rise)"),
+    ("step train accuracy reaches 99%", str(train_done_step), "", "~40"),
+], columns=["quantity", "this run", "nulls: random subspaces, eNTK at init", "paper (code, p=29)"])
 plotting.save_table(summary, "summary_mlp", out_dir)
 summary

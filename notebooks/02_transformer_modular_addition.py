@@ -46,6 +46,8 @@ n_heads = 4
 d_mlp = 256
 checkpoint_every = 20   # epochs between checkpoints (Figure 3 recomputes the eNTK at each)
 n_eigs = 40             # leading eigenpairs examined per kernel
+null_draws = 1000       # random subspaces drawn for each overlap's null distribution
+init_seeds = [101, 102, 103, 104, 105]  # untrained networks whose eNTK is the second null
 device = "cpu"          # "cuda" to run on a GPU
 out_dir = None          # None: $ENTK_OUT_DIR or ../paper_figures
 cache_dir = None        # None: $ENTK_CACHE_DIR or ../.cache
@@ -179,16 +181,39 @@ families = {name: fourier.feature_family(pairs, p, name, keys) for name in ("sum
 table2 = pd.concat(
     [alignment.family_overlap_table(vecs, families).assign(weight=name) for name, (_, vecs) in eigenpairs.items()],
     ignore_index=True,
-)[["weight", "family", "eigvecs", "overlap", "dim", "percent", "assigned"]]
-plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
+)[["weight", "family", "eigvecs", "overlap", "dim", "percent", "assigned", "n_vectors", "family_dim"]]
 table2.assign(percent=table2.percent.round(1)).pivot(index="weight", columns="family", values=["eigvecs", "percent"]).loc[list(layer_K)]
+
+# %% [markdown]
+# ### Against chance
+#
+# As for the MLP, two nulls for each overlap: random subspaces of the same dimensions
+# in the 841-dimensional space of functions on the inputs (exact mean `null_mean`, 99th
+# percentile `null_q99`, empirical `null_p` from `null_draws` draws), and the same
+# eigenvector ranges of the layerwise eNTKs of untrained networks (`init_mean ± init_std`,
+# `init_max` over `init_seeds`).
+
+# %%
+init_tables = []
+for init_seed in init_seeds:
+    init_K = kernels.layerwise_entk(modular.reinitialised(model, init_seed), run.inputs, weights, reduce="mean")
+    init_K["full"] = sum(init_K.values())
+    for name, K in init_K.items():
+        ranges = table2[table2.weight == name].set_index("family").eigvecs
+        init_tables.append(alignment.overlaps_at_ranges(eigen.top_eigenpairs(K, n_eigs)[1], ranges, families)
+                           .assign(weight=name))
+table2 = alignment.with_random_null(table2, len(run.inputs), n_draws=null_draws, seed=seed)
+table2 = alignment.with_reference_overlaps(table2, init_tables, on=["weight", "family"])
+plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
+table2[["weight", "family", "eigvecs", "overlap", "dim", "null_mean", "null_q99", "null_p", "init_mean", "init_std"]]
 
 # %% [markdown]
 # The full table, rounded (this cell's output is checked by nbval):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
 print(f"key frequencies: {keys.tolist()}")
-print(table2.round(2).to_string(index=False))
+columns = ["weight", "family", "eigvecs", "overlap", "dim", "percent", "assigned", "null_mean", "null_p", "init_mean"]
+print(table2[columns].round({"overlap": 2, "percent": 1, "null_mean": 2, "null_p": 3, "init_mean": 1}).to_string(index=False))
 
 # %%
 w_u = table2[table2.weight == "W_U"].set_index("family")
@@ -196,7 +221,9 @@ paper = {"sum": ("0-4", 3.965), "axis_sum": ("5-8", 3.940)}
 for name, (paper_range, paper_overlap) in paper.items():
     row = w_u.loc[name]
     print(f"W_U vs {name:>8}: ours eigenvectors {row.eigvecs}, {row.overlap:.3f}/{row.dim} ({row.percent:.1f}%); "
-          f"paper eigenvectors {paper_range}, {paper_overlap:.3f}/4 ({100 * paper_overlap / 4:.1f}%)")
+          f"paper eigenvectors {paper_range}, {paper_overlap:.3f}/4 ({100 * paper_overlap / 4:.1f}%); "
+          f"random subspaces {row.null_mean:.3f} (99th percentile {row.null_q99:.3f}), "
+          f"eNTK at init {row.init_mean:.3f} ± {row.init_std:.3f}")
 print(f"cliffs (>= 2x) in the W_U spectrum after eigenvalues {layer_cliffs['W_U'].tolist()}")
 
 # %% [markdown]
@@ -250,6 +277,10 @@ ax_acc.axvline(leaves_chance, color="C1", ls=":", lw=1, label=f"test leaves chan
 ax_acc.axvline(peak_epoch, color="C3", ls=":", lw=1, label=f"peak d(overlap) ({peak_epoch})")
 ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", xscale="symlog", xlim=(0, epochs))
 ax_acc.legend(fontsize=8)
+null = alignment.random_overlap_null(len(run.inputs), block[1] - block[0], families["sum"].shape[1], null_draws, seed)
+ax_ov.axhspan(*np.quantile(null, [0.01, 0.99]), color="0.75", alpha=0.6, label="random subspaces (1-99%)")
+ax_ov.axhspan(w_u.loc["sum", "init_mean"] - w_u.loc["sum", "init_std"], w_u.loc["sum", "init_mean"] + w_u.loc["sum", "init_std"],
+              color="C1", alpha=0.3, label=f"eNTK at init, {len(init_seeds)} seeds (±1 sd)")
 ax_ov.plot(curve.epoch, curve["final keys"], "-", label=f"sum at final keys {keys.tolist()}")
 ax_ov.plot(curve.epoch, curve["checkpoint keys"], ".", ms=3, color="C2", label="sum at each checkpoint's keys")
 ax_ov.set(xlabel="epoch", ylabel=f"overlap (max {families['sum'].shape[1]})", xscale="symlog", xlim=(0, epochs),
@@ -262,6 +293,9 @@ ax_d.grid(False)
 ax_ov.legend(fontsize=8, loc="center left")
 plotting.save_figure(fig, "fig3_transformer_grokking", out_dir)
 plt.show()
+# the curves, for the seed sweep of notebook 04
+plotting.save_table(curve, "curves_transformer", out_dir, markdown=False)
+plotting.save_table(history, "history_transformer", out_dir, markdown=False)
 
 # %% [markdown]
 # (Epochs on a symmetric-log axis: the interesting part is early.) The paper's code sees
@@ -272,14 +306,22 @@ plt.show()
 # ## Summary
 
 # %%
+def chance(family):
+    row = w_u.loc[family]
+    return f"random {row.null_mean:.3f} (p {row.null_p:.3f}); init {row.init_mean:.3f} ± {row.init_std:.3f}"
+
+
 summary = pd.DataFrame([
-    ("key frequencies (seed-dependent)", f"{keys.tolist()} from {key_source}", "[1, 12] (seed 2)"),
-    ("W_U eigvecs vs sum", f"{w_u.loc['sum', 'eigvecs']}: {w_u.loc['sum', 'overlap']:.3f} / {w_u.loc['sum', 'dim']}", "0-4: 3.965 / 4"),
-    ("W_U eigvecs vs axis_sum", f"{w_u.loc['axis_sum', 'eigvecs']}: {w_u.loc['axis_sum', 'overlap']:.3f} / {w_u.loc['axis_sum', 'dim']}", "5-8: 3.940 / 4"),
-    ("epoch of peak d(overlap)/d(epoch)", str(peak_epoch), "~150"),
-    ("epoch test accuracy leaves chance", f"{leaves_chance:.0f}", "~150"),
-    ("epoch test accuracy passes 50%", f"{half_way:.0f}", "between ~150 and ~2000"),
-    ("final test accuracy", f"{history.test_acc.iloc[-1]:.3f}", "~1.0"),
-], columns=["quantity", f"this run (seed {seed})", "paper (code)"])
+    ("key frequencies (seed-dependent)", f"{keys.tolist()} from {key_source}", "", "[1, 12] (seed 2)"),
+    ("W_U eigvecs vs sum", f"{w_u.loc['sum', 'eigvecs']}: {w_u.loc['sum', 'overlap']:.3f} / {w_u.loc['sum', 'dim']}",
+     chance("sum"), "0-4: 3.965 / 4"),
+    ("W_U eigvecs vs axis_sum",
+     f"{w_u.loc['axis_sum', 'eigvecs']}: {w_u.loc['axis_sum', 'overlap']:.3f} / {w_u.loc['axis_sum', 'dim']}",
+     chance("axis_sum"), "5-8: 3.940 / 4"),
+    ("epoch of peak d(overlap)/d(epoch)", str(peak_epoch), "", "~150"),
+    ("epoch test accuracy leaves chance", f"{leaves_chance:.0f}", "", "~150"),
+    ("epoch test accuracy passes 50%", f"{half_way:.0f}", "", "between ~150 and ~2000"),
+    ("final test accuracy", f"{history.test_acc.iloc[-1]:.3f}", "", "~1.0"),
+], columns=["quantity", f"this run (seed {seed})", "nulls: random subspaces, eNTK at init", "paper (code)"])
 plotting.save_table(summary, "summary_transformer", out_dir)
 summary

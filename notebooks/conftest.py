@@ -14,3 +14,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # times a second during a minutes-long cell overflows that queue (messages are dropped, the
 # cell's end is never seen). Progress output is not compared, so update it rarely here.
 os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+# Notebook 04 re-runs notebooks 01 and 02 for five seeds each (about half an hour): too long
+# for nbval. tests/test_notebooks.py runs it through papermill with two seeds and the quick
+# profiles instead.
+collect_ignore = ["04_seeds.ipynb"]

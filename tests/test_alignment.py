@@ -8,6 +8,11 @@ from entk_utils.alignment import (
     family_ranges,
     orthonormal_basis,
     overlap_table,
+    overlaps_at_ranges,
+    parse_range,
+    random_overlap_null,
+    with_random_null,
+    with_reference_overlaps,
     principal_cosines,
     score_directions,
     stratified_halves,
@@ -83,7 +88,7 @@ def test_captured_fraction_ignores_rotation_within_span():
 def test_overlap_table_columns_and_values():
     eye = np.eye(6)
     table = overlap_table(eye, {0: (0, 2), 1: (2, 6)}, {"f": eye[:, :3]})
-    assert list(table.columns) == ["cliff", "eigvecs", "family", "overlap", "dim", "percent"]
+    assert list(table.columns) == ["cliff", "eigvecs", "family", "overlap", "dim", "percent", "n_vectors", "family_dim"]
     np.testing.assert_allclose(table.overlap, [2, 1])
     np.testing.assert_allclose(table.dim, [2, 3])
     np.testing.assert_allclose(table.percent, [100, 100 / 3])
@@ -146,3 +151,52 @@ def test_with_best_layer_appends_the_best_rows():
     assert best.to_dict() == {"entk": 1, "pca": 0}
     assert table[table.layer == "best"].groupby("method").auroc.mean().round(2).to_dict() == {"entk": 0.85, "pca": 0.9}
     assert set(table.layer) == {"0", "1", "best"}
+
+
+def test_random_overlap_null_matches_the_closed_form_and_a_general_subspace():
+    n, k, d = 50, 7, 4
+    null = random_overlap_null(n, k, d, n_draws=2000, seed=0)
+    # E = k d / n; the standard error of the mean of 2000 draws is well under 2% of it here
+    assert null.mean() == pytest.approx(k * d / n, rel=0.04)
+    assert null.min() >= 0 and null.max() <= d
+    # the shortcut (the first d coordinates) has the law of any fixed d-dim subspace
+    rng = np.random.default_rng(1)
+    F = rng.standard_normal((n, d))
+    general = [subspace_overlap(rng.standard_normal((n, k)), F) for _ in range(2000)]
+    assert np.quantile(general, [0.25, 0.5, 0.9]) == pytest.approx(np.quantile(null, [0.25, 0.5, 0.9]), rel=0.1)
+    np.testing.assert_array_equal(null, random_overlap_null(n, k, d, n_draws=2000, seed=0))
+    with pytest.raises(ValueError, match="need 1 <= k, d <= n"):
+        random_overlap_null(5, 6, 1)
+
+
+def test_with_random_null_separates_a_planted_family_from_a_random_one():
+    n = 40
+    eye = np.eye(n)
+    F = eye[:, :4]
+    vectors = np.column_stack([F + 0.05 * np.random.default_rng(0).standard_normal((n, 4)), eye[:, 10:20]])
+    table = overlap_table(vectors, {0: (0, 4), 1: (4, 14)}, {"f": F})
+    table = with_random_null(table, n, n_draws=500, seed=0)
+    np.testing.assert_allclose(table.null_mean, [4 * 4 / n, 10 * 4 / n])
+    planted, unrelated = table.iloc[0], table.iloc[1]
+    assert planted.null_p == pytest.approx(1 / 501) and planted.overlap > planted.null_q99
+    assert unrelated.overlap == pytest.approx(0, abs=1e-12) and unrelated.null_p == 1.0
+
+
+def test_with_reference_overlaps_and_parse_range():
+    table = pd.DataFrame({"family": ["a", "b"], "overlap": [3.0, 1.0]})
+    refs = [pd.DataFrame({"family": ["a", "b"], "overlap": [0.1 * s, 0.2]}) for s in range(3)]
+    out = with_reference_overlaps(table, refs, on=["family"])
+    np.testing.assert_allclose(out.init_mean, [0.1, 0.2])
+    np.testing.assert_allclose(out.init_max, [0.2, 0.2])
+    np.testing.assert_allclose(out.init_std, [0.1, 0.0], atol=1e-12)
+    assert parse_range("5-8") == (5, 9) and parse_range("0-0") == (0, 1)
+
+
+def test_overlaps_at_ranges_scores_other_vectors_on_given_ranges():
+    eye = np.eye(8)
+    families = {"f": eye[:, :2], "g": eye[:, 5:7]}
+    table = family_overlap_table(eye, families)
+    out = overlaps_at_ranges(eye[:, ::-1], table.set_index("family").eigvecs, families)
+    # reversed vectors: range 0-1 now holds e7, e6 (none of f); range 5-6 holds e2, e1 (none of g)
+    np.testing.assert_allclose(out.overlap, [0.0, 0.0])
+    np.testing.assert_allclose(overlaps_at_ranges(eye, {"f": (0, 3)}, families).overlap, [2.0])

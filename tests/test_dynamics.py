@@ -1,7 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from entk_utils.dynamics import derivative, overlap_over_training, steepest_rise, sustained_crossing
+from entk_utils.dynamics import derivative, grokking_times, overlap_over_training, steepest_rise, sustained_crossing
 from entk_utils.fourier import feature_family
 from entk_utils.modular import train_gromov_mlp
 
@@ -44,3 +45,17 @@ def test_overlap_over_training_with_per_checkpoint_features():
     direct = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (0, 4), {"same": fixed}, progress=False)
     np.testing.assert_allclose(curve["same"], direct["same"])
     assert curve["none"].isna().all()
+
+
+def test_grokking_times_on_a_synthetic_run():
+    epochs = np.arange(0, 101)
+    test_acc = 1 / (1 + np.exp(-(epochs - 60) / 3.0))  # steepest at 60
+    history = pd.DataFrame({"epoch": epochs, "train_acc": np.minimum(1, epochs / 30), "test_acc": test_acc})
+    grid = epochs[::10]
+    overlap = 1 / (1 + np.exp(-(grid - 50) / 5.0))
+    times = grokking_times(grid, derivative(grid, overlap), history, chance=0.01)
+    assert times["peak"] == 50 and times["steepest_rise"] == 60
+    assert times["half_way"] == 60 and times["train_99"] == 30
+    assert times["leaves_chance"] == epochs[np.argmax(test_acc >= 0.02)]
+    never = history.assign(train_acc=0.5)
+    assert np.isnan(grokking_times(grid, derivative(grid, overlap), never, 0.01)["train_99"])

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from entk_utils import modular
 from entk_utils.modular import (
     GromovMLP,
     TrainResult,
@@ -93,3 +94,18 @@ def test_minibatch_cross_entropy_training():
     assert round_trip.history.equals(result.history)
     with pytest.raises(ValueError, match="loss must be"):
         train(GromovMLP(5, 4), x, labels, tr, te, epochs=1, lr=0.1, loss="hinge")
+
+
+def test_reinitialised_is_a_fresh_seeded_copy():
+    model = modular.GromovMLP(7, 16)
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+    fresh = modular.reinitialised(model, seed=3)
+    assert type(fresh) is modular.GromovMLP and fresh.width == 16
+    assert fresh.fc1.weight.abs().sum() > 0
+    torch.testing.assert_close(fresh.fc2.weight, modular.reinitialised(model, seed=3).fc2.weight)
+    assert not torch.equal(fresh.fc2.weight, modular.reinitialised(model, seed=4).fc2.weight)
+    transformer = modular.reinitialised(modular.OneLayerTransformer(7, d_model=8, n_heads=2, d_mlp=16), seed=0)
+    assert transformer.W_in.weight.shape == (16, 8)
+    with pytest.raises(ValueError, match="init_args"):
+        modular.reinitialised(torch.nn.Linear(2, 2), seed=0)

@@ -82,3 +82,21 @@ def test_transformer_notebook_quick_profile_other_seed(tmp_path):
     random_expectation = n_vectors * w_u.dim / params["p"] ** 2
     assert w_u.assigned.all() and (w_u.percent > 50).all(), w_u
     assert (w_u.overlap > 10 * random_expectation).all(), w_u
+
+
+@pytest.mark.notebook
+def test_seeds_notebook_quick_profile(tmp_path):
+    params = profile("04_seeds", "quick")
+    out = execute("04_seeds", tmp_path, **params, runs_dir=str(tmp_path / "runs"))
+    for name in ("fig2_mlp_grokking_seeds.png", "fig3_transformer_grokking_seeds.png", "summary_seeds.csv",
+                 "table_seeds_mlp_overlaps.csv", "table_seeds_transformer.csv", "table_seeds_mlp_timing.csv"):
+        assert (out / name).stat().st_size > 0, name
+    # one run folder per seed and notebook, each with its own tables
+    for kind, table in (("mlp", "table1_mlp_overlaps.csv"), ("transformer", "table2_transformer_overlaps.csv")):
+        assert sorted(d.name for d in (tmp_path / "runs" / kind).iterdir()) == ["seed0", "seed1"]
+        assert (tmp_path / "runs" / kind / "seed1" / table).exists()
+    timing = pd.read_csv(out / "table_seeds_mlp_timing.csv")
+    assert timing.seed.tolist() == [0, 1] and timing.peak.notna().all()
+    overlaps = pd.read_csv(out / "table_seeds_mlp_overlaps.csv").set_index("family")
+    # at the quick profile every seed groks: the families sit far above the random null
+    assert (overlaps["min"] > 5 * overlaps.null_mean).all(), overlaps

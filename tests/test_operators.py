@@ -44,18 +44,38 @@ def ids():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_operator_equals_brute_force_and_truncation_is_exact(attn, ids):
+@pytest.mark.parametrize("layer", [LAYER, 3])
+def test_operator_equals_brute_force_on_every_path(attn, layer, ids):
+    """T = 7 exceeds the sliding window (3), so the last-position shortcut must apply the mask."""
     model = tiny_gemma(attn)
-    op = layer_entk_operator(model, ids, LAYER, chunk_size=2)
-    assert op.shape == (N_CTX * 16, N_CTX * 16)
-    K = dense(op)
-    K_full_model = dense(layer_entk_operator(model, ids, LAYER, chunk_size=3, truncate=False))
-    K_bf = brute_force(model, ids, LAYER)
+    K_bf = brute_force(model, ids, layer)
     scale = np.abs(K_bf).max()
-    # Gemma's RMSNorm computes in float32 internally, which sets the floor even in float64
-    assert np.abs(K - K_bf).max() < 1e-5 * scale
-    assert np.abs(K_full_model - K_bf).max() < 1e-5 * scale
-    assert np.abs(K - K.T).max() < 1e-5 * scale
+    for truncate, path, chunk_size in [(True, "down_proj", 2), ("layer", "layer", 2), (False, "full-model", 3)]:
+        op = layer_entk_operator(model, ids, layer, chunk_size=chunk_size, truncate=truncate)
+        assert op.path == path
+        assert op.shape == (N_CTX * 16, N_CTX * 16)
+        K = dense(op)
+        # Gemma's RMSNorm computes in float32 internally, which sets the floor even in float64
+        assert np.abs(K - K_bf).max() < 1e-5 * scale, path
+        assert np.abs(K - K.T).max() < 1e-5 * scale
+
+
+def test_shortcut_falls_back_when_a_layer_is_not_what_it_looks_like(ids):
+    """A layer with Gemma's attribute names but a different forward fails the probe."""
+    model = tiny_gemma("eager")
+    last = model.model.layers[-1]
+    original = type(last).forward
+
+    def forward_with_extra_residual(self, hidden_states, **kwargs):  # (not a rescaling: the final norm undoes those)
+        return original(self, hidden_states, **kwargs) + hidden_states
+
+    last.forward = forward_with_extra_residual.__get__(last)
+    with pytest.warns(UserWarning, match="falling back"):
+        op = layer_entk_operator(model, ids, LAYER)
+    assert op.path == "layer"
+    np.testing.assert_allclose(dense(op), brute_force(model, ids, LAYER), atol=1e-5 * np.abs(dense(op)).max())
+    with pytest.raises(ValueError, match="does not reproduce"):
+        layer_entk_operator(model, ids, LAYER, truncate="down_proj")
 
 
 def test_identity_metric_and_layout(ids):
@@ -86,6 +106,7 @@ def test_top_eigenpairs_of_the_operator_match_the_dense_kernel(ids):
     (dict(layer=-1), "layer must be"),
     (dict(layer=0, param="mlp.nope.weight"), "has no parameter"),
     (dict(layer=0, metric="logits"), "unknown metric"),
+    (dict(layer=0, truncate="yes"), "truncate must be one of"),
 ])
 def test_bad_arguments(ids, kwargs, message):
     with pytest.raises(ValueError, match=message):

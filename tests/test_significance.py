@@ -1,0 +1,254 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kstest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from entk_utils.alignment import score_directions
+from entk_utils.significance import (
+    auroc_matrix,
+    average_precision_matrix,
+    best_direction_metrics,
+    bonferroni,
+    bootstrap_macro,
+    holm,
+    mean_abs_cosine,
+    permutation_test,
+)
+
+
+def random_labels(rng, B, N, rates=(0.05, 0.2, 0.5, 0.8)):
+    """(B, N) binary rows with various base rates, each with both classes."""
+    Y = rng.random((B, N)) < np.resize(rates, B)[:, None]
+    Y[:, 0], Y[:, 1] = True, False
+    return Y.astype(int)
+
+
+def halves(N, seed=0):
+    perm = np.random.default_rng(seed).permutation(N)
+    return np.sort(perm[: N // 2]), np.sort(perm[N // 2:])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auroc_and_ap_match_sklearn(ties):
+    rng = np.random.default_rng(1)
+    N, m, B = 90, 6, 8
+    S = rng.integers(-3, 4, size=(N, m)).astype(float) if ties else rng.standard_normal((N, m))
+    if ties:
+        S[:, 0] = 2.0  # one column with every score tied
+    Y = random_labels(rng, B, N)
+    expected_auc = np.array([[roc_auc_score(y, s) for s in S.T] for y in Y])
+    expected_ap = np.array([[average_precision_score(y, s) for s in S.T] for y in Y])
+    np.testing.assert_allclose(auroc_matrix(S, Y), expected_auc, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(average_precision_matrix(S, Y), expected_ap, rtol=0, atol=1e-12)
+    # a 1-D label vector gives one row, squeezed
+    np.testing.assert_allclose(auroc_matrix(S, Y[2]), expected_auc[2], atol=1e-12)
+    np.testing.assert_allclose(average_precision_matrix(S, Y[2]), expected_ap[2], atol=1e-12)
+    # square inputs (B = N = m) keep the (label, column) meaning
+    Sq, Yq = S[:8, :8], random_labels(rng, 8, 8)
+    np.testing.assert_allclose(auroc_matrix(Sq, Yq), [[roc_auc_score(y, s) for s in Sq.T] for y in Yq], atol=1e-12)
+
+
+def test_ap_of_tied_scores_uses_one_threshold_per_distinct_score():
+    # scores 2, 2, 2, 1, 0 with labels 1, 0, 1, 1, 0: thresholds at 2 (P=2/3, R=2/3) and 1 (P=3/4, R=1)
+    S, y = np.array([2.0, 2.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 1, 0])
+    assert average_precision_matrix(S, y)[0] == pytest.approx(2 / 3 * 2 / 3 + 1 / 3 * 3 / 4, abs=1e-15)
+    # pairs (positive, negative): each positive 2 ties the negative 2 (1/2) and beats 0 (1); 1 beats only 0
+    assert auroc_matrix(S, y)[0] == pytest.approx((1.5 + 1.5 + 1) / 6, abs=1e-15)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_best_direction_metrics_matches_score_directions(ties):
+    rng = np.random.default_rng(2)
+    N, m = 300, 8
+    labels = pd.DataFrame(random_labels(rng, 5, N).T, columns=[f"l{i}" for i in range(5)])
+    S = rng.standard_normal((N, m))
+    S[:, 2] += 1.5 * labels["l0"]  # positive direction
+    S[:, 5] -= 1.0 * labels["l1"]  # negative direction
+    S[:, 7] = S[:, 2]  # an exact tie with column 2: both rules must take the larger index
+    S[:, 3] = np.round(S[:, 3])  # tied scores
+    if ties:
+        S = np.round(2 * S)  # tied scores everywhere, on the evaluate half too
+    select, evaluate = halves(N)
+    expected = score_directions(S, labels, select, evaluate)
+    got = best_direction_metrics(S, labels.to_numpy().T, select, evaluate)
+    np.testing.assert_array_equal(got.direction, expected.direction)
+    np.testing.assert_array_equal(got.sign, expected.sign)
+    np.testing.assert_allclose(got.ap, expected.ap, atol=1e-12)
+    np.testing.assert_allclose(got.auroc, expected.auroc, atol=1e-12)
+    assert got.direction[0] == 7 and got.sign[0] == 1 and got.sign[1] == -1
+
+
+def test_permutation_observed_is_difference_of_best_direction_auroc():
+    rng = np.random.default_rng(3)
+    N = 200
+    y = random_labels(rng, 1, N, rates=(0.3,))[0]
+    Sa, Sb = rng.standard_normal((N, 5)) + 0.5 * y[:, None], rng.standard_normal((N, 7))
+    select, evaluate = halves(N)
+    result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=50, seed=4)
+    a, b = (best_direction_metrics(S, y, select, evaluate) for S in (Sa, Sb))
+    assert result.observed == pytest.approx(a.auroc[0] - b.auroc[0], abs=1e-12)
+    again = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=50, seed=4)
+    np.testing.assert_array_equal(again.null, result.null)
+    ap = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=10, seed=4, metric="ap")
+    assert ap.observed == pytest.approx(a.ap[0] - b.ap[0], abs=1e-12)
+
+
+def test_permutation_p_values_are_uniform_under_the_null():
+    rng = np.random.default_rng(5)
+    N, n_perm = 120, 200
+    select, evaluate = halves(N)
+    p_values = []
+    for _ in range(100):
+        y = (rng.random(N) < 0.3).astype(int)
+        y[select[:2]], y[evaluate[:2]] = (1, 0), (1, 0)
+        Sa, Sb = rng.standard_normal((N, 4)), rng.standard_normal((N, 4))
+        result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=n_perm,
+                                  seed=int(rng.integers(2**31)))
+        assert result.null.shape == (n_perm,)
+        p_values.append(result.p_value)
+    p_values = np.array(p_values)
+    assert kstest(p_values, "uniform").pvalue > 1e-3
+    # Binomial(100, 0.1): 2..20 holds with probability > 0.99
+    assert 2 <= np.count_nonzero(p_values <= 0.1) <= 20
+
+
+def test_permutation_p_value_is_minimal_for_a_planted_signal():
+    rng = np.random.default_rng(6)
+    N, n_perm = 400, 200
+    y = (rng.random(N) < 0.2).astype(int)
+    Sa, Sb = rng.standard_normal((N, 6)), rng.standard_normal((N, 6))
+    Sa[:, 3] -= 1.5 * y  # informative with sign -1
+    select, evaluate = halves(N)
+    result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=n_perm, seed=0)
+    assert result.observed > 0.2
+    assert result.p_value <= 2 / (n_perm + 1)
+    # reversing the roles gives the same two-sided p-value
+    swapped = permutation_test(Sb, Sa, y, select, evaluate, n_permutations=n_perm, seed=0)
+    assert swapped.observed == pytest.approx(-result.observed)
+    assert swapped.p_value <= 2 / (n_perm + 1)
+
+
+def test_permutation_redraws_shuffles_with_a_single_class_in_a_half():
+    rng = np.random.default_rng(7)
+    N = 40
+    y = np.zeros(N, dtype=int)
+    select, evaluate = halves(N)
+    y[select[0]] = y[evaluate[0]] = 1  # two positives: about half of all shuffles put both in one half
+    result = permutation_test(rng.standard_normal((N, 3)), rng.standard_normal((N, 3)), y, select, evaluate,
+                              n_permutations=100, seed=0)
+    assert result.n_redrawn > 10
+    assert result.null.shape == (100,) and np.all(np.isfinite(result.null))
+
+
+def holm_by_definition(p):
+    """Adjusted p_(i) = max_{j <= i} min(1, (n - j + 1) p_(j)) over the ascending order (1-based)."""
+    n = len(p)
+    order = sorted(range(n), key=lambda i: p[i])
+    adjusted, running = [0.0] * n, 0.0
+    for rank, i in enumerate(order, start=1):
+        running = max(running, min(1.0, (n - rank + 1) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_holm_and_bonferroni_on_a_worked_example():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # ascending 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02], atol=1e-15)
+    np.testing.assert_allclose(holm(p), holm_by_definition(p), atol=1e-15)
+    np.testing.assert_allclose(bonferroni(p), [4 * x for x in p], atol=1e-15)
+    np.testing.assert_allclose(bonferroni([0.3, 0.6]), [0.6, 1.0])
+    np.testing.assert_allclose(holm([0.3, 0.6, 0.2]), holm_by_definition([0.3, 0.6, 0.2]))
+
+
+def test_holm_is_monotone_and_between_raw_and_bonferroni():
+    p = np.random.default_rng(8).random(30) ** 3
+    adjusted = holm(p)
+    np.testing.assert_allclose(adjusted, holm_by_definition(list(p)), atol=1e-15)
+    order = np.argsort(p)
+    assert np.all(np.diff(adjusted[order]) >= 0)
+    assert np.all(p <= adjusted) and np.all(adjusted <= bonferroni(p)) and adjusted.max() <= 1
+    assert holm(p.reshape(5, 6)).shape == (5, 6)
+
+
+def planted_eval_scores(rng, L, n):
+    Y = random_labels(rng, L, n, rates=(0.2, 0.4, 0.6))
+    return rng.standard_normal((L, n)) + Y, Y
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_more_contexts():
+    widths = []
+    for n in (100, 1600):
+        S, Y = planted_eval_scores(np.random.default_rng(9), 3, n)
+        result = bootstrap_macro(S, Y, n_boot=300, seed=0)
+        assert result.auroc_boot.shape == (300,) and result.ap_boot.shape == (300,)
+        assert result.auroc == pytest.approx(np.mean([roc_auc_score(y, s) for s, y in zip(S, Y)]))
+        assert result.ap == pytest.approx(np.mean([average_precision_score(y, s) for s, y in zip(S, Y)]))
+        assert result.auroc_ci[0] < result.auroc < result.auroc_ci[1]
+        assert result.ap_ci[0] < result.ap < result.ap_ci[1]
+        widths.append((result.auroc_ci[1] - result.auroc_ci[0], result.ap_ci[1] - result.ap_ci[0]))
+    # 16x the contexts: about 1/4 of the width
+    assert widths[1][0] < 0.5 * widths[0][0] and widths[1][1] < 0.5 * widths[0][1]
+
+
+def test_bootstrap_takes_the_chosen_scores_and_redraws_single_class_draws():
+    rng = np.random.default_rng(10)
+    N = 200
+    Y = random_labels(rng, 3, N, rates=(0.3,))
+    Y[2] = 0
+    Y[2, [0, 1, 2, 3]] = 1  # a rare label: 2 positives per half; ~13% of resamples miss both
+    scores = rng.standard_normal((N, 5)) + Y[[0, 1, 2, 0, 1]].T
+    select, evaluate = np.arange(0, N, 2), np.arange(1, N, 2)
+    best = best_direction_metrics(scores, Y, select, evaluate)
+    result = bootstrap_macro(best.chosen_scores(scores, evaluate), Y[:, evaluate], n_boot=200, seed=1)
+    assert result.auroc == pytest.approx(best.auroc.mean()) and result.ap == pytest.approx(best.ap.mean())
+    assert result.n_redrawn > 0 and np.all(np.isfinite(result.auroc_boot))
+    again = bootstrap_macro(best.chosen_scores(scores, evaluate), Y[:, evaluate], n_boot=200, seed=1)
+    np.testing.assert_array_equal(again.ap_boot, result.ap_boot)
+
+
+def test_mean_abs_cosine_is_mean_abs_pearson_correlation():
+    rng = np.random.default_rng(11)
+    N, m = 150, 12
+    Y = random_labels(rng, 4, N)
+    S = rng.standard_normal((N, m)) - 2 * Y[0][:, None] * (np.arange(m) == 1)
+    corr = np.abs(np.corrcoef(S.T, Y)[:m, m:].T)  # (4, m): |corr(label b, column j)|
+    np.testing.assert_allclose(mean_abs_cosine(S, Y, top=5), corr[:, :5].mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(mean_abs_cosine(S, Y, top=m, reduce="max"), corr.max(axis=1), atol=1e-12)
+    assert mean_abs_cosine(S, Y[0], top=3) == pytest.approx(corr[0, :3].mean())
+    assert mean_abs_cosine(S, Y[0], top=3, reduce="max") == pytest.approx(corr[0, 1])
+
+
+def test_clear_value_errors():
+    rng = np.random.default_rng(12)
+    S, y = rng.standard_normal((20, 3)), np.tile([0, 1], 10)
+    select, evaluate = np.arange(0, 20, 2), np.arange(1, 20, 2)
+    with pytest.raises(ValueError, match="only one class"):
+        auroc_matrix(S, np.zeros((2, 20)))
+    with pytest.raises(ValueError, match="binary"):
+        average_precision_matrix(S, np.full(20, 0.5))
+    with pytest.raises(ValueError, match=r"\(B, 20\)"):
+        auroc_matrix(S, np.ones(19))
+    with pytest.raises(ValueError, match="NaN"):
+        auroc_matrix(np.full((20, 3), np.nan), y)
+    with pytest.raises(ValueError, match="only one class.*select"):
+        best_direction_metrics(S, y, select, evaluate)  # y is 0 on every even context
+    with pytest.raises(ValueError, match="outside range"):
+        best_direction_metrics(S, y, [0, 25], evaluate)
+    with pytest.raises(ValueError, match="same contexts"):
+        permutation_test(S, S[:10], y, evaluate, select)
+    with pytest.raises(ValueError, match="metric"):
+        permutation_test(S, S, y, np.arange(10), np.arange(10, 20), metric="f1")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.1, 1.2])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bonferroni([np.nan])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_macro(S.T[:1], y[None], level=95)
+    with pytest.raises(ValueError, match="same shape"):
+        bootstrap_macro(S.T, y[None])
+    with pytest.raises(ValueError, match="top"):
+        mean_abs_cosine(S, y, top=4)
+    with pytest.raises(ValueError, match="constant"):
+        mean_abs_cosine(S, np.ones(20), top=3)
