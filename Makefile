@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 
-.PHONY: env figures test sync benchmark benchmark-gemma benchmark-gemma-full clean
+.PHONY: env figures test sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
 
 env: $(STAMP)
 
@@ -45,6 +45,14 @@ test: $(STAMP)
 
 sync: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+# Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU); its
+# tables and figures go to paper_figures/gemma_n1024_layer16/, the executed notebook beside them.
+gemma-n1024: $(STAMP)
+	mkdir -p paper_figures/gemma_n1024_layer16
+	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
+	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
+	$(PY) -m entk_utils.report
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_entk.py

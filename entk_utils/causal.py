@@ -392,3 +392,52 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx
                      "delta_loss_mse": metrics["loss_mse"] - base["loss_mse"]})
     columns = ["method", "norm", "accuracy", "loss_ce", "loss_mse", "delta_loss_ce", "delta_loss_mse"]
     return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------- language models
+def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parameter,
+                     directions: Mapping[str, torch.Tensor], norms: Sequence[float], *, chunk_size: int = 32,
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """How far moving one weight of a causal LM moves its next-token distributions.
+
+    model : a Hugging Face causal LM; input_ids : (N, T) contexts; param : one of the
+    model's parameters (e.g. ``layers[16].mlp.down_proj.weight``); directions :
+    ``{name: tensor of the parameter's shape}``, each rescaled to unit Frobenius norm;
+    norms : step lengths ``eps``.
+
+    For each direction and ``eps`` the weight is set to ``theta + eps * d`` and the
+    next-token distribution at the last position of every context is compared with the
+    original one. Returns ``{name: (len(norms), N)}`` of ``KL(p_original || p_moved)`` in
+    nats. The weight is restored afterwards, also on error.
+    """
+    units = {}
+    for name, d in directions.items():
+        d = d.detach().to(param.device, param.dtype)
+        if d.shape != param.shape:
+            raise ValueError(f"direction {name!r} has shape {tuple(d.shape)}, the parameter {tuple(param.shape)}")
+        size = torch.linalg.norm(d)
+        if not torch.isfinite(size) or size == 0:
+            raise ValueError(f"direction {name!r} must be finite and non-zero")
+        units[name] = d / size
+    original = param.detach().clone()
+    ids = input_ids.to(param.device)
+
+    def log_probs():
+        with torch.no_grad():
+            # logits_to_keep=1: only the last position goes through the (large) unembedding
+            return torch.cat([torch.log_softmax(model(input_ids=ids[i:i + chunk_size], logits_to_keep=1).logits[:, -1]
+                                                .double(), -1) for i in range(0, len(ids), chunk_size)])
+
+    base = log_probs()
+    out = {name: np.empty((len(norms), len(ids))) for name in units}
+    jobs = [(name, row, float(eps)) for name in units for row, eps in enumerate(norms)]
+    try:
+        for name, row, eps in tqdm(jobs, desc="moving the weight", disable=not progress):
+            with torch.no_grad():
+                param.copy_(original + eps * units[name])
+            moved = log_probs()
+            out[name][row] = (base.exp() * (base - moved)).sum(-1).cpu().numpy()
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+    return out

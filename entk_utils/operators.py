@@ -105,7 +105,7 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
         return f"{prefix}.{self.param}"
 
     @torch.no_grad()
-    def _record_inputs(self):
+    def _record_inputs(self, chunks=None):
         """Per chunk, what the layers from ``layer`` up receive, recorded by hooks.
 
         ``{i: (args, kwargs)}`` for each decoder layer ``i >= layer``, where only the analysed
@@ -116,7 +116,7 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
         """
         last = len(self.layers) - 1
         records = []
-        for sl in self.chunks:
+        for sl in self.chunks if chunks is None else chunks:
             seen = {}
 
             def make_hook(i):
@@ -178,7 +178,7 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
         those of layer-level truncation (which runs the model's own layer code)."""
         layer_records = self._records
         path, self.path = self.path, "layer"
-        reference_records = self._record_inputs()
+        reference_records = self._record_inputs(self.chunks[:1])
         self.path = path
         u = torch.randn(self.theta.shape, generator=torch.Generator().manual_seed(0)).to(self.theta)
         results = []
@@ -215,6 +215,14 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
 
     def _rmatvec(self, v):
         return self._matvec(v)  # symmetric
+
+    def weight_direction(self, v) -> torch.Tensor:
+        """``J^T (I kron A) v`` for a vector ``v`` of length N*d (e.g. an eigenvector of
+        ``K~``): the weight change (shaped like the weight) whose first-order effect on the
+        outputs is ``J J^T (I kron A) v``, i.e. along ``v`` in the kernel's geometry."""
+        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
+        with torch.no_grad(), _math_attention():
+            return self.rmatvec_params(v @ self.A if self.A is not None else v)
 
     def outputs(self) -> torch.Tensor:
         """The outputs h (N, d) at the current weights (for checks)."""

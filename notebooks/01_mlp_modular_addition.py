@@ -184,6 +184,22 @@ plotting.save_table(table1, "table1_mlp_overlaps", out_dir)
 table1[["cliff", "eigvecs", "family", "overlap", "null_mean", "null_q99", "null_p", "init_mean", "init_std", "init_max"]]
 
 # %% [markdown]
+# The two nulls tell different stories about the two cliffs.
+#
+# - **The second cliff is learned.** Its overlaps with `sum` and `diff` are more than ten
+#   times what random subspaces reach (and than their 99th percentile), and the untrained
+#   networks' eNTK puts no more of `a ± b` in that range than random subspaces do.
+# - **The first cliff is not.** The eNTK of an *untrained* network already holds the `a` and
+#   `b` families in eigenvectors 1 to 2(p-1), about as completely as the trained one. This
+#   is a property of the architecture and the inputs, not of learning: with one-hot inputs
+#   and random weights the kernel is (nearly) unchanged when the residues are relabelled, so
+#   its leading eigenfunctions are the functions of `a` alone and of `b` alone. Those span
+#   the `a` and `b` families at *every* frequency, so the first cliff says nothing about
+#   which frequencies the network uses.
+#
+# (`null_p` bottoms out at `1/(null_draws + 1)`: none of the random draws came close.)
+
+# %% [markdown]
 # The same table rounded to two decimals (this cell's output is checked by nbval):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]

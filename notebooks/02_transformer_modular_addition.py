@@ -208,6 +208,14 @@ plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
 table2[["weight", "family", "eigvecs", "overlap", "dim", "null_mean", "null_q99", "null_p", "init_mean", "init_std"]]
 
 # %% [markdown]
+# Where a family is assigned, its overlap is far above random subspaces of the same size.
+# The untrained kernels separate the two families: at the same eigenvector ranges they
+# hold essentially none of `sum`, which is therefore learned, but a fair part of
+# `axis_sum` (`F(a) + F(b)`, a sum of functions of one input each). As for the MLP's
+# first cliff, an untrained kernel already favours functions of one input, whatever their
+# frequency; training concentrates them on the key frequencies.
+
+# %% [markdown]
 # The full table, rounded (this cell's output is checked by nbval):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]

@@ -213,3 +213,26 @@ def test_perturbation_curve_on_a_transformer_and_bad_directions():
         causal.perturbation_curve(tf, tokens, labels, None, {"zero": {k: 0 * v for k, v in g.items()}}, [1.0])
     with pytest.raises(ValueError, match="norms"):
         causal.perturbation_curve(tf, tokens, labels, None, {"sum": g}, [-1.0])
+
+
+def test_next_token_shift_is_zero_at_zero_grows_with_the_step_and_restores_the_weight():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=32, layer_types=["sliding_attention", "full_attention"])
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    ids = torch.randint(0, 40, (5, 6), generator=torch.Generator().manual_seed(0))
+    weight = model.model.layers[1].mlp.down_proj.weight
+    before = weight.detach().clone()
+    direction = torch.randn(weight.shape, generator=torch.Generator().manual_seed(1))
+    shifts = causal.next_token_shift(model, ids, weight, {"d": direction, "2d": 2 * direction}, [0.0, 0.5, 2.0],
+                                     chunk_size=2)
+    kl = shifts["d"]
+    assert kl.shape == (3, 5)
+    np.testing.assert_allclose(shifts["2d"], kl)  # directions are normalised
+    np.testing.assert_allclose(kl[0], 0, atol=1e-12)
+    assert (kl[1] > 0).all() and (kl[2] > kl[1]).all()
+    torch.testing.assert_close(weight, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape"):
+        causal.next_token_shift(model, ids, weight, {"d": direction.T}, [1.0])

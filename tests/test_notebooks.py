@@ -100,3 +100,20 @@ def test_seeds_notebook_quick_profile(tmp_path):
     overlaps = pd.read_csv(out / "table_seeds_mlp_overlaps.csv").set_index("family")
     # at the quick profile every seed groks: the families sit far above the random null
     assert (overlaps["min"] > 5 * overlaps.null_mean).all(), overlaps
+
+
+@pytest.mark.notebook
+def test_causal_notebook_quick_profile(tmp_path):
+    params = profile("05_causal", "quick")
+    out = execute("05_causal", tmp_path, **params)
+    for name in ("table4_causal.csv", "table4_causal.md", "fig4_causal.png", "summary_causal.csv"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table4_causal.csv")
+    assert set(table.setting) == {"MLP", "Transformer"}
+    assert {"ablate top k", "ablate a whole span", "move weights"} == set(table.test)
+    whole = table[(table.setting == "MLP") & (table.test == "ablate a whole span")].set_index("method")
+    # the sanity check of the ablation: the MLP's logits live in the sum family
+    p = params["mlp_parameters"]["p"]
+    assert whole.loc["Fourier family sum", "accuracy"] < 3 / p
+    top = table[(table.setting == "MLP") & (table.test == "ablate top k") & (table.k == 16)].set_index("method")
+    assert top.loc["random", "accuracy"] > 0.9

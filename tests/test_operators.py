@@ -111,3 +111,17 @@ def test_top_eigenpairs_of_the_operator_match_the_dense_kernel(ids):
 def test_bad_arguments(ids, kwargs, message):
     with pytest.raises(ValueError, match=message):
         layer_entk_operator(tiny_gemma("eager"), ids, **kwargs)
+
+
+def test_weight_direction_is_j_transpose_a_v(ids):
+    """<J^T (I kron A) v, u> = <v, (I kron A) J u> for any weight-shaped u."""
+    model = tiny_gemma("eager")
+    op = layer_entk_operator(model, ids, LAYER)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(op.shape[0])
+    d = op.weight_direction(v)
+    assert d.shape == op.theta.shape
+    u = torch.from_numpy(rng.standard_normal(tuple(op.theta.shape))).to(op.theta)
+    with torch.no_grad():
+        Ju = (op.matvec_params(u) @ op.A).reshape(-1).numpy()
+    assert float((d * u).sum()) == pytest.approx(float(v @ Ju), rel=1e-6)
