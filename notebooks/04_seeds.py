@@ -156,7 +156,8 @@ tf_runs = sweep.run_seeds("02_transformer_modular_addition.ipynb", seeds, runs_d
                           parameters=transformer_parameters, cache_dir=cache_dir)
 table2 = sweep.gather(tf_runs, "table2_transformer_overlaps")
 summaries = sweep.gather(tf_runs, "summary_transformer").set_index("seed")
-keys = summaries.iloc[:, 1][summaries.quantity == "key frequencies (seed-dependent)"].rename("key frequencies")
+this_run = summaries.filter(like="this run").bfill(axis=1).iloc[:, 0]  # one "this run (seed s)" column per seed
+keys = this_run[summaries.quantity == "key frequencies (seed-dependent)"].rename("key frequencies")
 w_u = table2[table2.weight == "W_U"].pivot(index="seed", columns="family", values=["eigvecs", "overlap", "dim"])
 w_u.columns = [f"{family} {what}" for what, family in w_u.columns]
 tf_times = timing(tf_runs, "curves_transformer", "history_transformer", "d_final", 1 / modulus(table2))
