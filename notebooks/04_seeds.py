@@ -168,17 +168,20 @@ per_seed
 # %% [markdown]
 # Which seeds grokked (final test accuracy near 1) matters for everything after: a run that
 # never generalises has no onset to compare with, and its key frequencies, if any stand
-# out, describe a memorising network. The W_U overlaps over seeds, with the nulls of
-# notebook 2:
+# out, describe a memorising network. The W_U overlaps over seeds, as percentages of the
+# largest possible overlap (each seed's families have their own dimension), with the
+# random-subspace null of notebook 2:
 
 # %%
-tf_overlaps = table2[table2.weight == "W_U"].groupby("family", sort=False).agg(
-    mean=("overlap", "mean"), std=("overlap", "std"), min=("overlap", "min"), max=("overlap", "max"),
-    of=("dim", "max"), null_mean=("null_mean", "mean"), init_mean=("init_mean", "mean"),
+# the families' dimensions differ between seeds (2 per key frequency), so compare percentages
+w_u_rows = table2[table2.weight == "W_U"].assign(null_percent=lambda t: 100 * t.null_mean / t.dim)
+tf_overlaps = w_u_rows.groupby("family", sort=False).agg(
+    mean=("percent", "mean"), std=("percent", "std"), min=("percent", "min"), max=("percent", "max"),
+    null_mean=("null_percent", "mean"),
 ).reset_index()
 grokked = tf_times.final_test_acc >= 0.9
-tf_overlaps_grokked = table2[(table2.weight == "W_U") & table2.seed.isin(tf_times.seed[grokked])]
-tf_overlaps["mean (grokked seeds)"] = tf_overlaps.family.map(tf_overlaps_grokked.groupby("family").overlap.mean())
+tf_overlaps["mean (grokked seeds)"] = tf_overlaps.family.map(
+    w_u_rows[w_u_rows.seed.isin(tf_times.seed[grokked])].groupby("family").percent.mean())
 plotting.save_table(tf_overlaps, "table_seeds_transformer_overlaps", out_dir)
 print(f"{int(grokked.sum())} of {len(seeds)} seeds reach 90% test accuracy")
 tf_overlaps.round(3)
@@ -209,23 +212,43 @@ plt.show()
 # %%
 def spread(frame, family):
     row = frame.set_index("family").loc[family]
-    return f"{row['mean']:.2f} ± {row['std']:.2f} (min {row['min']:.2f}) of {row['of']:.0f}; random {row.null_mean:.2f}"
+    if "of" in row:
+        return f"{row['mean']:.2f} ± {row['std']:.2f} (min {row['min']:.2f}) of {row['of']:.0f}; random {row.null_mean:.2f}"
+    return f"{row['mean']:.0f}% ± {row['std']:.0f}% (min {row['min']:.0f}%) of the family; random {row.null_mean:.1f}%"
 
 
-def gap(table):
-    rows = table.set_index("onset")
-    return "; ".join(f"{o}: r = {r.pearson_r:.2f}, mean gap {r.mean_gap:+.0f} ({r.seeds} seeds)" for o, r in rows.iterrows())
+def gaps(times, onset):
+    """Per seed, the derivative's peak minus the onset; then the correlation over seeds."""
+    per_seed = ", ".join(f"{int(r.seed)}: {r.peak - r[onset]:+.0f}" for _, r in times.iterrows())
+    r = agreement(times, onset)
+    return f"peak − {onset} per seed: {per_seed} (r = {r['pearson_r']:.2f} over {int(r['seeds'])} seeds)"
 
 
 summary = pd.DataFrame([
     ("MLP: best block vs sum", spread(mlp_overlaps, "sum")),
     ("MLP: best block vs diff", spread(mlp_overlaps, "diff")),
-    ("MLP: derivative peak vs onset", gap(mlp_agreement[mlp_agreement.onset == "steepest_rise"])),
+    ("MLP: derivative peak vs onset", gaps(mlp_times, "steepest_rise")),
     ("Transformer: key frequencies per seed", "; ".join(f"{s}: {k}" for s, k in keys.items())),
     ("Transformer: seeds reaching 90% test accuracy", f"{int(grokked.sum())} of {len(seeds)}"),
     ("Transformer: W_U vs sum", spread(tf_overlaps, "sum")),
     ("Transformer: W_U vs axis_sum", spread(tf_overlaps, "axis_sum")),
-    ("Transformer: derivative peak vs onset", gap(tf_agreement[tf_agreement.onset == "leaves_chance"])),
+    ("Transformer: final test accuracy per seed", ", ".join(f"{int(r.seed)}: {r.final_test_acc:.2f}" for _, r in tf_times.iterrows())),
+    ("Transformer: derivative peak vs onset", gaps(tf_times, "leaves_chance")),
 ], columns=["quantity", f"over seeds {seeds} (mean ± sd)"])
 plotting.save_table(summary, "summary_seeds", out_dir)
 summary
+
+# %% [markdown]
+# **The MLP** is a stable object: over five seeds the second cliff's overlaps with `sum`
+# and `diff` vary in the second decimal, every seed groks at nearly the same step, and the
+# derivative of the overlap peaks a checkpoint or so *before* test accuracy rises fastest
+# in every seed. (A correlation over seeds means little here: the peaks fall on a
+# 10-step checkpoint grid and barely vary.)
+#
+# **The Transformer** is not: with the paper's recipe and our random streams, only some
+# seeds generalise within 4000 epochs (final test accuracies above), each picks its own
+# key frequencies, and the W_U overlaps are high only where the network has grokked. In
+# four of the five seeds the overlap's derivative peaks shortly before test accuracy leaves
+# chance; in seed 0, which generalises least and whose embedding shows no standout
+# frequency, it peaks much later. The paper's single-seed statement holds per grokking run,
+# not per recipe.

@@ -245,3 +245,25 @@ for name, ablation, whole, perturbation, k in [
              for method, value in loss_at_largest_step(perturbation).items()]
 summary = pd.DataFrame(rows, columns=["setting", "measure", "directions", "value"])
 plotting.save_table(summary, "summary_causal", out_dir, floatfmt=".2f")
+
+# %% [markdown]
+# **What the interventions say.**
+#
+# - *Function-space ablation* singles out the eNTK's learned directions: removing the top
+#   eNTK directions destroys the accuracy of both models, removing as many random
+#   directions does not. It also sharpens notebook 1's finding about the MLP: the first
+#   cliff (`a`, `b`; present at initialisation) is causally inert, the whole effect sits in
+#   the second cliff, and within it in the `sum` family (the MLP's logits are functions of
+#   `a + b`); `diff` can be removed without loss.
+# - *eNTK vs PCA* depends on the model. In the Transformer the eNTK ranks the causal
+#   directions first: its single top eigenvector already costs most of the accuracy, where
+#   PCA needs several components. In the MLP the eNTK ranks the inert first cliff above
+#   the causal one, and PCA of the hidden layer reaches zero accuracy with fewer directions.
+#   So "more causally relevant than PCA" holds per block for the MLP and per direction for
+#   the Transformer, not in general.
+# - *Weight-space perturbation* separates function-derived directions from random weight
+#   directions (which barely change the loss), but does not single out the eNTK: in the MLP
+#   the eNTK block and PCA of the same size change the loss about equally, and in the
+#   Transformer a random subspace of functions changes it far more. This test is the weaker
+#   of the two: a weight step along a projection gradient moves every logit, not just the
+#   part inside the span.
