@@ -188,7 +188,7 @@ table1[["cliff", "eigvecs", "family", "overlap", "null_mean", "null_q99", "null_
 #
 # - **The second cliff is learned.** Its overlaps with `sum` and `diff` are more than ten
 #   times what random subspaces reach (and than their 99th percentile), and the untrained
-#   networks' eNTK puts no more of `a ± b` in that range than random subspaces do.
+#   networks' eNTK puts about as much of `a ± b` in that range as random subspaces do.
 # - **The first cliff is not.** The eNTK of an *untrained* network already holds the `a` and
 #   `b` families in eigenvectors 1 to 2(p-1), about as completely as the trained one. This
 #   is a property of the architecture and the inputs, not of learning: with one-hot inputs
