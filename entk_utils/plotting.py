@@ -76,3 +76,15 @@ def plot_heatmap(ax, values, xlabels, ylabel: str, title: str, vmax: float = 1.0
     ax.set_title(title, fontsize=10)
     ax.grid(False)
     return im
+
+
+def plot_seed_band(ax, frame: pd.DataFrame, column: str, colour: str, x: str = "epoch"):
+    """Mean over seeds of ``frame[column]`` against ``x``, with ±1 sd and min-max bands.
+
+    frame : long format, one row per (seed, x), e.g. :func:`entk_utils.sweep.gather`'s output.
+    """
+    stats = frame.groupby(x)[column].agg(["mean", "std", "min", "max"])
+    ax.plot(stats.index, stats["mean"], color=colour, label=f"{column} (mean)")
+    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=colour,
+                    alpha=0.3, lw=0, label="± 1 sd")
+    ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.1, lw=0, label="min-max")

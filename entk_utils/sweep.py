@@ -62,3 +62,32 @@ def gather(runs: dict[int, Path], table: str) -> pd.DataFrame:
         frames.append(pd.read_csv(path).assign(seed=seed))
     out = pd.concat(frames, ignore_index=True)
     return out[["seed", *[c for c in out.columns if c != "seed"]]]
+
+
+def grokking_table(runs: dict[int, Path], curve: str, history: str, derivative_column: str,
+                   chance: float) -> pd.DataFrame:
+    """One row per seed: :func:`entk_utils.dynamics.grokking_times` of that run's curves.
+
+    curve / history : the names of the tables each run wrote (checkpoint curve with a
+    ``derivative_column``; per-epoch ``history``). Columns ``seed, peak, steepest_rise,
+    leaves_chance, half_way, train_99, final_test_acc``.
+    """
+    from .dynamics import grokking_times
+
+    rows = []
+    for seed, folder in runs.items():
+        c = pd.read_csv(Path(folder) / f"{curve}.csv")
+        h = pd.read_csv(Path(folder) / f"{history}.csv")
+        rows.append({"seed": seed, **grokking_times(c.epoch, c[derivative_column], h, chance),
+                     "final_test_acc": h.test_acc.iloc[-1]})
+    return pd.DataFrame(rows)
+
+
+def peak_onset_agreement(times: pd.DataFrame, onset: str) -> dict:
+    """How the derivative's peak and an onset (a column of :func:`grokking_table`) agree over
+    seeds: ``onset, seeds`` (with both defined), ``pearson_r`` (NaN below 3 seeds),
+    ``mean_gap`` and ``mean_abs_gap`` (peak minus onset)."""
+    ok = times[["peak", onset]].dropna()
+    gap = ok.peak - ok[onset]
+    r = ok.peak.corr(ok[onset]) if len(ok) > 2 else float("nan")
+    return {"onset": onset, "seeds": len(ok), "pearson_r": r, "mean_gap": gap.mean(), "mean_abs_gap": gap.abs().mean()}

@@ -347,8 +347,7 @@ plotting.save_table(history, "history_mlp", out_dir, markdown=False)
 
 # %%
 def chance(family):
-    row = nulls.loc[family]
-    return f"random {row.null_mean:.2f} (p {row.null_p:.3f}); init {row.init_mean:.2f} ± {row.init_std:.2f}"
+    return alignment.describe_nulls(nulls.loc[family], digits=2)
 
 
 summary = pd.DataFrame([

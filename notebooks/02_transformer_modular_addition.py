@@ -315,8 +315,7 @@ plotting.save_table(history, "history_transformer", out_dir, markdown=False)
 
 # %%
 def chance(family):
-    row = w_u.loc[family]
-    return f"random {row.null_mean:.3f} (p {row.null_p:.3f}); init {row.init_mean:.3f} ± {row.init_std:.3f}"
+    return alignment.describe_nulls(w_u.loc[family], digits=3)
 
 
 summary = pd.DataFrame([

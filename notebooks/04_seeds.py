@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from entk_utils import dynamics, plotting, sweep
+from entk_utils import plotting, sweep
 
 out_dir = out_dir or os.environ.get("ENTK_OUT_DIR", "../paper_figures")
 cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
@@ -91,30 +91,12 @@ mlp_overlaps.round(2)
 # test accuracy rises fastest and the step from which it stays above 50%.
 
 # %%
-def timing(runs, curve_name, history_name, derivative_column, chance):
-    rows = []
-    for seed, folder in runs.items():
-        curve = pd.read_csv(folder / f"{curve_name}.csv")
-        history = pd.read_csv(folder / f"{history_name}.csv")
-        rows.append({"seed": seed, **dynamics.grokking_times(curve.epoch, curve[derivative_column], history, chance),
-                     "final_test_acc": history.test_acc.iloc[-1]})
-    return pd.DataFrame(rows)
-
-
-mlp_times = timing(mlp_runs, "curves_mlp", "history_mlp", "d_sum", 1 / p_mlp)
+mlp_times = sweep.grokking_table(mlp_runs, "curves_mlp", "history_mlp", "d_sum", 1 / p_mlp)
 plotting.save_table(mlp_times, "table_seeds_mlp_timing", out_dir, floatfmt=".2f")
 mlp_times
 
 # %%
-def agreement(times, onset):
-    """Correlation over seeds between the derivative's peak and an onset, and their mean gap."""
-    ok = times[["peak", onset]].dropna()
-    r = ok.peak.corr(ok[onset]) if len(ok) > 2 else float("nan")
-    return {"onset": onset, "seeds": len(ok), "pearson_r": r, "mean_gap": (ok.peak - ok[onset]).mean(),
-            "mean_abs_gap": (ok.peak - ok[onset]).abs().mean()}
-
-
-mlp_agreement = pd.DataFrame([agreement(mlp_times, o) for o in ("steepest_rise", "half_way")])
+mlp_agreement = pd.DataFrame([sweep.peak_onset_agreement(mlp_times, o) for o in ("steepest_rise", "half_way")])
 mlp_agreement.round(2)
 
 # %% [markdown]
@@ -123,16 +105,10 @@ mlp_agreement.round(2)
 
 # %%
 def seed_bands(runs, curve_name, history_name, overlap_column, ax_acc, ax_ov):
-    curves = sweep.gather(runs, curve_name)
     history = sweep.gather(runs, history_name)
-    for frame, column, ax, colour in ((history, "test_acc", ax_acc, "C1"), (history, "train_acc", ax_acc, "C0"),
-                                      (curves, overlap_column, ax_ov, "C2")):
-        stats = frame.groupby("epoch")[column].agg(["mean", "std", "min", "max"])
-        ax.plot(stats.index, stats["mean"], color=colour, label=f"{column} (mean)")
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=colour,
-                        alpha=0.3, lw=0, label="± 1 sd")
-        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.1, lw=0, label="min-max")
-    return curves
+    plotting.plot_seed_band(ax_acc, history, "test_acc", "C1")
+    plotting.plot_seed_band(ax_acc, history, "train_acc", "C0")
+    plotting.plot_seed_band(ax_ov, sweep.gather(runs, curve_name), overlap_column, "C2")
 
 
 fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
@@ -160,7 +136,7 @@ this_run = summaries.filter(like="this run").bfill(axis=1).iloc[:, 0]  # one "th
 keys = this_run[summaries.quantity == "key frequencies (seed-dependent)"].rename("key frequencies")
 w_u = table2[table2.weight == "W_U"].pivot(index="seed", columns="family", values=["eigvecs", "overlap", "dim"])
 w_u.columns = [f"{family} {what}" for what, family in w_u.columns]
-tf_times = timing(tf_runs, "curves_transformer", "history_transformer", "d_final", 1 / modulus(table2))
+tf_times = sweep.grokking_table(tf_runs, "curves_transformer", "history_transformer", "d_final", 1 / modulus(table2))
 per_seed = pd.concat([keys, w_u, tf_times.set_index("seed")], axis=1)
 plotting.save_table(per_seed.reset_index(), "table_seeds_transformer", out_dir, floatfmt=".2f")
 per_seed
@@ -187,7 +163,7 @@ print(f"{int(grokked.sum())} of {len(seeds)} seeds reach 90% test accuracy")
 tf_overlaps.round(3)
 
 # %%
-tf_agreement = pd.DataFrame([agreement(tf_times, o) for o in ("leaves_chance", "steepest_rise", "half_way")])
+tf_agreement = pd.DataFrame([sweep.peak_onset_agreement(tf_times, o) for o in ("leaves_chance", "steepest_rise", "half_way")])
 tf_agreement.round(2)
 
 # %%
@@ -220,7 +196,7 @@ def spread(frame, family):
 def gaps(times, onset):
     """Per seed, the derivative's peak minus the onset; then the correlation over seeds."""
     per_seed = ", ".join(f"{int(r.seed)}: {r.peak - r[onset]:+.0f}" for _, r in times.iterrows())
-    r = agreement(times, onset)
+    r = sweep.peak_onset_agreement(times, onset)
     return f"peak − {onset} per seed: {per_seed} (r = {r['pearson_r']:.2f} over {int(r['seeds'])} seeds)"
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from entk_utils.alignment import (
     captured_fraction,
+    describe_nulls,
     family_overlap_table,
     family_ranges,
     orthonormal_basis,
@@ -200,3 +201,9 @@ def test_overlaps_at_ranges_scores_other_vectors_on_given_ranges():
     # reversed vectors: range 0-1 now holds e7, e6 (none of f); range 5-6 holds e2, e1 (none of g)
     np.testing.assert_allclose(out.overlap, [0.0, 0.0])
     np.testing.assert_allclose(overlaps_at_ranges(eye, {"f": (0, 3)}, families).overlap, [2.0])
+
+
+def test_describe_nulls():
+    row = pd.Series({"null_mean": 1.864, "null_p": 1 / 1001, "init_mean": 1.994, "init_std": 0.0612})
+    assert describe_nulls(row) == "random 1.86 (p 0.001); init 1.99 ± 0.06"
+    assert describe_nulls(row, digits=3) == "random 1.864 (p 0.001); init 1.994 ± 0.061"

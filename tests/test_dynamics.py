@@ -59,3 +59,27 @@ def test_grokking_times_on_a_synthetic_run():
     assert times["leaves_chance"] == epochs[np.argmax(test_acc >= 0.02)]
     never = history.assign(train_acc=0.5)
     assert np.isnan(grokking_times(grid, derivative(grid, overlap), never, 0.01)["train_99"])
+
+
+def test_sweep_grokking_table_and_agreement(tmp_path):
+    from entk_utils.sweep import gather, grokking_table, peak_onset_agreement
+
+    runs = {}
+    for seed, shift in ((0, 0), (1, 10), (2, 20)):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        epochs = np.arange(0, 101)
+        acc = 1 / (1 + np.exp(-(epochs - 50 - shift) / 3.0))
+        pd.DataFrame({"epoch": epochs, "train_acc": np.ones_like(acc), "test_acc": acc}).to_csv(folder / "h.csv", index=False)
+        grid = epochs[::5]
+        overlap = 1 / (1 + np.exp(-(grid - 45 - shift) / 5.0))
+        pd.DataFrame({"epoch": grid, "d": derivative(grid, overlap)}).to_csv(folder / "c.csv", index=False)
+        runs[seed] = folder
+    table = grokking_table(runs, "c", "h", "d", chance=0.01)
+    assert table.seed.tolist() == [0, 1, 2]
+    assert table.peak.tolist() == [45, 55, 65] and table.steepest_rise.tolist() == [50, 60, 70]
+    agreement = peak_onset_agreement(table, "steepest_rise")
+    assert agreement["pearson_r"] == pytest.approx(1.0) and agreement["mean_gap"] == -5 and agreement["seeds"] == 3
+    assert gather(runs, "c").seed.unique().tolist() == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="wrote no"):
+        gather(runs, "missing")
