@@ -89,14 +89,14 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
             want_down_proj = truncate in (True, "down_proj")
             if want_down_proj and param == "mlp.down_proj.weight" and all(map(_has_gemma_anatomy, self.layers[layer:])):
                 self.path = "down_proj"
-            self._records = self._record_inputs()
+            self._records = self._record_inputs(self.path)
             if self.path == "down_proj" and not self._down_proj_path_agrees():
                 if truncate == "down_proj":
                     raise ValueError("the down_proj path does not reproduce this model's layers; use truncate='layer'")
                 warnings.warn("the down_proj shortcut does not reproduce this model's layers; "
                               "falling back to layer-level truncation", stacklevel=3)
                 self.path = "layer"
-                self._records = self._record_inputs()
+                self._records = self._record_inputs(self.path)
         super().__init__(dtype=np.float64, shape=(n * self.hidden, n * self.hidden))
 
     # ---------------------------------------------------------------- recorded inputs
@@ -105,8 +105,9 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
         return f"{prefix}.{self.param}"
 
     @torch.no_grad()
-    def _record_inputs(self, chunks=None):
-        """Per chunk, what the layers from ``layer`` up receive, recorded by hooks.
+    def _record_inputs(self, path, chunks=None):
+        """Per chunk (all, or the given slices), what the layers from ``layer`` up receive on
+        ``path`` ("layer" or "down_proj"), recorded by hooks.
 
         ``{i: (args, kwargs)}`` for each decoder layer ``i >= layer``, where only the analysed
         layer keeps its hidden-state argument (the others recompute it). On the ``down_proj``
@@ -121,12 +122,12 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
 
             def make_hook(i):
                 def hook(module, args, kwargs):
-                    seen[i] = (args if i == self.layer and self.path == "layer" else (None, *args[1:]), kwargs)
+                    seen[i] = (args if i == self.layer and path == "layer" else (None, *args[1:]), kwargs)
                 return hook
 
             handles = [self.layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True)
                        for i in range(self.layer, len(self.layers))]
-            if self.path == "down_proj":
+            if path == "down_proj":
                 keep = slice(-1, None) if self.layer == last else slice(None)
                 handles.append(self.target.mlp.down_proj.register_forward_pre_hook(
                     lambda module, args: seen.__setitem__("x", args[0][:, keep].clone())))
@@ -148,14 +149,15 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
         return kwargs
 
     # ---------------------------------------------------------------- forward functions
-    def _output(self, theta, chunk_index, path=None):
-        """h (n_chunk, d): final-norm hidden state at the last position, as a function of theta."""
+    def _output(self, theta, chunk_index, path=None, records=None):
+        """h (n_chunk, d): final-norm hidden state at the last position, as a function of theta
+        (on ``path`` with ``records``; default: the operator's own)."""
         path = path or self.path
         sl = self.chunks[chunk_index]
         if path == "full-model":
             out = functional_call(self.model.model, {self._full_name(): theta}, kwargs=self._model_inputs(sl))
             return out.last_hidden_state[:, -1]
-        seen = self._records[chunk_index]
+        seen = (self._records if records is None else records)[chunk_index]
         if path == "layer":
             args, kwargs = seen[self.layer]
             hidden = _first(functional_call(self.target, {self.param: theta}, args, kwargs))
@@ -176,18 +178,11 @@ class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
     def _down_proj_path_agrees(self, rtol=1e-4) -> bool:
         """Probe on the first chunk: the ``down_proj`` path's outputs and a JVP of them equal
         those of layer-level truncation (which runs the model's own layer code)."""
-        layer_records = self._records
-        path, self.path = self.path, "layer"
-        reference_records = self._record_inputs(self.chunks[:1])
-        self.path = path
+        reference_records = self._record_inputs("layer", self.chunks[:1])
         u = torch.randn(self.theta.shape, generator=torch.Generator().manual_seed(0)).to(self.theta)
-        results = []
         with torch.no_grad(), _math_attention():
-            for records, probe_path in ((layer_records, "down_proj"), (reference_records, "layer")):
-                self._records = records
-                results.append(jvp(lambda t: self._output(t, 0, probe_path), (self.theta,), (u,)))
-        self._records = layer_records
-        (h_fast, dh_fast), (h_ref, dh_ref) = results
+            h_fast, dh_fast = jvp(lambda t: self._output(t, 0, "down_proj"), (self.theta,), (u,))
+            h_ref, dh_ref = jvp(lambda t: self._output(t, 0, "layer", reference_records), (self.theta,), (u,))
         return bool(torch.allclose(h_fast, h_ref, rtol=rtol, atol=rtol * h_ref.abs().max())
                     and torch.allclose(dh_fast, dh_ref, rtol=rtol, atol=rtol * dh_ref.abs().max()))
 
