@@ -21,20 +21,22 @@ $(STAMP): pyproject.toml
 # Execute each notebook in place: its committed outputs are those of the default run.
 # The .py source is pushed into the .ipynb first, so the outputs always belong to it.
 # PROFILE=paper|gpu|quick runs with notebooks/profiles/<notebook>.<PROFILE>.yaml where one
-# exists; the executed copies then go to .cache/executed/ so the committed notebooks stay
-# the default run.
+# exists; the executed copies then go to .cache/executed/ and their figures and tables to
+# .cache/out/<PROFILE>/ (unless the profile names an out_dir), so the committed notebooks and
+# paper_figures/ stay the default run. Interactive runs write to .cache/out/.
 figures: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); prof=notebooks/profiles/$$name.$(PROFILE).yaml; \
 	  if [ -z "$(PROFILE)" ]; then \
 	    echo "== $$name"; \
 	    $(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/$$name.py || exit 1; \
-	    $(PY) -m papermill --cwd notebooks -k python3 $$nb notebooks/.$$name.run.ipynb && mv notebooks/.$$name.run.ipynb $$nb || exit 1; \
+	    ENTK_OUT_DIR=../paper_figures $(PY) -m papermill --cwd notebooks -k python3 $$nb notebooks/.$$name.run.ipynb && mv notebooks/.$$name.run.ipynb $$nb || exit 1; \
+	    $(PY) -m entk_utils.report --strip-widgets $$nb > /dev/null || exit 1; \
 	    $(VENV)/bin/jupytext --sync --quiet $$nb || exit 1; \
 	  else \
 	    args=""; [ -f $$prof ] && args="-f $$prof"; mkdir -p .cache/executed; \
 	    echo "== $$name $$args"; \
-	    $(PY) -m papermill --cwd notebooks -k python3 $$args $$nb .cache/executed/$$name.$(PROFILE).ipynb || exit 1; \
+	    ENTK_OUT_DIR=../.cache/out/$(PROFILE) $(PY) -m papermill --cwd notebooks -k python3 $$args $$nb .cache/executed/$$name.$(PROFILE).ipynb || exit 1; \
 	  fi; \
 	done
 	@[ -n "$(PROFILE)" ] || $(PY) -m entk_utils.report

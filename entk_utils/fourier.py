@@ -146,12 +146,17 @@ def key_frequencies(power, max_keys: int | None = None, min_ratio: float = 2.0) 
     return np.sort(order[:cut] + 1)
 
 
-def first_key_frequencies(spectra, **kwargs) -> tuple[str, np.ndarray]:
+def first_key_frequencies(spectra, *, fallback: bool = False, **kwargs) -> tuple[str, np.ndarray]:
     """Key frequencies from the first spectrum in which some stand out.
 
     spectra : ``{source name: power per frequency}`` in order of preference (e.g. the
     embedding first, then the neuron activations). Other arguments go to
-    :func:`key_frequencies`. Returns ``(source, keys)``; raises ``ValueError`` with every
+    :func:`key_frequencies`.
+    fallback : when no spectrum has a standout frequency, take the frequencies above the
+        largest drop of the first spectrum anyway, and say so in the source name (for a
+        network that has not generalised, whose overlaps are still worth tabulating).
+
+    Returns ``(source, keys)``; without ``fallback`` raises ``ValueError`` with every
     source's reason when none has a standout frequency.
     """
     reasons = []
@@ -160,6 +165,10 @@ def first_key_frequencies(spectra, **kwargs) -> tuple[str, np.ndarray]:
             return source, key_frequencies(power, **kwargs)
         except ValueError as err:
             reasons.append(f"{source}: {err}")
+    if fallback:
+        source, power = next(iter(spectra.items()))
+        keys = key_frequencies(power, **{**kwargs, "min_ratio": 1.0})
+        return f"{source}, largest drop although below {kwargs.get('min_ratio', 2.0)}x (none stands out)", keys
     raise ValueError("no key frequencies found; " + "; ".join(reasons))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,19 +52,55 @@ def one_hot_pairs(pairs: torch.Tensor, p: int) -> torch.Tensor:
     return torch.cat([F.one_hot(pairs[:, 0], p), F.one_hot(pairs[:, 1], p)], dim=1).float()
 
 
-def train_test_split(n: int, train_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random split of ``range(n)`` into sorted train and test index arrays.
+SPLITS = ("paper", "seeded")
 
-    ``round(train_frac * n)`` indices go to train; the permutation is drawn with
-    ``numpy.random.default_rng(seed)``.
-    """
+
+def _check_split_size(n: int, train_frac: float) -> None:
     if not 0.0 < train_frac < 1.0:
         raise ValueError(f"train_frac must lie strictly between 0 and 1, got {train_frac}")
     if n < 2:
         raise ValueError(f"need at least 2 examples to split, got n={n}")
+
+
+def train_test_split(n: int, train_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random split of ``range(n)`` into sorted train and test index arrays.
+
+    ``round(train_frac * n)`` indices go to train; the permutation is drawn with
+    ``numpy.random.default_rng(seed)``: a different split for every seed.
+    """
+    _check_split_size(n, train_frac)
     perm = np.random.default_rng(seed).permutation(n)
     n_train = min(max(int(round(train_frac * n)), 1), n - 1)
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def paper_split(n: int, train_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """The eNTK paper's fixed split of ``range(n)``, the same for every seed.
+
+    The authors' Transformer code lists the ``p * p`` examples in row-major order (index
+    ``a * p + b``), shuffles the list with Python's ``random.seed(0); random.shuffle``, and
+    trains on the first ``int(train_frac * n)``. A local ``random.Random(0)`` draws the same
+    permutation without touching the global generator. Both arrays keep the shuffled order
+    (the order the authors' training list has); as sets they are the authors' split.
+    """
+    _check_split_size(n, train_frac)
+    order = list(range(n))
+    random.Random(0).shuffle(order)
+    n_train = min(max(int(train_frac * n), 1), n - 1)
+    return np.asarray(order[:n_train]), np.asarray(order[n_train:])
+
+
+def split_indices(n: int, train_frac: float, split: str, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of ``range(n)`` under a split policy.
+
+    split : ``"paper"`` (:func:`paper_split`: the authors' one fixed split, ``split_seed``
+        is ignored) or ``"seeded"`` (:func:`train_test_split` with ``split_seed``).
+    """
+    if split == "paper":
+        return paper_split(n, train_frac)
+    if split == "seeded":
+        return train_test_split(n, train_frac, split_seed)
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 class GromovMLP(nn.Module):
@@ -243,6 +280,7 @@ def train_gromov_mlp(
     steps: int = 500,
     *,
     seed: int = 0,
+    split: str = "seeded",
     split_seed: int = 0,
     train_frac: float = 0.7,
     lr: float = 0.05,
@@ -254,18 +292,22 @@ def train_gromov_mlp(
 ) -> ModularRun:
     """Train the Gromov MLP on modular addition as the eNTK paper's code does.
 
-    Full-batch AdamW on MSE against one-hot targets; ``seed`` seeds the weights,
-    ``split_seed`` the train/test split. The result is cached in ``cache_dir`` (keyed by
-    every argument that changes it) so re-running a notebook does not retrain.
+    Full-batch AdamW on MSE against one-hot targets; ``seed`` seeds the weights; ``split``
+    chooses the train/test split (:func:`split_indices`: ``"seeded"`` draws it with
+    ``split_seed``, ``"paper"`` is the Transformer code's fixed split). The result is cached
+    in ``cache_dir`` (keyed by every argument that changes it) so re-running a notebook does
+    not retrain.
     """
     p = check_modulus(p)
     pairs, labels = modular_addition_pairs(p)
     inputs = one_hot_pairs(pairs, p)
-    train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
+    train_idx, test_idx = split_indices(len(pairs), train_frac, split, split_seed)
     model = _seeded(lambda: GromovMLP(p, width), seed)
 
     key = dict(p=p, width=width, steps=steps, seed=seed, split_seed=split_seed, train_frac=train_frac,
                lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every)
+    if split != "seeded":  # keys of runs made before the split policy existed stay valid
+        key.update(split=split, split_seed=None)
     return _cached_run("gromov_mlp", key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir,
                        epochs=steps, lr=lr, weight_decay=weight_decay, loss="mse",
                        checkpoint_every=checkpoint_every, device=device, progress=progress)
@@ -350,6 +392,37 @@ class OneLayerTransformer(nn.Module):
         return (logits, mlp[:, -1]) if return_mlp else logits
 
 
+TRANSFORMER_INITS = ("paper", "torch")
+
+
+@torch.no_grad()
+def paper_transformer_init(model: OneLayerTransformer, seed: int) -> OneLayerTransformer:
+    """Draw ``model``'s weights as the eNTK paper's code does, in place; returns ``model``.
+
+    ``torch.manual_seed(seed)``, then one ``torch.randn`` per weight in the order
+    ``W_E (vocab, d), W_pos (ctx, d), W_Q, W_K, W_V (heads, d_head, d), W_O (d, heads *
+    d_head), W_in (d, d_mlp), W_out (d_mlp, d), W_U (d, vocab)``, each divided by the
+    square root stated in :class:`OneLayerTransformer` and copied into our layout
+    (``W_in``, ``W_out`` and ``W_U`` are drawn as (in, out), the transpose of
+    ``nn.Linear.weight``). The global random state is restored afterwards. With the paper's
+    split, seed 2 then grows the paper's seed-2 network (key frequencies 1 and 12).
+    """
+    d_model, d_mlp, vocab = model.W_Q.in_features, model.W_in.out_features, model.d_vocab
+    shapes = {"W_E": (vocab, d_model), "W_pos": tuple(model.W_pos.weight.shape),
+              "W_Q": (model.n_heads, model.d_head, d_model), "W_K": (model.n_heads, model.d_head, d_model),
+              "W_V": (model.n_heads, model.d_head, d_model), "W_O": (d_model, d_model),
+              "W_in": (d_model, d_mlp), "W_out": (d_mlp, d_model), "W_U": (d_model, vocab)}
+    transposed = {"W_in", "W_out", "W_U"}
+    scale = {"W_in": d_mlp**-0.5, "W_U": vocab**-0.5}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in OneLayerTransformer.WEIGHTS:  # the authors' creation order
+            drawn = torch.randn(shapes[name]) * scale.get(name, d_model**-0.5)
+            drawn = drawn.T if name in transposed else drawn.reshape(getattr(model, name).weight.shape)
+            getattr(model, name).weight.copy_(drawn)
+    return model
+
+
 def transformer_tokens(pairs: torch.Tensor, p: int) -> torch.Tensor:
     """(N, 2) pairs -> (N, 3) token ids ``(a, b, p)``, where ``p`` is the "=" token."""
     return torch.cat([pairs, torch.full((len(pairs), 1), p, dtype=pairs.dtype)], dim=1)
@@ -360,7 +433,9 @@ def train_transformer(
     epochs: int = 4000,
     *,
     seed: int = 2,
+    split: str = "paper",
     split_seed: int | None = None,
+    init: str = "paper",
     train_frac: float = 0.5,
     lr: float = 3e-4,
     weight_decay: float = 1.0,
@@ -376,18 +451,32 @@ def train_transformer(
     """Train :class:`OneLayerTransformer` on modular addition as the eNTK paper's code does.
 
     AdamW, cross-entropy over the first ``p`` logits at the last position, shuffled
-    minibatches. ``seed`` seeds the weights and the shuffling; ``split_seed`` (default:
-    ``seed``) the train/test split. Cached in ``cache_dir`` by every argument.
+    minibatches. ``seed`` seeds the weights and the shuffling.
+
+    split : ``"paper"`` (default) the authors' one fixed split for every seed
+        (:func:`paper_split`), ``"seeded"`` a split drawn with ``split_seed`` (default:
+        ``seed``).
+    init : ``"paper"`` (default) draws the weights as the authors' code does
+        (:func:`paper_transformer_init`), ``"torch"`` with ``nn.init.normal_`` after
+        PyTorch's default initialisation (the same distributions, other draws).
+
+    Cached in ``cache_dir`` by every argument.
     """
     p = check_modulus(p)
+    if init not in TRANSFORMER_INITS:
+        raise ValueError(f"init must be one of {TRANSFORMER_INITS}, got {init!r}")
     split_seed = seed if split_seed is None else split_seed
     pairs, labels = modular_addition_pairs(p)
     tokens = transformer_tokens(pairs, p)
-    train_idx, test_idx = train_test_split(len(pairs), train_frac, split_seed)
+    train_idx, test_idx = split_indices(len(pairs), train_frac, split, split_seed)
     model = _seeded(lambda: OneLayerTransformer(p, d_model, n_heads, d_mlp), seed)
+    if init == "paper":
+        paper_transformer_init(model, seed)
     key = dict(p=p, epochs=epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
                weight_decay=weight_decay, batch_size=batch_size, d_model=d_model, n_heads=n_heads,
                d_mlp=d_mlp, checkpoint_every=checkpoint_every)
+    if (split, init) != ("seeded", "torch"):  # keys of runs made before these options existed stay valid
+        key.update(split=split, init=init, split_seed=split_seed if split == "seeded" else None)
     return _cached_run("transformer", key, model, p, pairs, labels, tokens, train_idx, test_idx, cache_dir,
                        epochs=epochs, lr=lr, weight_decay=weight_decay, loss="cross_entropy",
                        batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p, seed=seed,

@@ -88,3 +88,58 @@ def plot_seed_band(ax, frame: pd.DataFrame, column: str, colour: str, x: str = "
     ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=colour,
                     alpha=0.3, lw=0, label="± 1 sd")
     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.1, lw=0, label="min-max")
+
+
+def plot_fraction_grokked(ax, curves: pd.DataFrame, colours: dict | None = None):
+    """Fraction of runs grokked by each epoch, a step curve per group.
+
+    curves : :func:`entk_utils.grokking.fraction_grokked_curves`'s output (``group, epoch,
+    fraction, runs``).
+    """
+    for i, (group, c) in enumerate(curves.groupby("group", sort=False)):
+        colour = (colours or {}).get(group, f"C{i}")
+        ax.step(c.epoch, c.fraction, where="post", color=colour, label=f"{group} ({int(c.runs.iloc[0])} runs)")
+    ax.set(ylim=(-0.02, 1.02), xlabel="epoch", ylabel="fraction of runs grokked")
+    return ax
+
+
+def plot_run_lines(ax, frame: pd.DataFrame, column: str, colour: str, label: str, x: str = "epoch",
+                   run: str = "seed"):
+    """One thin line per run of ``frame[column]`` against ``x`` (long format, a ``run``
+    column telling the runs apart); the first line carries ``label``."""
+    for i, (_, r) in enumerate(frame.groupby(run)):
+        ax.plot(r[x], r[column], color=colour, lw=0.7, alpha=0.7, label=label if i == 0 else None)
+    return ax
+
+
+def plot_grok_epochs(ax, table: pd.DataFrame, group: str, colours: dict | None = None, never_at: float | None = None):
+    """The epoch each run reached the grokking level (``t95``), one column of dots per group;
+    runs that never did are drawn as crosses at ``never_at`` (default: above the largest epoch)."""
+    groups = list(dict.fromkeys(table[group]))
+    never_at = never_at if never_at is not None else 1.08 * float(table.epochs.max())
+    rng = np.random.default_rng(0)  # horizontal jitter only, for legibility
+    for i, g in enumerate(groups):
+        rows = table[table[group] == g]
+        colour = (colours or {}).get(g, f"C{i}")
+        jitter = i + rng.uniform(-0.15, 0.15, len(rows))
+        done = rows.t95.notna().to_numpy()
+        ax.plot(jitter[done], rows.t95[done], "o", color=colour, ms=5)
+        ax.plot(jitter[~done], np.full((~done).sum(), never_at), "x", color=colour, ms=6)
+    ax.axhline(float(table.epochs.max()), color="0.5", lw=0.8, ls=":")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set(xlim=(-0.6, len(groups) - 0.4), ylabel="epoch of 95% test accuracy (x: never)")
+    return ax
+
+
+def plot_outcome_grid(ax, grid: pd.DataFrame, value: str = "final_test_acc"):
+    """A (split, init seed) heatmap of ``grid[value]``, each cell annotated; the grid is
+    :func:`entk_utils.grokking.split_init_grid`'s output."""
+    table = grid.pivot(index="split", columns="init_seed", values=value).loc[list(dict.fromkeys(grid.split))]
+    im = ax.imshow(table.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for (r, c), v in np.ndenumerate(table.to_numpy()):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="k" if v > 0.6 else "w")
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.set(xlabel="init seed", ylabel="split (seed)")
+    ax.grid(False)
+    return im

@@ -3,7 +3,9 @@
 The README holds marked regions ``<!-- BEGIN name -->`` ... ``<!-- END name -->``; each is
 replaced by the contents of a Markdown file (e.g. ``paper_figures/summary_mlp.md``), so no
 number in the README is typed by hand. Run ``python -m entk_utils.report`` (``make figures``
-and ``make benchmark`` do).
+and ``make benchmark`` do). ``python -m entk_utils.report --strip-widgets NB.ipynb ...`` removes
+the progress-bar widgets from executed notebooks (``make figures`` does), whose saved text would
+be stale.
 """
 
 from __future__ import annotations
@@ -52,6 +54,35 @@ def update_readme(root: str | Path = ".", sections: dict[str, str] = SECTIONS) -
     return filled
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widget_outputs(notebook: str | Path) -> int:
+    """Remove the widget outputs (tqdm's progress bars) from an executed notebook, in place.
+
+    A widget's state is not saved with the notebook, so a reader would see only its text
+    fallback frozen at creation ("0%|          | 0/51"), a stale line. Returns how many
+    outputs were removed; the file is rewritten only if any were.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+        removed += len(cell.outputs) - len(kept)
+        cell.outputs = kept
+    if removed:
+        nbformat.write(nb, str(notebook))
+    return removed
+
+
 if __name__ == "__main__":
-    done = update_readme(sys.argv[1] if len(sys.argv) > 1 else ".")
-    print(f"README.md: refreshed {', '.join(done) or 'nothing'}")
+    if len(sys.argv) > 2 and sys.argv[1] == "--strip-widgets":
+        for path in sys.argv[2:]:
+            print(f"{path}: removed {strip_widget_outputs(path)} widget outputs")
+    else:
+        done = update_readme(sys.argv[1] if len(sys.argv) > 1 else ".")
+        print(f"README.md: refreshed {', '.join(done) or 'nothing'}")

@@ -43,34 +43,30 @@ lr = 0.05
 weight_decay = 0.01     # torch's AdamW default, as in the paper's code
 train_frac = 0.7        # fraction of the p*p pairs used for training
 seed = 0                # weight initialisation
-split_seed = 0          # train/test split
+split = "seeded"        # "seeded": a split drawn with split_seed; "paper": the Transformer code's fixed split
+split_seed = 0          # train/test split of the "seeded" policy
 checkpoint_every = 10   # steps between checkpoints (the eNTK is recomputed at each)
 null_draws = 1000       # random subspaces drawn for each overlap's null distribution
 init_seeds = [101, 102, 103, 104, 105]  # untrained networks whose eNTK is the second null
 device = "cpu"          # "cuda" to run on a GPU
-out_dir = None          # where figures and tables go (None: $ENTK_OUT_DIR or ../paper_figures)
+out_dir = None          # where figures and tables go (None: $ENTK_OUT_DIR or the scratch folder ../.cache/out)
 cache_dir = None        # trained-model cache (None: $ENTK_CACHE_DIR or ../.cache)
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, dynamics, eigen, fourier, kernels, modular, plotting
+from entk_utils import alignment, dynamics, eigen, experiments, fourier, kernels, modular, plotting, session
 
-out_dir = out_dir or os.environ.get("ENTK_OUT_DIR", "../paper_figures")
-cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
-plotting.set_style()
-pd.set_option("display.precision", 3)
+out_dir, cache_dir = session.start(out_dir, cache_dir)
 print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps={steps}, seed={seed}")
 
 # %% [markdown]
 # ## The task and the model
 #
-# All `p² = 841` pairs, 70% for training (split by `split_seed`). Input
+# All `p² = 841` pairs, 70% for training (`split="seeded"`: drawn with `split_seed`). Input
 # `concat(one_hot(a), one_hot(b))`; the network is
 # `f(x) = W₂ (W₁x / √(2p))² / width` with all weights drawn from N(0, 1), trained full-batch
 # with AdamW on the mean squared error against one-hot targets, exactly as in the paper's
@@ -78,7 +74,7 @@ print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps=
 
 # %%
 run = modular.train_gromov_mlp(
-    p, width, steps, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
+    p, width, steps, seed=seed, split=split, split_seed=split_seed, train_frac=train_frac, lr=lr,
     weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device,
 )
 history = run.result.history
@@ -230,6 +226,29 @@ for name, ref in paper.items():
 # `numpy.random.default_rng(split_seed)` and `torch.manual_seed(seed)`, so the two trained
 # networks differ, and the second cliff, which is formed last, carries that difference.
 #
+# For the Transformer (notebook 2) the split turned out to decide whether a seed groks,
+# and `split="paper"` reproduces the authors' fixed split there. For this MLP we could not
+# inspect the authors' split: their MLP training code is not available to us. Below, the
+# same network (same `seed`) trained on the other split policy: `split="paper"` applies the
+# Transformer code's rule to the MLP (Python's `random.seed(0)` shuffle of the pairs, the
+# first `int(0.7 · p²)` for training).
+
+# %%
+other_split = "paper" if split == "seeded" else "seeded"
+other = modular.train_gromov_mlp(
+    p, width, steps, seed=seed, split=other_split, split_seed=split_seed, train_frac=train_frac, lr=lr,
+    weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device, progress=False,
+)
+by_split = pd.DataFrame({s: experiments.mlp_fourier_block_overlaps(r) for s, r in {split: run, other_split: other}.items()})
+by_split.assign(paper=pd.Series({"sum": 26.47, "diff": 25.21}))
+
+# %% [markdown]
+# At p = 29 the Transformer code's split lands further from the paper's 26.47 and 25.21
+# than our default split does (26.12 and 24.62 against 26.47 and 24.90), so the default
+# stays `split="seeded"`. The MLP generalises under both splits (and under every seed of
+# notebook 4): for this model the split moves the second decimal of the overlaps, not the
+# outcome.
+#
 # ## Which frequencies each cliff holds
 #
 # A subspace overlap says the spans agree. The heatmaps below resolve it by frequency.
@@ -286,6 +305,7 @@ for i in cliff_ids:
     print(f"block {i}: median share of an eigenvector in its strongest family {np.median(share.max(1)):.2f}; "
           f"strongest family counts {counts}")
 
+# %% [markdown]
 # ## Figure 2 · The alignment grows fastest when the network groks
 #
 # Every `checkpoint_every` steps we recompute the eNTK and the overlap of the eigenvectors
@@ -325,11 +345,13 @@ ax_d.axvline(peak_step, color="C3", ls=":", lw=1)
 ax_d.set_ylabel("derivative", color="C3")
 ax_d.grid(False)
 ax_ov.legend(loc="center right")
-plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
-plt.show()
-# the curves, for the seed sweep of notebook 04
+# the curves and the run's settings, for the seed sweep of notebook 04
 plotting.save_table(curve, "curves_mlp", out_dir, markdown=False)
 plotting.save_table(history, "history_mlp", out_dir, markdown=False)
+plotting.save_table(pd.DataFrame([dict(p=p, steps=steps, seed=seed, split=split, split_seed=split_seed,
+                                       train_frac=train_frac)]), "run_mlp", out_dir, markdown=False)
+plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
+plt.show()
 
 # %% [markdown]
 # Train accuracy saturates early; test accuracy stays near zero and then jumps. The

@@ -51,22 +51,18 @@ relative_norms = [0.01, 0.03, 0.1]  # weight steps, as fractions of the norm of 
 model_source = "auto"    # "auto" | "hub" | "gguf" | a local path
 stories_path = None      # None: $ENTK_TINYSTORIES or shared/data/tinystories/validation_first1000.txt
 device = "cpu"
-out_dir = None           # None: $ENTK_OUT_DIR or ../paper_figures
+out_dir = None           # None: $ENTK_OUT_DIR or the scratch folder ../.cache/out
 cache_dir = None         # None: $ENTK_CACHE_DIR or ../.cache
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, causal, language, operators, plotting, significance
+from entk_utils import alignment, causal, language, operators, plotting, session, significance
 
-out_dir = out_dir or os.environ.get("ENTK_OUT_DIR", "../paper_figures")
-cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
-plotting.set_style()
+out_dir, cache_dir = session.start(out_dir, cache_dir)
 torch.manual_seed(seed)
 stories = language.load_stories("local", language.stories_path(stories_path))
 lm = language.load_gemma(model_source, device=device, cache_dir=cache_dir)

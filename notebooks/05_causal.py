@@ -46,23 +46,18 @@ n_directions = 128           # leading eigenvectors / components / random direct
 relative_norms = [0.0, 0.01, 0.02, 0.05, 0.1]  # weight steps, as fractions of the weights' norm
 seed = 0                     # random directions
 device = "cpu"
-out_dir = None               # None: $ENTK_OUT_DIR or ../paper_figures
+out_dir = None               # None: $ENTK_OUT_DIR or the scratch folder ../.cache/out
 cache_dir = None             # trained models (None: $ENTK_CACHE_DIR or ../.cache)
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import causal, eigen, fourier, kernels, modular, plotting
+from entk_utils import causal, eigen, fourier, kernels, modular, plotting, session
 
-out_dir = out_dir or os.environ.get("ENTK_OUT_DIR", "../paper_figures")
-cache_dir = cache_dir or os.environ.get("ENTK_CACHE_DIR", "../.cache")
-plotting.set_style()
-pd.set_option("display.precision", 3)
+out_dir, cache_dir = session.start(out_dir, cache_dir)
 
 # %% [markdown]
 # ## The MLP
@@ -245,6 +240,7 @@ for name, ablation, whole, perturbation, k in [
              for method, value in loss_at_largest_step(perturbation).items()]
 summary = pd.DataFrame(rows, columns=["setting", "measure", "directions", "value"])
 plotting.save_table(summary, "summary_causal", out_dir, floatfmt=".2f")
+summary
 
 # %% [markdown]
 # **What the interventions say.**

@@ -118,6 +118,13 @@ def test_first_key_frequencies_falls_back_in_order():
         first_key_frequencies({"flat": flat})
 
 
+def test_first_key_frequencies_fallback_takes_the_largest_drop_and_says_so():
+    weak = np.array([3.0, 2.0, 1.9, 1.8, 1.7, 1.6])  # largest drop 1.5x, after frequency 1
+    source, keys = first_key_frequencies({"W_E": weak, "other": weak}, fallback=True)
+    assert keys.tolist() == [1]
+    assert source.startswith("W_E") and "none stands out" in source
+
+
 @pytest.mark.parametrize("power, kwargs, message", [
     (np.ones(14), {"max_keys": 14}, "max_keys"),
     (-np.ones(14), {}, "non-negative"),

@@ -48,6 +48,43 @@ def test_split_is_seeded_disjoint_and_sized():
         train_test_split(10, 1.0)
 
 
+def test_paper_split_pins_the_authors_first_training_pairs():
+    # The authors' split, p = 29: the 841 triples (a, b, p) row-major, random.seed(0),
+    # random.shuffle, the first int(0.5 * 841) = 420 train.
+    train_idx, test_idx = modular.paper_split(29 * 29, 0.5)
+    assert len(train_idx) == 420 and len(test_idx) == 421
+    first = [divmod(int(i), 29) for i in train_idx[:6]]
+    assert first == [(18, 8), (12, 16), (19, 7), (4, 24), (23, 19), (28, 22)]
+    assert sorted(np.concatenate([train_idx, test_idx]).tolist()) == list(range(841))
+
+
+def test_paper_split_equals_the_global_random_shuffle_and_leaves_it_alone():
+    import random
+
+    p = 11
+    triples = [(a, b, p) for a in range(p) for b in range(p)]
+    random.seed(0)
+    random.shuffle(triples)
+    expected = [a * p + b for a, b, _ in triples[: int(0.7 * p * p)]]
+    random.seed(123)
+    before = random.random()
+    random.seed(123)
+    train_idx, _ = modular.paper_split(p * p, 0.7)
+    assert train_idx.tolist() == expected
+    assert random.random() == before  # the global generator was not touched
+
+
+def test_split_policies_paper_is_fixed_seeded_varies():
+    a, _ = modular.split_indices(841, 0.5, "paper", 0)
+    b, _ = modular.split_indices(841, 0.5, "paper", 7)
+    c, _ = modular.split_indices(841, 0.5, "seeded", 0)
+    d, _ = modular.split_indices(841, 0.5, "seeded", 7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(np.sort(c), np.sort(d))
+    with pytest.raises(ValueError, match="split must be one of"):
+        modular.split_indices(841, 0.5, "random", 0)
+
+
 def test_gromov_mlp_shapes_and_init():
     model = GromovMLP(7, 300)
     assert model(torch.zeros(4, 14)).shape == (4, 7)

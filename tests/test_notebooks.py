@@ -89,12 +89,23 @@ def test_seeds_notebook_quick_profile(tmp_path):
     params = profile("04_seeds", "quick")
     out = execute("04_seeds", tmp_path, **params, runs_dir=str(tmp_path / "runs"))
     for name in ("fig2_mlp_grokking_seeds.png", "fig3_transformer_grokking_seeds.png", "summary_seeds.csv",
-                 "table_seeds_mlp_overlaps.csv", "table_seeds_transformer.csv", "table_seeds_mlp_timing.csv"):
+                 "table_seeds_mlp_overlaps.csv", "table_seeds_transformer.csv", "table_seeds_mlp_timing.csv",
+                 "fig_transformer_grokking_reliability.png", "table_seeds_transformer_overlaps.csv",
+                 "table_split_init_grid.csv", "fig_split_init_grid.png"):
         assert (out / name).stat().st_size > 0, name
-    # one run folder per seed and notebook, each with its own tables
-    for kind, table in (("mlp", "table1_mlp_overlaps.csv"), ("transformer", "table2_transformer_overlaps.csv")):
+    # one run folder per seed and notebook (and split policy), each with its own tables
+    for kind, table in (("mlp", "table1_mlp_overlaps.csv"), ("transformer/paper", "table2_transformer_overlaps.csv"),
+                        ("transformer/seeded", "table2_transformer_overlaps.csv")):
         assert sorted(d.name for d in (tmp_path / "runs" / kind).iterdir()) == ["seed0", "seed1"]
         assert (tmp_path / "runs" / kind / "seed1" / table).exists()
+    per_run = pd.read_csv(out / "table_seeds_transformer.csv")
+    assert per_run[["policy", "seed"]].values.tolist() == [["paper", 0], ["paper", 1], ["seeded", 0], ["seeded", 1]]
+    grid = pd.read_csv(out / "table_split_init_grid.csv")
+    assert grid[["split", "init_seed"]].astype(str).values.tolist() == [["paper", "0"], ["paper", "1"], ["0", "0"], ["0", "1"]]
+    # the grid's (paper split, seed s) runs are the sweep's: same training, same outcome
+    sweep_paper = per_run[per_run.policy == "paper"].set_index("seed").final_test_acc
+    grid_paper = grid[grid.split.astype(str) == "paper"].set_index("init_seed").final_test_acc
+    pd.testing.assert_series_equal(sweep_paper, grid_paper, check_names=False, check_index_type=False)
     timing = pd.read_csv(out / "table_seeds_mlp_timing.csv")
     assert timing.seed.tolist() == [0, 1] and timing.peak.notna().all()
     overlaps = pd.read_csv(out / "table_seeds_mlp_overlaps.csv").set_index("family")

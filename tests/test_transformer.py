@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from entk_utils import modular
 from entk_utils.kernels import entk, layerwise_entk
 from entk_utils.modular import OneLayerTransformer, modular_addition_pairs, train_transformer, transformer_tokens
 
@@ -76,3 +77,28 @@ def test_training_run_is_cached_and_deterministic(tmp_path):
         assert other.result.history.equals(a.result.history)
     assert a.inputs.shape == (49, 3) and len(a.train_idx) == round(0.6 * 49)
     np.testing.assert_array_equal(np.sort(np.concatenate([a.train_idx, a.test_idx])), np.arange(49))
+
+
+def test_paper_init_draws_each_weight_in_the_authors_order():
+    p, d, d_mlp = 7, 16, 32
+    model = modular.paper_transformer_init(OneLayerTransformer(p, d_model=d, n_heads=4, d_mlp=d_mlp), seed=5)
+    torch.manual_seed(5)
+    draws = [torch.randn(p + 1, d), torch.randn(3, d), *[torch.randn(4, d // 4, d) for _ in range(3)],
+             torch.randn(d, d), torch.randn(d, d_mlp), torch.randn(d_mlp, d), torch.randn(d, p + 1)]
+    torch.testing.assert_close(model.W_E.weight, draws[0] / d**0.5)
+    torch.testing.assert_close(model.W_pos.weight, draws[1] / d**0.5)
+    torch.testing.assert_close(model.W_Q.weight, draws[2].reshape(d, d) / d**0.5)
+    torch.testing.assert_close(model.W_V.weight, draws[4].reshape(d, d) / d**0.5)
+    torch.testing.assert_close(model.W_O.weight, draws[5] / d**0.5)
+    torch.testing.assert_close(model.W_in.weight, draws[6].T / d_mlp**0.5)
+    torch.testing.assert_close(model.W_out.weight, draws[7].T / d**0.5)
+    torch.testing.assert_close(model.W_U.weight, draws[8].T / (p + 1) ** 0.5)
+
+
+def test_paper_init_leaves_the_global_generator_alone():
+    model = OneLayerTransformer(7, d_model=16, n_heads=4, d_mlp=32)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    modular.paper_transformer_init(model, seed=0)
+    torch.testing.assert_close(torch.rand(3), expected)
