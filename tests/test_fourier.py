@@ -142,7 +142,7 @@ def test_trained_transformers_embedding_and_neurons_agree_on_keys(p, train_frac)
 
     from entk_utils.modular import train_transformer
 
-    run = train_transformer(p, 1500, seed=1, lr=3e-3, train_frac=train_frac, batch_size=None,
+    run = train_transformer(p, 1500, seed=1, split="seeded", init="torch", lr=3e-3, train_frac=train_frac, batch_size=None,
                             checkpoint_every=1500, progress=False)
     assert run.result.history.test_acc.iloc[-1] > 0.9
     spectra = transformer_spectra(run.model, run.inputs, run.pairs, p)
