@@ -1,21 +1,25 @@
 # make figures : create/reuse .venv, execute every notebook with papermill, write paper_figures/
-# make test    : create/reuse .venv, run the whole test suite (unit + notebook tests)
+# make test    : create/reuse .venv, run the whole test suite (unit + notebook + browser tests)
+# make test-browser : only the tests that drive JupyterLab in headless Chromium
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# JupyterLab settings shipped with the environment: the .py sources open as notebooks.
+LAB_OVERRIDES := config/jupyterlab_overrides.json
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 
-.PHONY: env figures test sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
+.PHONY: env figures test test-browser chromium sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LAB_OVERRIDES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" > /dev/null
+	install -D -m 644 $(LAB_OVERRIDES) $(VENV)/share/jupyter/lab/settings/overrides.d/entk_utils.json
 	touch $(STAMP)
 
 # Execute each notebook in place: its committed outputs are those of the default run.
@@ -42,8 +46,20 @@ figures: $(STAMP)
 	@[ -n "$(PROFILE)" ] || $(PY) -m entk_utils.report
 	@echo "figures and tables written to paper_figures/"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+test-browser: $(STAMP) chromium
+	$(PY) -m pytest tests -m browser -p no:cacheprovider
+
+# The browser tests drive Debian's chromium package. Install it where we can (as root, with
+# apt-get); where we cannot, those tests skip themselves and say why.
+chromium:
+	@command -v chromium > /dev/null || { \
+	  [ "$$(id -u 2> /dev/null)" = 0 ] && command -v apt-get > /dev/null && echo "installing chromium (apt-get)" && { \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }; \
+	  } || echo "chromium could not be installed (needs root and apt-get): the browser tests will be skipped"; }
 
 sync: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py

@@ -4,6 +4,7 @@
 notebook with its defaults and compares the cells tagged NBVAL_CHECK_OUTPUT.)
 """
 
+import re
 from pathlib import Path
 
 import jupytext
@@ -14,6 +15,9 @@ import yaml
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PROGRESS_BAR = re.compile(r"\d+%\|")    # tqdm's text bar, e.g. "  0%|          | 0/51"
+PATH_REPR = re.compile(r"^\[?\s*(Posix|Windows)?Path\(")
 
 
 def profile(name, which):
@@ -38,6 +42,37 @@ def test_notebook_is_paired_with_its_source(source):
     assert cells(notebook) == cells(source), f"{notebook.name} differs from {source.name}: run `make sync`"
     tags = [c.metadata.get("tags", []) for c in jupytext.read(source).cells]
     assert any("parameters" in t for t in tags), "papermill needs a cell tagged 'parameters'"
+
+
+def committed_outputs():
+    """(notebook, cell index, output) for every output of every committed notebook."""
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(jupytext.read(path).cells):
+            for output in cell.get("outputs", []):
+                yield path.name, i, output
+
+
+def plain_text(output):
+    """The text/plain form of an output (empty if it has none)."""
+    text = output.get("data", {}).get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
+@pytest.mark.xfail(strict=True, reason="committed outputs not yet cleaned")
+def test_committed_outputs_hold_no_progress_bar_widgets():
+    # JupyterLab shows an untrusted notebook's widget views by their text/plain fallback, which
+    # for a tqdm bar is the bar as it started: a stale "0%".
+    stale = [f"{name} cell {i}: {plain_text(o).strip()}" for name, i, o in committed_outputs()
+             if WIDGET_VIEW in o.get("data", {}) and PROGRESS_BAR.search(plain_text(o))]
+    assert not stale, "progress-bar widgets in committed outputs:\n" + "\n".join(stale)
+
+
+@pytest.mark.xfail(strict=True, reason="committed outputs not yet cleaned")
+def test_committed_outputs_hold_no_path_reprs():
+    # e.g. "[PosixPath('../paper_figures/history_mlp.csv')]", the value of a cell's last line
+    stray = [f"{name} cell {i}: {plain_text(o).strip()}" for name, i, o in committed_outputs()
+             if o.get("output_type") == "execute_result" and PATH_REPR.match(plain_text(o))]
+    assert not stray, "stray path reprs in committed outputs:\n" + "\n".join(stray)
 
 
 @pytest.mark.notebook
