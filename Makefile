@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 LAB_OVERRIDES := config/jupyterlab_overrides.json
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
+PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
 .PHONY: env figures test test-browser chromium sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
 
@@ -28,7 +29,14 @@ $(STAMP): pyproject.toml $(LAB_OVERRIDES)
 # exists; the executed copies then go to .cache/executed/ and their figures and tables to
 # .cache/out/<PROFILE>/ (unless the profile names an out_dir), so the committed notebooks and
 # paper_figures/ stay the default run. Interactive runs write to .cache/out/.
+# Every profile is checked first: a name its notebook does not declare (also inside the
+# parameter dicts notebook 04 / 05 pass on) stops the run before it starts.
 figures: $(STAMP)
+	$(if $(PROFILE),$(if $(filter $(PROFILE),$(PROFILES)),,$(error no notebooks/profiles/*.$(PROFILE).yaml; profiles: $(PROFILES))))
+	@[ -z "$(PROFILE)" ] || for nb in $(NOTEBOOKS); do \
+	  prof=notebooks/profiles/$$(basename $$nb .ipynb).$(PROFILE).yaml; \
+	  [ ! -f $$prof ] || $(PY) -m entk_utils.parameters check-profile $$nb $$prof || exit 1; \
+	done
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); prof=notebooks/profiles/$$name.$(PROFILE).yaml; \
 	  if [ -z "$(PROFILE)" ]; then \
@@ -67,6 +75,7 @@ sync: $(STAMP)
 # Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU); its
 # tables and figures go to paper_figures/gemma_n1024_layer16/, the executed notebook beside them.
 gemma-n1024: $(STAMP)
+	$(PY) -m entk_utils.parameters check-profile notebooks/03_gemma_tinystories.ipynb notebooks/profiles/03_gemma_tinystories.paper16.yaml
 	mkdir -p paper_figures/gemma_n1024_layer16
 	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
 	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb

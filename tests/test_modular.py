@@ -146,3 +146,60 @@ def test_reinitialised_is_a_fresh_seeded_copy():
     assert transformer.W_in.weight.shape == (16, 8)
     with pytest.raises(ValueError, match="init_args"):
         modular.reinitialised(torch.nn.Linear(2, 2), seed=0)
+
+
+# ---------------------------------------------------------------- arguments checked before training
+class ExplodingMLP(GromovMLP):
+    """Fails if it is ever run: a check that comes after the first forward pass is too late."""
+
+    def forward(self, x):
+        raise AssertionError("the model ran before its arguments were checked")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(batch_size=-4), "batch_size=-4: must be an integer >= 1 or None"),
+    (dict(batch_size=0), "batch_size=0: must be an integer >= 1 or None"),
+    (dict(batch_size=2.5), "batch_size=2.5: must be an integer"),
+    (dict(seed="0"), "seed='0': must be an integer >= 0"),
+    (dict(seed=1.5), "seed=1.5: must be an integer >= 0"),
+    (dict(lr="0.05"), "lr='0.05': must be a finite real number > 0"),
+    (dict(lr=0.0), "lr=0.0: must be a finite real number > 0"),
+    (dict(lr=float("nan")), "lr=nan"),
+    (dict(epochs=0), "epochs=0: must be an integer >= 1"),
+    (dict(epochs=True), "epochs=True: must be an integer"),
+    (dict(checkpoint_every=0), "checkpoint_every=0"),
+    (dict(weight_decay=-1.0), "weight_decay=-1.0: must be a finite real number >= 0"),
+    (dict(n_classes=0), "n_classes=0"),
+    (dict(device="gpu"), "device='gpu': must be a torch device"),
+])
+def test_train_rejects_bad_arguments_before_any_step(bad, message):
+    pairs, labels = modular_addition_pairs(5)
+    tr, te = train_test_split(25, 0.6)
+    kwargs = dict(epochs=3, lr=0.01, batch_size=4, progress=False) | bad
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        train(ExplodingMLP(5, 8), one_hot_pairs(pairs, 5), labels, tr, te, **kwargs)
+
+
+def test_train_rejects_empty_or_out_of_range_indices():
+    pairs, labels = modular_addition_pairs(5)
+    x = one_hot_pairs(pairs, 5)
+    with pytest.raises(ValueError, match="train_idx must be a non-empty array"):
+        train(ExplodingMLP(5, 8), x, labels, np.array([], dtype=int), np.arange(5), epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match="test_idx must be a non-empty array of indices in 0..24"):
+        train(ExplodingMLP(5, 8), x, labels, np.arange(5), np.array([3, 25]), epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("function, bad, message", [
+    ("train_gromov_mlp", dict(steps=0), "steps=0: must be an integer >= 1"),
+    ("train_gromov_mlp", dict(width=0), "width=0"),
+    ("train_gromov_mlp", dict(train_frac=1.0), r"train_frac=1.0: must be a finite real number in \(0, 1\)"),
+    ("train_gromov_mlp", dict(split_seed="a"), "split_seed='a'"),
+    ("train_gromov_mlp", dict(lr="0.05"), "lr='0.05'"),
+    ("train_transformer", dict(batch_size=-4), "batch_size=-4"),
+    ("train_transformer", dict(seed=2.0), "seed=2.0"),
+    ("train_transformer", dict(d_model=30, n_heads=4), "d_model=30: must be a multiple of n_heads=4"),
+])
+def test_training_functions_check_their_arguments_before_caching_anything(tmp_path, function, bad, message):
+    with pytest.raises(ValueError, match=message):
+        getattr(modular, function)(5, **bad, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing cached

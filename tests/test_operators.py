@@ -125,3 +125,14 @@ def test_weight_direction_is_j_transpose_a_v(ids):
     with torch.no_grad():
         Ju = (op.matvec_params(u) @ op.A).reshape(-1).numpy()
     assert float((d * u).sum()) == pytest.approx(float(v @ Ju), rel=1e-6)
+
+
+def test_down_proj_truncation_refuses_a_weight_or_layers_it_cannot_shortcut(ids):
+    with pytest.raises(ValueError, match="truncate='down_proj' needs param='mlp.down_proj.weight'"):
+        layer_entk_operator(tiny_gemma("eager"), ids, LAYER, param="mlp.up_proj.weight", truncate="down_proj")
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    llama = transformers.LlamaForCausalLM(config).double().eval()  # no pre/post feed-forward norms
+    with pytest.raises(ValueError, match=r"needs Gemma-style decoder layers .* layers \[0, 1\] are not"):
+        layer_entk_operator(llama, ids, 0, truncate="down_proj")
+    assert layer_entk_operator(llama, ids, 0).path == "layer"  # the default still picks what applies

@@ -1,0 +1,289 @@
+"""The notebooks' parameters: the names each declares, checks of the names a runner passes
+on, and one validator per notebook that checks every value before any work starts.
+
+* :func:`declared_parameters` reads the names (and default values) assigned in a notebook's
+  cell tagged ``parameters``; :func:`check_parameter_names` rejects any other name, also
+  inside the dict parameters a notebook passes on to another notebook or function
+  (:data:`FORWARDED`). ``make figures PROFILE=...`` runs
+  ``python -m entk_utils.parameters check-profile NOTEBOOK YAML`` for every notebook first.
+* ``check_*_notebook`` validate a notebook's values: call one right after the parameters
+  cell (and after ``out_dir`` / ``cache_dir`` take their defaults), as
+  ``parameters.check_mlp_notebook(globals())``. Each raises one ``ValueError`` (or
+  ``FileNotFoundError``) on the first problem, in one line naming the parameter, the value
+  and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import checks, language, modular
+
+# Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
+# inputs, notebook 02 on this many: p*p must be at least as large.
+MLP_KERNEL_CHECK_INPUTS = 96
+TRANSFORMER_KERNEL_CHECK_INPUTS = 64
+# eigen.find_cliffs needs a spectrum of at least this many eigenvalues.
+MIN_SPECTRUM = 3
+
+# Dict parameters that a notebook passes on: {notebook: {parameter: (target, names the
+# notebook sets itself)}}, the target being another notebook (by name) or a function.
+FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
+    "04_seeds": {"mlp_parameters": ("01_mlp_modular_addition", ()),
+                 "transformer_parameters": ("02_transformer_modular_addition", ())},
+    "05_causal": {"mlp_parameters": (modular.train_gromov_mlp, ("cache_dir", "device")),
+                  "transformer_parameters": (modular.train_transformer, ("cache_dir", "device"))},
+}
+
+
+# --------------------------------------------------------------------------- names
+def parameters_cell(notebook: str | os.PathLike) -> str:
+    """The source of ``notebook``'s cell tagged ``parameters`` (``.ipynb`` or jupytext ``.py``)."""
+    import jupytext
+
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook {path}")
+    cells = [c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"notebook {path} has {len(cells)} cells tagged 'parameters'; papermill needs one")
+    return cells[0].source
+
+
+def declared_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
+    """``{name: default}`` for every name assigned at the top level of the notebook's
+    parameters cell, in order; a default that is not a literal is given as its source text.
+
+    (The cell's code is parsed, not run. ``papermill.inspect_notebook`` is not used: it
+    skips lines whose comment holds an ``=``.)
+    """
+    source = parameters_cell(notebook)
+    out = {}
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            if isinstance(target, ast.Name) and node.value is not None:
+                try:
+                    out[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    out[target.id] = ast.get_source_segment(source, node.value)
+    return out
+
+
+def _valid_names(target: str | Callable, notebook_dir: Path, set_by_caller: tuple[str, ...]) -> set[str]:
+    if callable(target):
+        names = {n for n, p in inspect.signature(target).parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    else:
+        names = set(declared_parameters(notebook_dir / f"{target}.ipynb"))
+    return names - set(set_by_caller)
+
+
+def _target_name(target: str | Callable) -> str:
+    return f"notebook {target}.ipynb" if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+
+
+def check_forwarded(notebook: str | os.PathLike, name: str, value: Any) -> None:
+    """If ``notebook`` passes its dict parameter ``name`` on (:data:`FORWARDED`), check that
+    ``value`` is a dict whose keys the receiver declares (``ValueError`` listing them)."""
+    notebook = Path(notebook)
+    if name not in FORWARDED.get(notebook.stem, {}):
+        return
+    target, set_by_caller = FORWARDED[notebook.stem][name]
+    if not isinstance(value, Mapping):
+        raise checks.fail(name, value, f"a dict of parameters for {_target_name(target)}")
+    checks.known_names(value, _valid_names(target, notebook.parent, set_by_caller),
+                       f"{_target_name(target)} (in {name} of {notebook.name})")
+
+
+def check_parameter_names(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if ``parameters`` holds a name that ``notebook`` does not
+    declare, or a dict parameter passed on to another notebook or function holds a name
+    that one does not take; the message lists the valid names."""
+    notebook = Path(notebook)
+    checks.known_names(parameters, declared_parameters(notebook), f"notebook {notebook.name}")
+    for name, value in parameters.items():
+        check_forwarded(notebook, name, value)
+
+
+def check_profile(notebook: str | os.PathLike, profile: str | os.PathLike) -> dict[str, Any]:
+    """Read the YAML ``profile`` (a mapping of parameters) and check its names against
+    ``notebook`` (:func:`check_parameter_names`). Returns the parameters."""
+    import yaml
+
+    profile = Path(profile)
+    values = yaml.safe_load(profile.read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise ValueError(f"profile {profile} must be a mapping of parameter names to values, got {type(values).__name__}")
+    try:
+        check_parameter_names(notebook, values)
+    except ValueError as err:
+        raise ValueError(f"profile {profile}: {err}") from None
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m entk_utils.parameters check-profile NOTEBOOK YAML``: exit 0 if the
+    profile's names are the notebook's, else print the error and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m entk_utils.parameters", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-profile", help="check that a YAML profile names only the notebook's parameters")
+    check.add_argument("notebook")
+    check.add_argument("profile")
+    args = parser.parse_args(argv)
+    try:
+        values = check_profile(args.notebook, args.profile)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.profile}: {len(values)} parameter(s) of {Path(args.notebook).name}")
+    return 0
+
+
+# --------------------------------------------------------------------------- values
+def _gather(values: Mapping[str, Any] | None, kwargs: dict[str, Any], names: tuple[str, ...],
+            optional: tuple[str, ...], notebook: str) -> dict[str, Any]:
+    """The values of ``names`` (all required) and ``optional`` from ``values`` (e.g.
+    ``globals()``, other entries ignored) and ``kwargs`` (every key must be a known name)."""
+    checks.known_names(kwargs, names + optional, f"the validator of notebook {notebook}")
+    merged = {**(values or {}), **kwargs}
+    missing = [n for n in names if n not in merged]
+    if missing:
+        raise ValueError(f"missing parameter(s) {', '.join(missing)} of notebook {notebook}")
+    return {n: merged[n] for n in names + optional if n in merged}
+
+
+def _check_modulus_feasible(p: int, inputs: int, notebook: str) -> None:
+    if p * p < inputs:
+        raise checks.fail("p", p, f"an odd prime with p*p >= {inputs}: notebook {notebook} checks its kernel on "
+                                  f"{inputs} of the p*p input pairs")
+
+
+MLP_NOTEBOOK = ("p", "width", "steps", "lr", "weight_decay", "train_frac", "seed", "split_seed", "checkpoint_every",
+                "null_draws", "init_seeds", "device", "out_dir", "cache_dir")
+
+
+def check_mlp_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 01 (the MLP): those of
+    :func:`~entk_utils.modular.train_gromov_mlp`, ``p*p`` at least
+    :data:`MLP_KERNEL_CHECK_INPUTS`, ``null_draws >= 1``, ``init_seeds`` a non-empty list of
+    integers >= 0, ``out_dir`` / ``cache_dir`` folders or None; ``split`` where given."""
+    v = _gather(values, kwargs, MLP_NOTEBOOK, ("split",), "01")
+    checks.mlp_arguments(**{k: v[k] for k in v if k not in ("null_draws", "init_seeds", "out_dir")})
+    _check_modulus_feasible(v["p"], MLP_KERNEL_CHECK_INPUTS, "01")
+    _check_common(v)
+
+
+def _check_common(v: Mapping[str, Any]) -> None:
+    """``null_draws``, ``init_seeds`` and ``out_dir``, shared by notebooks 01 and 02."""
+    checks.integer("null_draws", v["null_draws"], minimum=1)
+    checks.integers("init_seeds", v["init_seeds"], minimum=0)
+    checks.folder("out_dir", v["out_dir"])
+
+
+TRANSFORMER_NOTEBOOK = ("p", "epochs", "seed", "split_seed", "train_frac", "lr", "weight_decay", "batch_size",
+                        "d_model", "n_heads", "d_mlp", "checkpoint_every", "n_eigs", "null_draws", "init_seeds",
+                        "device", "out_dir", "cache_dir")
+
+
+def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 02 (the Transformer): those of
+    :func:`~entk_utils.modular.train_transformer`, ``p*p`` at least
+    :data:`TRANSFORMER_KERNEL_CHECK_INPUTS`, ``n_eigs`` in ``[3, p*p]``, and as for 01."""
+    v = _gather(values, kwargs, TRANSFORMER_NOTEBOOK, ("split",), "02")
+    checks.transformer_arguments(**{k: v[k] for k in v if k not in ("n_eigs", "null_draws", "init_seeds", "out_dir")})
+    _check_modulus_feasible(v["p"], TRANSFORMER_KERNEL_CHECK_INPUTS, "02")
+    checks.integer("n_eigs", v["n_eigs"], minimum=MIN_SPECTRUM, maximum=v["p"] ** 2)
+    _check_common(v)
+
+
+GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lanczos_steps", "min_positives",
+                  "n_permutations", "n_boot", "causal_labels", "causal_contexts", "relative_norms", "model_source",
+                  "stories_path", "device", "out_dir", "cache_dir")
+
+
+def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 03 (Gemma on TinyStories), cheapest first:
+    counts and seeds; then the stories file (readable, UTF-8, at least one
+    ``<|endoftext|>`` separator: :func:`~entk_utils.language.read_stories`); then, from the
+    model's config or GGUF metadata without loading its weights
+    (:func:`~entk_utils.language.model_shape`), ``layers`` a non-empty list of distinct
+    layer indices of the model, ``context_len`` plus the generated tokens within its
+    context, ``n_eigs`` within the hidden size."""
+    v = _gather(values, kwargs, GEMMA_NOTEBOOK, (), "03")
+    checks.integer("seed", v["seed"], minimum=0)
+    n_per_tag = checks.integer("n_per_tag", v["n_per_tag"], minimum=2,
+                               note=" (the contexts are split in halves stratified by part of speech)")
+    context_len = checks.integer("context_len", v["context_len"], minimum=1)
+    checks.integers("layers", v["layers"], minimum=0, unique=True)
+    lanczos_steps = checks.integer("lanczos_steps", v["lanczos_steps"], minimum=1)
+    n_contexts = n_per_tag * len(language.TAGS)
+    n_eigs = checks.integer("n_eigs", v["n_eigs"], minimum=1, maximum=min(lanczos_steps, n_contexts),
+                            note=f" (at most lanczos_steps and the {n_contexts} contexts: PCA uses as many components)")
+    for name in ("min_positives", "n_permutations", "n_boot", "causal_labels"):
+        checks.integer(name, v[name], minimum=1)
+    checks.integer("causal_contexts", v["causal_contexts"], minimum=1, allow_none=True)
+    checks.reals("relative_norms", v["relative_norms"], minimum=0, low_open=True)
+    checks.torch_device("device", v["device"])
+    checks.folder("out_dir", v["out_dir"])
+    checks.folder("cache_dir", v["cache_dir"])
+    source = v["model_source"]
+    if not isinstance(source, (str, os.PathLike)) or (source not in language.MODEL_SOURCES and not Path(source).exists()):
+        raise checks.fail("model_source", source, f"one of {', '.join(map(repr, language.MODEL_SOURCES))} or an "
+                                                  "existing model folder or .gguf file")
+    if v["stories_path"] is not None:
+        checks.folder("stories_path", v["stories_path"])
+    language.read_stories(language.stories_path(v["stories_path"]))
+    shape = language.model_shape(source, v["cache_dir"])
+    checks.integers("layers", v["layers"], minimum=0, maximum=shape["layers"] - 1, unique=True,
+                    note=f" (the model has {shape['layers']} decoder layers)")
+    checks.integer("context_len", context_len, maximum=shape["context"] - language.GENERATED_TOKENS,
+                   note=f" (the model reads {shape['context']} tokens, {language.GENERATED_TOKENS} of them generated)")
+    checks.integer("n_eigs", n_eigs, maximum=shape["hidden"], note=" (the model's hidden size)")
+
+
+CAUSAL_NOTEBOOK = ("mlp_parameters", "transformer_parameters", "n_directions", "relative_norms", "seed", "device",
+                   "out_dir", "cache_dir")
+
+
+def _check_training_dict(notebook: str, name: str, value: Any, rules: Callable, device: Any, cache_dir: Any) -> None:
+    """A dict of keyword arguments for a training function: known names, then the values
+    (the function's defaults filling the rest)."""
+    check_forwarded(notebook, name, value)
+    target, _ = FORWARDED[notebook][name]
+    defaults = {n: p.default for n, p in inspect.signature(target).parameters.items() if p.default is not p.empty}
+    try:
+        rules(**{**defaults, **value, "device": device, "cache_dir": cache_dir})
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 05 (the causal tests): ``mlp_parameters`` /
+    ``transformer_parameters`` dicts of arguments of
+    :func:`~entk_utils.modular.train_gromov_mlp` / :func:`~entk_utils.modular.train_transformer`
+    (names and values; ``cache_dir`` and ``device`` come from the notebook), ``n_directions
+    >= 1``, ``relative_norms`` a non-empty list of reals >= 0, ``seed``, ``device``,
+    ``out_dir``, ``cache_dir``."""
+    v = _gather(values, kwargs, CAUSAL_NOTEBOOK, (), "05")
+    checks.integer("seed", v["seed"], minimum=0)
+    checks.torch_device("device", v["device"])
+    checks.folder("out_dir", v["out_dir"])
+    checks.folder("cache_dir", v["cache_dir"])
+    _check_training_dict("05_causal", "mlp_parameters", v["mlp_parameters"], checks.mlp_arguments,
+                         v["device"], v["cache_dir"])
+    _check_training_dict("05_causal", "transformer_parameters", v["transformer_parameters"],
+                         checks.transformer_arguments, v["device"], v["cache_dir"])
+    checks.integer("n_directions", v["n_directions"], minimum=1)
+    checks.reals("relative_norms", v["relative_norms"], minimum=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

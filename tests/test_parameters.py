@@ -1,0 +1,252 @@
+"""Every notebook parameter is checked before any work: names by the runners, values by one
+validator per notebook."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from entk_utils import language, parameters
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PROFILES = sorted((NOTEBOOKS / "profiles").glob("*.yaml"))
+VALIDATORS = {
+    "01_mlp_modular_addition": (parameters.check_mlp_notebook, parameters.MLP_NOTEBOOK),
+    "02_transformer_modular_addition": (parameters.check_transformer_notebook, parameters.TRANSFORMER_NOTEBOOK),
+    "03_gemma_tinystories": (parameters.check_gemma_notebook, parameters.GEMMA_NOTEBOOK),
+    "05_causal": (parameters.check_causal_notebook, parameters.CAUSAL_NOTEBOOK),
+}
+
+
+def defaults(name):
+    return parameters.declared_parameters(NOTEBOOKS / f"{name}.ipynb")
+
+
+# ---------------------------------------------------------------- names
+def test_declared_parameters_read_every_assignment_of_the_parameters_cell(tmp_path):
+    source = tmp_path / "nb.py"
+    source.write_text('# %% tags=["parameters"]\nn_eigs = 25  # the top n = 25 (an "=" in a comment)\n'
+                      'layers = [16]\nout_dir = None\nscale: float = 2.0\nderived = n_eigs * 2\n\n# %%\nlater = 1\n')
+    assert parameters.declared_parameters(source) == {"n_eigs": 25, "layers": [16], "out_dir": None, "scale": 2.0,
+                                                      "derived": "n_eigs * 2"}
+
+
+def test_an_unknown_name_is_rejected_with_the_valid_names():
+    notebook = NOTEBOOKS / "01_mlp_modular_addition.ipynb"
+    with pytest.raises(ValueError, match=r"unknown parameter 'stepz' for notebook 01_mlp_modular_addition.ipynb; "
+                                         r"valid names: cache_dir, checkpoint_every, .*, steps, .*"):
+        parameters.check_parameter_names(notebook, {"steps": 30, "stepz": 30})
+    parameters.check_parameter_names(notebook, {"steps": 30})
+
+
+@pytest.mark.parametrize("notebook, inner", [
+    ("04_seeds", {"mlp_parameters": {"stepz": 30}}),
+    ("04_seeds", {"transformer_parameters": {"epoch": 30}}),
+    ("05_causal", {"mlp_parameters": {"stepz": 30}}),
+    ("05_causal", {"transformer_parameters": {"device": "cpu"}}),  # the notebook passes device itself
+])
+def test_unknown_names_inside_passed_on_dicts_are_rejected(notebook, inner):
+    (name, value), = inner.items()
+    (bad,) = value
+    with pytest.raises(ValueError, match=f"unknown parameter '{bad}' for .* \\(in {name} of {notebook}.ipynb\\); "
+                                         "valid names: "):
+        parameters.check_parameter_names(NOTEBOOKS / f"{notebook}.ipynb", inner)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_every_committed_profile_names_only_its_notebooks_parameters(profile):
+    notebook = NOTEBOOKS / f"{profile.name.split('.')[0]}.ipynb"
+    assert parameters.check_profile(notebook, profile) == yaml.safe_load(profile.read_text())
+
+
+def test_check_profile_command_exits_with_the_error(tmp_path, capsys):
+    profile = tmp_path / "typo.yaml"
+    profile.write_text("stepz: 30\n")
+    notebook = str(NOTEBOOKS / "01_mlp_modular_addition.ipynb")
+    assert parameters.main(["check-profile", notebook, str(profile)]) == 2
+    assert f"profile {profile}: unknown parameter 'stepz'" in capsys.readouterr().err
+    profile.write_text("steps: 30\n")
+    assert parameters.main(["check-profile", notebook, str(profile)]) == 0
+    profile.write_text("- steps\n")
+    assert parameters.main(["check-profile", notebook, str(profile)]) == 2
+    assert "must be a mapping" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- values
+@pytest.mark.parametrize("name", VALIDATORS)
+def test_each_validator_knows_every_parameter_of_its_notebook(name):
+    _, known = VALIDATORS[name]
+    assert set(defaults(name)) <= set(known)
+
+
+def runs(names):
+    """(notebook, profile or None) for the defaults and every committed profile of ``names``."""
+    return [(n, None) for n in names] + [(p.name.split(".")[0], p) for p in PROFILES if p.name.split(".")[0] in names]
+
+
+def check_run(name, profile, monkeypatch, **extra):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # the gpu profiles ask for cuda
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    VALIDATORS[name][0]({**defaults(name), **(yaml.safe_load(profile.read_text()) if profile else {}), **extra})
+
+
+@pytest.mark.parametrize("name, profile", runs(["01_mlp_modular_addition", "02_transformer_modular_addition",
+                                                "05_causal"]), ids=lambda x: getattr(x, "stem", x))
+def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
+    check_run(name, profile, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, profile", runs(["03_gemma_tinystories"]), ids=lambda x: getattr(x, "stem", x))
+def test_the_gemma_defaults_and_profiles_pass_against_the_offline_model(name, profile, monkeypatch, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "gemma-profiles-cache"  # shared: the GGUF is assembled once
+    check_run(name, profile, monkeypatch, cache_dir=str(cache), model_source="gguf")
+
+
+MLP_CASES = [
+    (dict(p=3), f"p=3: must be an odd prime with p*p >= {parameters.MLP_KERNEL_CHECK_INPUTS}"),
+    (dict(p=5), f"p=5: must be an odd prime with p*p >= {parameters.MLP_KERNEL_CHECK_INPUTS}"),
+    (dict(p=21), "odd prime"),
+    (dict(seed="0"), "seed='0': must be an integer >= 0"),
+    (dict(seed=0.5), "seed=0.5"),
+    (dict(lr="0.05"), "lr='0.05': must be a finite real number > 0"),
+    (dict(steps=0), "steps=0: must be an integer >= 1"),
+    (dict(null_draws=0), "null_draws=0: must be an integer >= 1"),
+    (dict(init_seeds=[]), "init_seeds=[]: must be a non-empty list"),
+    (dict(init_seeds=101), "init_seeds=101"),
+    (dict(train_frac=0), "train_frac=0"),
+    (dict(split="random"), "split='random': must be one of 'paper', 'seeded'"),
+    (dict(split_seed=-1), "split_seed=-1: must be an integer >= 0 or None"),
+    (dict(device="gpu"), "device='gpu'"),
+    (dict(out_dir=3), "out_dir=3: must be a folder path"),
+]
+
+
+@pytest.mark.parametrize("bad, message", MLP_CASES, ids=[m.split(":")[0] for _, m in MLP_CASES])
+def test_mlp_notebook_values(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parameters.check_mlp_notebook(defaults("01_mlp_modular_addition"), **bad)
+
+
+def test_mlp_notebook_accepts_the_new_split_parameters():
+    parameters.check_mlp_notebook(defaults("01_mlp_modular_addition"), split="seeded", split_seed=None)
+
+
+TRANSFORMER_CASES = [
+    (dict(batch_size=-4), "batch_size=-4: must be an integer >= 1 or None"),
+    (dict(batch_size=0), "batch_size=0"),
+    (dict(seed="2"), "seed='2'"),
+    (dict(lr="3e-4"), "lr='3e-4'"),
+    (dict(null_draws=0), "null_draws=0"),
+    (dict(p=7), f"p=7: must be an odd prime with p*p >= {parameters.TRANSFORMER_KERNEL_CHECK_INPUTS}"),
+    (dict(n_eigs=2), f"n_eigs=2: must be an integer in [{parameters.MIN_SPECTRUM}, "
+                    f"{defaults('02_transformer_modular_addition')['p'] ** 2}]"),
+    (dict(d_model=30), "d_model=30: must be a multiple of n_heads=4"),
+]
+
+
+@pytest.mark.parametrize("bad, message", TRANSFORMER_CASES, ids=[m.split(":")[0] for _, m in TRANSFORMER_CASES])
+def test_transformer_notebook_values(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parameters.check_transformer_notebook(defaults("02_transformer_modular_addition"), **bad)
+
+
+def test_transformer_notebook_accepts_split_paper():
+    parameters.check_transformer_notebook(defaults("02_transformer_modular_addition"), split="paper", split_seed=3)
+
+
+def test_a_validator_rejects_unknown_or_missing_names():
+    values = defaults("01_mlp_modular_addition")
+    with pytest.raises(ValueError, match="unknown parameter 'stepz' for the validator of notebook 01"):
+        parameters.check_mlp_notebook(values, stepz=3)
+    del values["null_draws"]
+    with pytest.raises(ValueError, match="missing parameter\\(s\\) null_draws of notebook 01"):
+        parameters.check_mlp_notebook(values)
+    parameters.check_mlp_notebook({**values, "null_draws": 5, "In": [], "_": None})  # e.g. globals(): extras ignored
+
+
+CAUSAL_CASES = [
+    (dict(mlp_parameters={"steps": 0}), "mlp_parameters: steps=0: must be an integer >= 1"),
+    (dict(transformer_parameters={"batch_size": -4}), "transformer_parameters: batch_size=-4"),
+    (dict(mlp_parameters={"stepz": 30}), "unknown parameter 'stepz'"),
+    (dict(mlp_parameters=[("p", 19)]), "mlp_parameters=\\[\\('p', 19\\)\\]: must be a dict"),
+    (dict(n_directions=0), "n_directions=0"),
+    (dict(relative_norms=[]), "relative_norms=\\[\\]: must be a non-empty list"),
+    (dict(relative_norms=[0.1, -0.1]), "relative_norms=\\[0.1, -0.1\\]: must be a non-empty list of finite real "
+                                       "numbers >= 0"),
+]
+
+
+@pytest.mark.parametrize("bad, message", CAUSAL_CASES, ids=[m.split(":")[0][:40] for _, m in CAUSAL_CASES])
+def test_causal_notebook_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        parameters.check_causal_notebook(defaults("05_causal"), **bad)
+
+
+# ---------------------------------------------------------------- notebook 03, without loading Gemma
+TINY_CONTEXT = 48
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A local model folder with a Gemma-3 config only (no weights): 4 layers, TINY_CONTEXT positions."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "tiny"
+    transformers.Gemma3TextConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=4,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                  max_position_embeddings=TINY_CONTEXT).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def gemma_values(tiny_model, tmp_path):
+    stories = tmp_path / "stories.txt"
+    stories.write_text(f"Once upon a time.\n{language.SEPARATOR}\nThe end.\n{language.SEPARATOR}\n")
+    return {**defaults("03_gemma_tinystories"), "model_source": str(tiny_model), "stories_path": str(stories),
+            "layers": [3], "context_len": 40, "n_eigs": 10, "cache_dir": str(tmp_path / "cache")}
+
+
+def test_gemma_notebook_values_pass(gemma_values):
+    parameters.check_gemma_notebook(gemma_values)
+
+
+GEMMA_CASES = [
+    (dict(layers=[]), "layers=\\[\\]: must be a non-empty list of distinct integers >= 0"),
+    (dict(layers="3"), "layers='3': must be a non-empty list"),
+    (dict(layers=[1, 1]), "layers=\\[1, 1\\]: must be a non-empty list of distinct"),
+    (dict(layers=[4]), "layers=\\[4\\]: must be a non-empty list of distinct integers in \\[0, 3\\] "
+                       "\\(the model has 4 decoder layers\\)"),
+    (dict(context_len=46), f"context_len=46: must be an integer <= {TINY_CONTEXT - language.GENERATED_TOKENS} "
+                           f"\\(the model reads {TINY_CONTEXT} tokens, {language.GENERATED_TOKENS} of them"),
+    (dict(context_len=0), "context_len=0: must be an integer >= 1"),
+    (dict(n_per_tag=1), "n_per_tag=1: must be an integer >= 2"),
+    (dict(n_per_tag="8"), "n_per_tag='8'"),
+    (dict(n_eigs=60), f"n_eigs=60: must be an integer in \\[1, {defaults('03_gemma_tinystories')['lanczos_steps']}\\]"),
+    (dict(n_eigs=17), "n_eigs=17: must be an integer <= 16 \\(the model's hidden size\\)"),
+    (dict(causal_contexts=0), "causal_contexts=0: must be an integer >= 1 or None"),
+    (dict(relative_norms=[0.0, 0.1]), "relative_norms=\\[0.0, 0.1\\]: must be a non-empty list of finite real "
+                                      "numbers > 0"),
+    (dict(model_source="nowhere"), "model_source='nowhere': must be one of 'auto', 'hub', 'gguf' or an existing"),
+]
+
+
+@pytest.mark.parametrize("bad, message", GEMMA_CASES, ids=[m.split(":")[0] for _, m in GEMMA_CASES])
+def test_gemma_notebook_values(gemma_values, bad, message):
+    with pytest.raises(ValueError, match=message):
+        parameters.check_gemma_notebook({**gemma_values, **bad})
+
+
+@pytest.mark.parametrize("content, error, message", [
+    (None, FileNotFoundError, "stories file .*missing.txt not found"),
+    (b"", ValueError, "stories file .*stories.txt is empty"),
+    (b"One story, no separator.\n", ValueError, "stories file .*stories.txt has no <\\|endoftext\\|> separator"),
+    (b"caf\xe9\n<|endoftext|>\n", ValueError, "stories file .*stories.txt is not UTF-8 text: .* at byte offset 3"),
+])
+def test_gemma_notebook_checks_the_stories_file_first(gemma_values, tmp_path, content, error, message):
+    path = tmp_path / ("missing.txt" if content is None else "stories.txt")
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message):
+        parameters.check_gemma_notebook({**gemma_values, "stories_path": str(path), "model_source": "gguf"})
+    assert not (tmp_path / "cache").exists()  # the model was not looked at
