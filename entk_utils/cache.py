@@ -212,13 +212,15 @@ def write_entry(path: str | os.PathLike, value: Any, header: Mapping | None = No
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(value, buffer)
-    payload = buffer.getvalue()
-    torch.load(io.BytesIO(payload), weights_only=True)  # fails here, not on the next run
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # fails here, not on the next run
+    payload = buffer.getbuffer()
     head = {**(header or {}), "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + json.dumps(head, sort_keys=True).encode() + b"\n" + payload)
+            for part in (MAGIC, json.dumps(head, sort_keys=True).encode(), b"\n", payload):
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -256,7 +258,7 @@ def read_entry(path: str | os.PathLike) -> Any:
         size, checksum = int(head["bytes"]), str(head["sha256"])
     except (ValueError, KeyError, TypeError) as err:
         raise CacheEntryError(path, f"unreadable header ({err})") from err
-    payload = data[end + 1:]
+    payload = memoryview(data)[end + 1:]
     if len(payload) != size:
         raise CacheEntryError(path, f"{len(payload)} payload bytes where the header says {size} (truncated?)")
     if hashlib.sha256(payload).hexdigest() != checksum:
