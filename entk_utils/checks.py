@@ -1,5 +1,5 @@
 """Up-front argument checks: each fails with one ``ValueError`` line that names the
-argument, the value given and what is allowed (``lr='0.05': must be a real number > 0``).
+argument, the value given and what is allowed (``lr='0.05': must be a finite real number > 0``).
 
 The generic checkers (:func:`integer`, :func:`real`, :func:`one_of`, :func:`integers`,
 :func:`reals`, :func:`folder`, :func:`torch_device`, :func:`known_names`) return the value in a
@@ -16,8 +16,6 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-SPLITS = ("paper", "seeded")
 
 
 def fail(name: str, value: Any, allowed: str) -> ValueError:
@@ -166,18 +164,23 @@ def training(*, epochs: Any, lr: Any, weight_decay: Any, checkpoint_every: Any, 
     integer("batch_size", batch_size, minimum=1, allow_none=True)
 
 
-def data_split(*, train_frac: Any, split_seed: Any, split: Any = None) -> None:
-    """``train_frac`` strictly between 0 and 1, ``split_seed`` an integer >= 0 or ``None``,
-    ``split`` (where given) one of :data:`SPLITS`."""
+def data_split(*, train_frac: Any, split: Any, split_seed: Any, none_seed: str) -> None:
+    """``train_frac`` strictly between 0 and 1, ``split`` one of
+    :data:`entk_utils.modular.SPLITS`, ``split_seed`` an integer >= 0, or ``None`` where
+    that means something: always under ``split="paper"`` (which ignores it), under
+    ``"seeded"`` only where ``none_seed`` says what (e.g. "the seed"; ``""``: nowhere)."""
+    from .modular import SPLITS
+
     real("train_frac", train_frac, minimum=0, maximum=1, low_open=True, high_open=True)
+    one_of("split", split, SPLITS)
+    if split_seed is None and split == "seeded" and not none_seed:
+        raise fail("split_seed", split_seed, "an integer >= 0 under split='seeded' (None would draw an unseeded split)")
     integer("split_seed", split_seed, minimum=0, allow_none=True)
-    if split is not None:
-        one_of("split", split, SPLITS)
 
 
-def mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split_seed: Any, train_frac: Any, lr: Any,
-                  weight_decay: Any, checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True,
-                  split: Any = None) -> None:
+def mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split: Any, split_seed: Any, train_frac: Any, lr: Any,
+                  weight_decay: Any, checkpoint_every: Any, device: Any, cache_dir: Any = None,
+                  progress: Any = True) -> None:
     """The rules for the arguments of :func:`entk_utils.modular.train_gromov_mlp` (same names)."""
     from .modular import check_modulus
 
@@ -185,22 +188,22 @@ def mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split_seed: Any,
     integer("width", width, minimum=1)
     training(epochs=steps, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
              epochs_name="steps")
-    data_split(train_frac=train_frac, split_seed=split_seed, split=split)
+    data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="")
     torch_device("device", device)
     folder("cache_dir", cache_dir)
 
 
-def transformer_arguments(*, p: Any, epochs: Any, seed: Any, split_seed: Any, train_frac: Any, lr: Any,
-                          weight_decay: Any, batch_size: Any, d_model: Any, n_heads: Any, d_mlp: Any,
-                          checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True,
-                          split: Any = None) -> None:
+def transformer_arguments(*, p: Any, epochs: Any, seed: Any, split: Any, split_seed: Any, init: Any, train_frac: Any,
+                          lr: Any, weight_decay: Any, batch_size: Any, d_model: Any, n_heads: Any, d_mlp: Any,
+                          checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True) -> None:
     """The rules for the arguments of :func:`entk_utils.modular.train_transformer` (same names)."""
-    from .modular import check_modulus
+    from .modular import TRANSFORMER_INITS, check_modulus
 
     check_modulus(p)
     training(epochs=epochs, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
              batch_size=batch_size)
-    data_split(train_frac=train_frac, split_seed=split_seed, split=split)
+    data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="the seed")
+    one_of("init", init, TRANSFORMER_INITS)
     integer("n_heads", n_heads, minimum=1)
     if integer("d_model", d_model, minimum=1) % n_heads:
         raise fail("d_model", d_model, f"a multiple of n_heads={n_heads}")

@@ -308,8 +308,9 @@ def train_gromov_mlp(
     in ``cache_dir`` (keyed by every argument that changes it) so re-running a notebook does
     not retrain.
     """
-    checks.mlp_arguments(p=p, width=width, steps=steps, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
-                         weight_decay=weight_decay, checkpoint_every=checkpoint_every, device=device, cache_dir=cache_dir)
+    checks.mlp_arguments(p=p, width=width, steps=steps, seed=seed, split=split, split_seed=split_seed,
+                         train_frac=train_frac, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every,
+                         device=device, cache_dir=cache_dir)
     p = check_modulus(p)
     pairs, labels = modular_addition_pairs(p)
     inputs = one_hot_pairs(pairs, p)
@@ -474,12 +475,11 @@ def train_transformer(
 
     Cached in ``cache_dir`` by every argument.
     """
-    checks.transformer_arguments(p=p, epochs=epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
-                                 weight_decay=weight_decay, batch_size=batch_size, d_model=d_model, n_heads=n_heads,
-                                 d_mlp=d_mlp, checkpoint_every=checkpoint_every, device=device, cache_dir=cache_dir)
+    checks.transformer_arguments(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
+                                 train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                                 d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
+                                 device=device, cache_dir=cache_dir)
     p = check_modulus(p)
-    if init not in TRANSFORMER_INITS:
-        raise ValueError(f"init must be one of {TRANSFORMER_INITS}, got {init!r}")
     split_seed = seed if split_seed is None else split_seed
     pairs, labels = modular_addition_pairs(p)
     tokens = transformer_tokens(pairs, p)

@@ -36,8 +36,8 @@ MIN_SPECTRUM = 3
 # Dict parameters that a notebook passes on: {notebook: {parameter: (target, names the
 # notebook sets itself)}}, the target being another notebook (by name) or a function.
 FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
-    "04_seeds": {"mlp_parameters": ("01_mlp_modular_addition", ()),
-                 "transformer_parameters": ("02_transformer_modular_addition", ())},
+    "04_seeds": {"mlp_parameters": ("01_mlp_modular_addition", ("seed", "split_seed", "out_dir", "cache_dir")),
+                 "transformer_parameters": ("02_transformer_modular_addition", ("seed", "split", "out_dir", "cache_dir"))},
     "05_causal": {"mlp_parameters": (modular.train_gromov_mlp, ("cache_dir", "device")),
                   "transformer_parameters": (modular.train_transformer, ("cache_dir", "device"))},
 }
@@ -77,12 +77,14 @@ def declared_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def _valid_names(target: str | Callable, notebook_dir: Path, set_by_caller: tuple[str, ...]) -> set[str]:
+def _valid_names(target: str | Callable, notebook: Path, set_by_caller: tuple[str, ...]) -> set[str]:
+    """The names ``target`` takes (a function's keywords, or the parameters of the notebook
+    of that name beside ``notebook``, in the same format), less those its caller sets."""
     if callable(target):
         names = {n for n, p in inspect.signature(target).parameters.items()
                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     else:
-        names = set(declared_parameters(notebook_dir / f"{target}.ipynb"))
+        names = set(declared_parameters(notebook.with_name(target + notebook.suffix)))
     return names - set(set_by_caller)
 
 
@@ -99,7 +101,7 @@ def check_forwarded(notebook: str | os.PathLike, name: str, value: Any) -> None:
     target, set_by_caller = FORWARDED[notebook.stem][name]
     if not isinstance(value, Mapping):
         raise checks.fail(name, value, f"a dict of parameters for {_target_name(target)}")
-    checks.known_names(value, _valid_names(target, notebook.parent, set_by_caller),
+    checks.known_names(value, _valid_names(target, notebook, set_by_caller),
                        f"{_target_name(target)} (in {name} of {notebook.name})")
 
 
@@ -149,15 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- values
 def _gather(values: Mapping[str, Any] | None, kwargs: dict[str, Any], names: tuple[str, ...],
-            optional: tuple[str, ...], notebook: str) -> dict[str, Any]:
-    """The values of ``names`` (all required) and ``optional`` from ``values`` (e.g.
-    ``globals()``, other entries ignored) and ``kwargs`` (every key must be a known name)."""
-    checks.known_names(kwargs, names + optional, f"the validator of notebook {notebook}")
+            notebook: str) -> dict[str, Any]:
+    """The values of ``names`` (all required) from ``values`` (e.g. ``globals()``, other
+    entries ignored) and ``kwargs`` (every key must be one of ``names``)."""
+    checks.known_names(kwargs, names, f"the validator of notebook {notebook}")
     merged = {**(values or {}), **kwargs}
     missing = [n for n in names if n not in merged]
     if missing:
         raise ValueError(f"missing parameter(s) {', '.join(missing)} of notebook {notebook}")
-    return {n: merged[n] for n in names + optional if n in merged}
+    return {n: merged[n] for n in names}
 
 
 def _check_modulus_feasible(p: int, inputs: int, notebook: str) -> None:
@@ -166,16 +168,16 @@ def _check_modulus_feasible(p: int, inputs: int, notebook: str) -> None:
                                   f"{inputs} of the p*p input pairs")
 
 
-MLP_NOTEBOOK = ("p", "width", "steps", "lr", "weight_decay", "train_frac", "seed", "split_seed", "checkpoint_every",
-                "null_draws", "init_seeds", "device", "out_dir", "cache_dir")
+MLP_NOTEBOOK = ("p", "width", "steps", "lr", "weight_decay", "train_frac", "seed", "split", "split_seed",
+                "checkpoint_every", "null_draws", "init_seeds", "device", "out_dir", "cache_dir")
 
 
 def check_mlp_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 01 (the MLP): those of
     :func:`~entk_utils.modular.train_gromov_mlp`, ``p*p`` at least
     :data:`MLP_KERNEL_CHECK_INPUTS`, ``null_draws >= 1``, ``init_seeds`` a non-empty list of
-    integers >= 0, ``out_dir`` / ``cache_dir`` folders or None; ``split`` where given."""
-    v = _gather(values, kwargs, MLP_NOTEBOOK, ("split",), "01")
+    integers >= 0, ``out_dir`` / ``cache_dir`` folders or None."""
+    v = _gather(values, kwargs, MLP_NOTEBOOK, "01")
     checks.mlp_arguments(**{k: v[k] for k in v if k not in ("null_draws", "init_seeds", "out_dir")})
     _check_modulus_feasible(v["p"], MLP_KERNEL_CHECK_INPUTS, "01")
     _check_common(v)
@@ -188,16 +190,16 @@ def _check_common(v: Mapping[str, Any]) -> None:
     checks.folder("out_dir", v["out_dir"])
 
 
-TRANSFORMER_NOTEBOOK = ("p", "epochs", "seed", "split_seed", "train_frac", "lr", "weight_decay", "batch_size",
-                        "d_model", "n_heads", "d_mlp", "checkpoint_every", "n_eigs", "null_draws", "init_seeds",
-                        "device", "out_dir", "cache_dir")
+TRANSFORMER_NOTEBOOK = ("p", "epochs", "seed", "split", "split_seed", "init", "train_frac", "lr", "weight_decay",
+                        "batch_size", "d_model", "n_heads", "d_mlp", "checkpoint_every", "n_eigs", "null_draws",
+                        "init_seeds", "device", "out_dir", "cache_dir")
 
 
 def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 02 (the Transformer): those of
     :func:`~entk_utils.modular.train_transformer`, ``p*p`` at least
     :data:`TRANSFORMER_KERNEL_CHECK_INPUTS`, ``n_eigs`` in ``[3, p*p]``, and as for 01."""
-    v = _gather(values, kwargs, TRANSFORMER_NOTEBOOK, ("split",), "02")
+    v = _gather(values, kwargs, TRANSFORMER_NOTEBOOK, "02")
     checks.transformer_arguments(**{k: v[k] for k in v if k not in ("n_eigs", "null_draws", "init_seeds", "out_dir")})
     _check_modulus_feasible(v["p"], TRANSFORMER_KERNEL_CHECK_INPUTS, "02")
     checks.integer("n_eigs", v["n_eigs"], minimum=MIN_SPECTRUM, maximum=v["p"] ** 2)
@@ -217,7 +219,7 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
     (:func:`~entk_utils.language.model_shape`), ``layers`` a non-empty list of distinct
     layer indices of the model, ``context_len`` plus the generated tokens within its
     context, ``n_eigs`` within the hidden size."""
-    v = _gather(values, kwargs, GEMMA_NOTEBOOK, (), "03")
+    v = _gather(values, kwargs, GEMMA_NOTEBOOK, "03")
     checks.integer("seed", v["seed"], minimum=0)
     n_per_tag = checks.integer("n_per_tag", v["n_per_tag"], minimum=2,
                                note=" (the contexts are split in halves stratified by part of speech)")
@@ -272,7 +274,7 @@ def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: 
     (names and values; ``cache_dir`` and ``device`` come from the notebook), ``n_directions
     >= 1``, ``relative_norms`` a non-empty list of reals >= 0, ``seed``, ``device``,
     ``out_dir``, ``cache_dir``."""
-    v = _gather(values, kwargs, CAUSAL_NOTEBOOK, (), "05")
+    v = _gather(values, kwargs, CAUSAL_NOTEBOOK, "05")
     checks.integer("seed", v["seed"], minimum=0)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])

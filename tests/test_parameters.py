@@ -20,7 +20,8 @@ VALIDATORS = {
 
 
 def defaults(name):
-    return parameters.declared_parameters(NOTEBOOKS / f"{name}.ipynb")
+    """The parameters a notebook's source declares, with their defaults."""
+    return parameters.declared_parameters(NOTEBOOKS / f"{name}.py")
 
 
 # ---------------------------------------------------------------- names
@@ -43,20 +44,21 @@ def test_an_unknown_name_is_rejected_with_the_valid_names():
 @pytest.mark.parametrize("notebook, inner", [
     ("04_seeds", {"mlp_parameters": {"stepz": 30}}),
     ("04_seeds", {"transformer_parameters": {"epoch": 30}}),
+    ("04_seeds", {"transformer_parameters": {"split": "paper"}}),  # the notebook sets split itself
     ("05_causal", {"mlp_parameters": {"stepz": 30}}),
     ("05_causal", {"transformer_parameters": {"device": "cpu"}}),  # the notebook passes device itself
 ])
 def test_unknown_names_inside_passed_on_dicts_are_rejected(notebook, inner):
     (name, value), = inner.items()
     (bad,) = value
-    with pytest.raises(ValueError, match=f"unknown parameter '{bad}' for .* \\(in {name} of {notebook}.ipynb\\); "
+    with pytest.raises(ValueError, match=f"unknown parameter '{bad}' for .* \\(in {name} of {notebook}.py\\); "
                                          "valid names: "):
-        parameters.check_parameter_names(NOTEBOOKS / f"{notebook}.ipynb", inner)
+        parameters.check_parameter_names(NOTEBOOKS / f"{notebook}.py", inner)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 def test_every_committed_profile_names_only_its_notebooks_parameters(profile):
-    notebook = NOTEBOOKS / f"{profile.name.split('.')[0]}.ipynb"
+    notebook = NOTEBOOKS / f"{profile.name.split('.')[0]}.py"
     assert parameters.check_profile(notebook, profile) == yaml.safe_load(profile.read_text())
 
 
@@ -118,6 +120,7 @@ MLP_CASES = [
     (dict(train_frac=0), "train_frac=0"),
     (dict(split="random"), "split='random': must be one of 'paper', 'seeded'"),
     (dict(split_seed=-1), "split_seed=-1: must be an integer >= 0 or None"),
+    (dict(split_seed=None), "split_seed=None: must be an integer >= 0 under split='seeded'"),
     (dict(device="gpu"), "device='gpu'"),
     (dict(out_dir=3), "out_dir=3: must be a folder path"),
 ]
@@ -129,8 +132,8 @@ def test_mlp_notebook_values(bad, message):
         parameters.check_mlp_notebook(defaults("01_mlp_modular_addition"), **bad)
 
 
-def test_mlp_notebook_accepts_the_new_split_parameters():
-    parameters.check_mlp_notebook(defaults("01_mlp_modular_addition"), split="seeded", split_seed=None)
+def test_mlp_notebook_accepts_no_split_seed_under_the_paper_split():
+    parameters.check_mlp_notebook(defaults("01_mlp_modular_addition"), split="paper", split_seed=None)
 
 
 TRANSFORMER_CASES = [
@@ -143,6 +146,8 @@ TRANSFORMER_CASES = [
     (dict(n_eigs=2), f"n_eigs=2: must be an integer in [{parameters.MIN_SPECTRUM}, "
                     f"{defaults('02_transformer_modular_addition')['p'] ** 2}]"),
     (dict(d_model=30), "d_model=30: must be a multiple of n_heads=4"),
+    (dict(init="xavier"), "init='xavier': must be one of 'paper', 'torch'"),
+    (dict(split="random"), "split='random': must be one of 'paper', 'seeded'"),
 ]
 
 
@@ -152,8 +157,8 @@ def test_transformer_notebook_values(bad, message):
         parameters.check_transformer_notebook(defaults("02_transformer_modular_addition"), **bad)
 
 
-def test_transformer_notebook_accepts_split_paper():
-    parameters.check_transformer_notebook(defaults("02_transformer_modular_addition"), split="paper", split_seed=3)
+def test_transformer_notebook_accepts_a_seeded_split_that_follows_the_seed():
+    parameters.check_transformer_notebook(defaults("02_transformer_modular_addition"), split="seeded", split_seed=None)
 
 
 def test_a_validator_rejects_unknown_or_missing_names():
