@@ -287,5 +287,60 @@ def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: 
     checks.reals("relative_norms", v["relative_norms"], minimum=0)
 
 
+SEEDS_NOTEBOOK = ("seeds", "mlp_parameters", "transformer_seeds", "split_policies", "transformer_parameters",
+                  "grid_splits", "grid_init_seeds", "out_dir", "cache_dir", "runs_dir")
+
+
+def _with_forwarded(notebook: Path, name: str, value: Mapping[str, Any], caller_values: Mapping[str, Any],
+                    validator: Callable) -> None:
+    """Check a dict that ``notebook`` passes on to another notebook: its names, then the
+    values that notebook will run with (its declared defaults, ``value``, and what the
+    caller sets itself), by that notebook's own ``validator``."""
+    check_forwarded(notebook, name, value)
+    target, _ = FORWARDED[notebook.stem][name]
+    defaults = declared_parameters(notebook.with_name(target + notebook.suffix))
+    try:
+        validator({**defaults, **value, **caller_values})
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: str | os.PathLike = "04_seeds.ipynb",
+                         **kwargs: Any) -> None:
+    """Validate the parameters of notebook 04 (the seed sweep) before any run starts:
+    ``seeds`` / ``transformer_seeds`` non-empty lists of distinct integers >= 0,
+    ``split_policies`` distinct entries of :data:`~entk_utils.modular.SPLITS`,
+    ``mlp_parameters`` / ``transformer_parameters`` dicts of notebook 01 / 02 parameters
+    (names, and the values each run will get, checked by that notebook's validator),
+    ``grid_splits`` distinct entries each ``"paper"`` or a split seed >= 0,
+    ``grid_init_seeds`` distinct integers >= 0, and the folders.
+
+    notebook : the path of notebook 04 (the notebooks it runs are read beside it).
+    """
+    v = _gather(values, kwargs, SEEDS_NOTEBOOK, "04")
+    notebook = Path(notebook)
+    seeds = checks.integers("seeds", v["seeds"], minimum=0, unique=True)
+    transformer_seeds = checks.integers("transformer_seeds", v["transformer_seeds"], minimum=0, unique=True)
+    policies = v["split_policies"]
+    if not isinstance(policies, (list, tuple)) or not policies or len(set(policies)) != len(policies) \
+            or not set(policies) <= set(modular.SPLITS):
+        raise checks.fail("split_policies", policies, f"a non-empty list of distinct entries of {list(modular.SPLITS)}")
+    for name in ("out_dir", "cache_dir", "runs_dir"):
+        checks.folder(name, v[name])
+    _with_forwarded(notebook, "mlp_parameters", v["mlp_parameters"],
+                    {"seed": seeds[0], "split_seed": seeds[0], "out_dir": None, "cache_dir": v["cache_dir"]},
+                    check_mlp_notebook)
+    for policy in policies:
+        _with_forwarded(notebook, "transformer_parameters", v["transformer_parameters"],
+                        {"seed": transformer_seeds[0], "split": policy, "out_dir": None, "cache_dir": v["cache_dir"]},
+                        check_transformer_notebook)
+    grid_splits = v["grid_splits"]
+    if not isinstance(grid_splits, (list, tuple)) or not grid_splits or len(set(map(str, grid_splits))) != len(grid_splits) \
+            or not all(s == "paper" or (isinstance(s, int) and not isinstance(s, bool) and s >= 0) for s in grid_splits):
+        raise checks.fail("grid_splits", grid_splits, "a non-empty list of distinct entries, each 'paper' or a split "
+                                                      "seed >= 0")
+    checks.integers("grid_init_seeds", v["grid_init_seeds"], minimum=0, unique=True)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,9 +58,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, dynamics, eigen, experiments, fourier, kernels, modular, plotting, session
+from entk_utils import alignment, dynamics, eigen, experiments, fourier, kernels, modular, parameters, plotting, session
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_mlp_notebook(globals())  # every parameter, before any work: one line per problem
 print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps={steps}, seed={seed}")
 
 # %% [markdown]
@@ -97,10 +98,11 @@ print(history.iloc[[0, len(history) // 4, len(history) // 2, -1]].to_string(inde
 
 # %%
 K = kernels.entk(run.model, run.inputs, reduce="trace")
-subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), 96, replace=False))
+subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), parameters.MLP_KERNEL_CHECK_INPUTS,
+                                                          replace=False))
 K_ref = kernels.entk(run.model, run.inputs[subset], reduce="trace", method="reference")
 rel_err = ((K[subset][:, subset] - K_ref).norm() / K_ref.norm()).item()
-print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on 96 inputs: relative error {rel_err:.1e}")
+print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on {len(subset)} inputs: relative error {rel_err:.1e}")
 
 # %% [markdown]
 # ## Figure 1 · The spectrum and its cliffs

@@ -60,9 +60,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, dynamics, eigen, fourier, kernels, modular, plotting, session
+from entk_utils import alignment, dynamics, eigen, fourier, kernels, modular, parameters, plotting, session
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_transformer_notebook(globals())  # every parameter, before any work: one line per problem
 print(f"torch {torch.__version__}, device {device}, p={p}, epochs={epochs}, seed={seed}, split={split}, init={init}")
 
 # %% [markdown]
@@ -152,11 +153,12 @@ plt.show()
 weights = list(modular.OneLayerTransformer.WEIGHTS)
 layer_K = kernels.layerwise_entk(model, run.inputs, weights, reduce="mean")
 layer_K["full"] = sum(layer_K.values())
-subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), 64, replace=False))
+subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), parameters.TRANSFORMER_KERNEL_CHECK_INPUTS,
+                                                          replace=False))
 reference = kernels.layerwise_entk(model, run.inputs[subset], weights, reduce="mean", method="reference")
 worst = max(((layer_K[w][subset][:, subset] - reference[w]).norm() / reference[w].norm()).item() for w in weights)
 print(f"{len(weights)} layerwise kernels of shape {tuple(layer_K['W_U'].shape)}; "
-      f"largest relative difference from the torch.func reference on 64 inputs: {worst:.1e}")
+      f"largest relative difference from the torch.func reference on {len(subset)} inputs: {worst:.1e}")
 
 # %% [markdown]
 # ### The spectra

@@ -60,16 +60,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, causal, language, operators, plotting, session, significance
+from entk_utils import alignment, causal, language, operators, parameters, plotting, session, significance
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_gemma_notebook(globals())  # every parameter, before any work: one line per problem
 torch.manual_seed(seed)
 stories = language.load_stories("local", language.stories_path(stories_path))
 lm = language.load_gemma(model_source, device=device, cache_dir=cache_dir)
-n_layers = lm.model.config.num_hidden_layers
-bad = [layer for layer in layers if not 0 <= layer < n_layers]
-if bad:
-    raise ValueError(f"layers {bad} out of range: Gemma-3-270M has layers 0..{n_layers - 1}")
 print(f"model: {lm.description}")
 print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
@@ -121,7 +118,7 @@ print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {abs(u @ Kv - Ku @ v) / abs(u @ 
       f"truncated vs full model: {np.linalg.norm(Ku - op_f.matvec(u)) / np.linalg.norm(Ku):.1e}")
 
 # %%
-key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description)))
+key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description, lm.fingerprint)))
 classes = np.array(data.upos)
 select, evaluate = alignment.stratified_halves(classes, seed=seed)
 results, spectra, shares, entk_by_layer, scores_by, eigenvectors = [], {}, {}, {}, {}, {}

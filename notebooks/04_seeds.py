@@ -51,9 +51,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from entk_utils import grokking, plotting, session, sweep
+from entk_utils import grokking, parameters, plotting, session, sweep
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_seeds_notebook(globals())  # every parameter, before any work: one line per problem
 runs_dir = Path(runs_dir or Path(cache_dir) / "seeds")
 print(f"MLP seeds {seeds}; Transformer seeds {transformer_seeds} under split policies {split_policies}; "
       f"runs in {runs_dir}")

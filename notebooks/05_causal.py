@@ -55,9 +55,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import causal, eigen, fourier, kernels, modular, plotting, session
+from entk_utils import causal, eigen, fourier, kernels, modular, parameters, plotting, session
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_causal_notebook(globals())  # every parameter, before any work: one line per problem
 
 # %% [markdown]
 # ## The MLP

@@ -15,6 +15,8 @@ VALIDATORS = {
     "01_mlp_modular_addition": (parameters.check_mlp_notebook, parameters.MLP_NOTEBOOK),
     "02_transformer_modular_addition": (parameters.check_transformer_notebook, parameters.TRANSFORMER_NOTEBOOK),
     "03_gemma_tinystories": (parameters.check_gemma_notebook, parameters.GEMMA_NOTEBOOK),
+    "04_seeds": (lambda values: parameters.check_seeds_notebook(values, notebook=NOTEBOOKS / "04_seeds.py"),
+                 parameters.SEEDS_NOTEBOOK),
     "05_causal": (parameters.check_causal_notebook, parameters.CAUSAL_NOTEBOOK),
 }
 
@@ -94,7 +96,7 @@ def check_run(name, profile, monkeypatch, **extra):
 
 
 @pytest.mark.parametrize("name, profile", runs(["01_mlp_modular_addition", "02_transformer_modular_addition",
-                                                "05_causal"]), ids=lambda x: getattr(x, "stem", x))
+                                                "04_seeds", "05_causal"]), ids=lambda x: getattr(x, "stem", x))
 def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
     check_run(name, profile, monkeypatch)
 
@@ -255,3 +257,22 @@ def test_gemma_notebook_checks_the_stories_file_first(gemma_values, tmp_path, co
     with pytest.raises(error, match=message):
         parameters.check_gemma_notebook({**gemma_values, "stories_path": str(path), "model_source": "gguf"})
     assert not (tmp_path / "cache").exists()  # the model was not looked at
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"seeds": []}, "seeds=\\[\\]"),
+    ({"transformer_seeds": [1, 1]}, "distinct"),
+    ({"split_policies": ["paper", "random"]}, "split_policies"),
+    ({"split_policies": []}, "split_policies"),
+    ({"mlp_parameters": {"stepz": 30}}, "stepz"),
+    ({"mlp_parameters": {"steps": -1}}, "mlp_parameters: steps=-1"),
+    ({"transformer_parameters": {"batch_size": 0}}, "transformer_parameters: batch_size=0"),
+    ({"transformer_parameters": {"p": 5}}, "transformer_parameters: p=5"),
+    ({"grid_splits": ["paper", "paper"]}, "grid_splits"),
+    ({"grid_splits": ["Paper"]}, "grid_splits"),
+    ({"grid_splits": [-1]}, "grid_splits"),
+    ({"grid_init_seeds": "0, 1"}, "grid_init_seeds"),
+])
+def test_seeds_notebook_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        VALIDATORS["04_seeds"][0]({**defaults("04_seeds"), **bad})
