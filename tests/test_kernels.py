@@ -383,6 +383,24 @@ def test_embeddings_and_attention_take_the_fast_path(monkeypatch, model, ids, re
     assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
 
 
+@pytest.mark.parametrize("reduce", ["trace", "mean"])
+@pytest.mark.parametrize("cost", [-10**9, 10**9], ids=["factorised", "per-example"])
+@pytest.mark.parametrize("model, ids", [
+    (TinySeqModel(), torch.randint(0, 9, (11, 4))),
+    (PaddedPositional(), torch.randint(0, 7, (9, 4))),
+    (OneLayerTransformer(5, d_model=8, n_heads=2, d_mlp=12), transformer_tokens(modular_addition_pairs(5)[0], 5)),
+], ids=["sequence", "padded-positional", "transformer"])
+def test_both_formulas_for_layers_at_several_positions(monkeypatch, model, ids, cost, reduce):
+    """A layer used at T > 1 positions has two exact kernels (product of (N T)^2 Grams, or
+    Gram of per-example gradients); ELEMENTWISE_COST picks one. Both equal the reference."""
+    from entk_utils import kernels
+
+    model = model.double()
+    ref = entk(model, ids, reduce=reduce, method="reference")
+    monkeypatch.setattr(kernels, "ELEMENTWISE_COST", cost)
+    assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
+
+
 def _folds(model, x):
     """``({layer: point}, rejected)``: the folds the probe picks for the trace eNTK of all of
     ``model``'s parameters, and those the check on every input then rejects."""
