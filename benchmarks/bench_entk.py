@@ -34,6 +34,7 @@ Ratios, not absolute times, are what carry over between machines. Results go to
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -238,8 +239,10 @@ def main():
         notes.append(figure)
     if not args.no_save and args.case == "all":
         RESULTS.parent.mkdir(exist_ok=True)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         RESULTS.write_text(
-            f"Measured by `make benchmark` on {machine}: one process, {args.rounds} interleaved rounds, medians "
+            f"Measured by `make benchmark` on {machine} (load average {load} at the end, over 1, 5 and 15 "
+            f"minutes; other jobs shared the machine when above 0): one process, {args.rounds} interleaved rounds, medians "
             f"(the fast path {args.fast_repeats} times a round); the ratio is each column's time over the fast "
             f"path's; the last column is the largest relative difference of the fast path / the torch.func peer "
             f"from the reference.\n\n"

@@ -108,9 +108,7 @@ def _check_output(out: torch.Tensor) -> torch.Tensor:
 def _warn_if_not_finite(what: str, tensors: Mapping[str, torch.Tensor]) -> bool:
     """Warn in one line (``RuntimeWarning``) naming the tensors that hold NaN or inf values;
     return whether it warned."""
-    # a sum is NaN or inf whenever an entry is (or it overflows, hence the second look)
-    bad = [name for name, t in tensors.items()
-           if t.is_floating_point() and not t.sum().isfinite() and not torch.isfinite(t).all()]
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         warnings.warn(f"entk: {what} {', '.join(bad)} hold non-finite values (NaN or inf)", RuntimeWarning, stacklevel=3)
     return bool(bad)
@@ -335,7 +333,8 @@ def _unit_signals(out, calls, point, layers):
     """``{layer: (n, T, J)}``: the signal of the sum of fold ``point``'s tensor (the output,
     or the readout's input) on each layer's units."""
     z = out if point is None else calls[point][0][0]
-    return _regroup(_backward(z, _outputs(calls, layers), torch.ones_like(z)), calls, layers, len(out))
+    ones = torch.ones((), dtype=z.dtype, device=z.device).expand_as(z)
+    return _regroup(_backward(z, _outputs(calls, layers), ones), calls, layers, len(out))
 
 
 def _choose_folds(out, calls, layers, points, g):
@@ -499,9 +498,10 @@ def _live_positions(x, s):
     """``x``, ``s`` without the positions whose signal is zero on every input (a query or an
     MLP input at a position the readout never sees): they contribute nothing."""
     if s.shape[1] > 1:
-        live = s.reshape(*s.shape[:2], -1).count_nonzero((0, 2)) > 0
-        if not live.all():
-            return x[:, live], s[:, live]
+        live = (s.reshape(*s.shape[:2], -1).count_nonzero((0, 2)) > 0).nonzero()[:, 0].tolist()
+        if len(live) < s.shape[1]:  # a range of positions (usually the last) is a view, not a copy
+            keep = slice(live[0], live[-1] + 1) if live and live[-1] - live[0] + 1 == len(live) else live
+            return x[:, keep], s[:, keep]
     return x, s
 
 
@@ -531,6 +531,8 @@ def _factorised_kernel(x, s, kind, module, reduce):
     if reduce == "full":
         return _full_kernel(x, s, kind, module)
     n, t = s.shape[:2]
+    if t == 0:  # the signal is zero on every input
+        return s.new_zeros(n, n)
     s = s.reshape(n, t, -1)
     if kind == "bias":  # X = 1: sum the signal over positions first
         z = s.sum(1)
@@ -539,7 +541,8 @@ def _factorised_kernel(x, s, kind, module, reduce):
         z = _per_example_gradient(x, s, kind, module)
         return z @ z.T
     x_gram = _input_gram(x, kind, module, s.dtype)
-    if t == 1 and torch.equal(s, s[:1].expand_as(s)):  # the same signal for every input (a linear readout's)
+    # a linear readout's signal is the same for every input: its kernel is a multiple of X
+    if t == 1 and torch.equal(s[0], s[-1]) and torch.equal(s, s[:1].expand_as(s)):
         return x_gram.mul_(s[0].square().sum())
     flat = s.reshape(n * t, -1)
     gram = (flat @ flat.T).mul_(x_gram)
@@ -595,8 +598,8 @@ def entk_contributions(
         kernels = {n: k.detach() for n, k in compute(model, inputs, names, reduce, chunk_size).items()}
     finally:
         model.train(was_training)
-    if not bad_inputs:
-        _warn_if_not_finite("the kernels of", kernels)
+    if not bad_inputs:  # |K[n, m]| <= sqrt(K[n, n] K[m, m]): a kernel is finite where its diagonal is
+        _warn_if_not_finite("the kernels of", {n: k.diagonal(0, 0, 1) for n, k in kernels.items()})
     return {n: kernels[n] for n in names}
 
 

@@ -188,6 +188,21 @@ class WithUnused(nn.Module):
         return self.fc(x) ** 2
 
 
+class DeadLayer(nn.Module):
+    """A layer used at every position whose output reaches the outputs times zero: its
+    signal is zero everywhere, and so is its kernel."""
+
+    def __init__(self, vocab=6, d=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.dead = nn.Linear(d, d)
+        self.readout = nn.Linear(d, 2)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.readout(h[:, 0]) + 0 * self.dead(h).sum((1, 2))[:, None]
+
+
 def _cases():
     torch.manual_seed(1)
     pairs, _ = modular_addition_pairs(7)
@@ -205,6 +220,7 @@ def _cases():
     yield "layer-norm", Normed(), torch.randn(10, 5), None
     yield "every-position", EveryPosition(), torch.randint(0, 6, (10, 3)), None
     yield "unused-layer", WithUnused(), torch.randn(7, 4), None
+    yield "dead-layer", DeadLayer(), torch.randint(0, 6, (8, 3)), None
     yield "transformer", OneLayerTransformer(5, d_model=8, n_heads=2, d_mlp=12), transformer_tokens(modular_addition_pairs(5)[0], 5), None
 
 
