@@ -4,7 +4,10 @@ Every column computes the same kernels from the same weights on the same inputs,
 one process. Each round runs every column once in turn (the fast path ``--fast-repeats``
 times), so a change in machine load hits all columns alike; the medians over ``--rounds``
 rounds are reported, with each column's ratio to the fast path and its largest relative
-difference from the project's reference path. Columns:
+difference from the project's reference path. Every column runs with one intra-op thread
+and with the process's default, and keeps the faster: on a shared machine each parallel
+operation may wait for a busy core, which costs a code of many small operations more
+than one of a few large ones. Columns:
 
 * fast path: ``entk_utils.kernels`` with ``method="fast"``;
 * torch.func: what a user would write with ``torch.func`` (``vmap(jacrev)`` per-example
@@ -102,6 +105,18 @@ def clock(fn):
     return time.perf_counter() - start, result
 
 
+def with_threads(fn, n):
+    """``fn`` run with ``n`` intra-op threads (``torch.set_num_threads``), restored after."""
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
 def interleaved(columns, rounds, repeats):
     """Run ``{name: fn}`` in turn, ``rounds`` times (``repeats.get(name, 1)`` times each a
     round); returns ``{name: (median seconds, last result)}``."""
@@ -112,29 +127,35 @@ def interleaved(columns, rounds, repeats):
             for _ in range(repeats.get(name, 1)):
                 seconds, results[name] = clock(fn)
                 times[name].append(seconds)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k[0]} ({k[1]} thr) {v[-1]:.3f} s" for k, v in times.items()),
+              flush=True)
     return {name: (statistics.median(times[name]), results[name]) for name in columns}
 
 
 def compare(label, columns, args, side=None):
     """Time the columns (fast path first, reference last) and the ``side`` measurements,
-    check every result against the reference, print, and return the Markdown row, the fast
-    path's median time and ``{name: median seconds}`` of the side measurements."""
+    each with every thread count of ``args.threads``, keeping each one's fastest; check
+    every result against the reference, print, and return the Markdown row and
+    ``{name: (median seconds, threads)}`` of columns and side measurements."""
     print(label, flush=True)
-    side = side or {}
-    measured = interleaved({**columns, **side}, args.rounds, dict.fromkeys(["fast", *side], args.fast_repeats))
-    side = {name: measured.pop(name)[0] for name in side}
-    reference = measured[REFERENCE][1]
-    t_fast = measured["fast"][0]
-    cells, diffs = [f"{t_fast:.3f} s"], []
-    for name, (seconds, result) in measured.items():
-        err = relative_difference(result, reference)
-        diffs.append(f"{err:.0e}" if name != REFERENCE else "-")
-        if name != "fast":
-            cells.append(f"{seconds:.2f} s (**{seconds / t_fast:.1f}x**)")
-        print(f"  {name}: {seconds:.3f} s, {seconds / t_fast:.1f}x the fast path, largest relative difference {err:.1e}")
+    named = {**columns, **(side or {})}
+    variants = {(name, n): with_threads(fn, n) for name, fn in named.items() for n in args.threads}
+    repeats = {(name, n): args.fast_repeats for name in ["fast", *(side or {})] for n in args.threads}
+    measured = interleaved(variants, args.rounds, repeats)
+    best = {name: min(((measured[name, n][0], n) for n in args.threads)) for name in named}
+    reference = measured[REFERENCE, best[REFERENCE][1]][1]
+    t_fast = best["fast"][0]
+    cells, diffs = [], []
+    for name in columns:
+        seconds, threads = best[name]
+        err = max(relative_difference(measured[name, n][1], reference) for n in args.threads)
+        ratio = "" if name == "fast" else f" (**{seconds / t_fast:.1f}x**)"
+        cells.append(f"{seconds:.3f} s{ratio}, {threads} thr")
+        diffs.append(f"{err:.0e}")
+        print(f"  {name}: {seconds:.3f} s with {threads} threads, {seconds / t_fast:.1f}x the fast path, "
+              f"largest relative difference {err:.1e}")
         assert err < 1e-5, f"{name} disagrees with the reference"
-    return f"| {label} | " + " | ".join(cells) + " | " + " / ".join(diffs[:-1]) + " |", t_fast, side
+    return f"| {label} | " + " | ".join(cells) + " | " + " / ".join(diffs[:-1]) + " |", best
 
 
 # --------------------------------------------------------------------------- workloads
@@ -161,20 +182,21 @@ def bench_mlp(args):
     columns = {"fast": lambda: entk(model, x, method="fast"),
                PEER: lambda: sum(torch_func_kernels(model, x, ["fc1.weight", "fc2.weight"], "trace", args.peer_memory).values()),
                REFERENCE: lambda: entk(model, x, method="reference")}
-    row, t_fast, side = compare(f"MLP p={p}, trace eNTK, {len(x)} inputs, {n_params} weights", columns, args,
-                                side={"matmul": lambda: a @ b})
-    rate = 2 * MATMUL**3 / side["matmul"]
+    row, best = compare(f"MLP p={p}, trace eNTK, {len(x)} inputs, {n_params} weights", columns, args,
+                        side={"matmul": lambda: a @ b})
+    t_fast, rate = best["fast"][0], 2 * MATMUL**3 / best["matmul"][0]
     flops = mlp_floor_flops(len(x), p, width)
     floor = (f"MLP trace eNTK against its FLOP floor: {flops / 1e9:.2f} GFLOP in the least computation (the forward "
              f"pass, and N x N Grams of fc1's inputs, of its signal folded over outputs and of fc2's inputs); this "
-             f"CPU's matmul rate in the same rounds {rate / 1e9:.0f} GFLOP/s ({MATMUL} x {MATMUL} float32 products), "
-             f"so the floor is {1e3 * flops / rate:.0f} ms; the fast path takes {1e3 * t_fast:.0f} ms, "
-             f"**{t_fast * rate / flops:.1f}x the floor**.")
+             f"CPU's matmul rate in the same rounds {rate / 1e9:.0f} GFLOP/s ({MATMUL} x {MATMUL} float32 products, "
+             f"{best['matmul'][1]} threads), so the floor is {1e3 * flops / rate:.1f} ms; the fast path takes "
+             f"{1e3 * t_fast:.1f} ms, **{t_fast * rate / flops:.1f}x the floor**.")
     print(floor)
 
     sums = {"sum": feature_family(run.pairs.numpy(), p, "sum")}
     second_cliff = (1 + 2 * (p - 1), 1 + 4 * (p - 1))  # the block Figure 2 follows (1 outlier, then 2(p-1) per cliff)
-    figure = figure_timing("Figure 2", model, run.result.checkpoints, x, second_cliff, sums, None, "trace")
+    figure = with_threads(lambda: figure_timing("Figure 2", model, run.result.checkpoints, x, second_cliff, sums,
+                                                None, "trace"), best["fast"][1])()
     return row, floor, figure
 
 
@@ -183,17 +205,20 @@ def bench_transformer(args):
     run = train_transformer(p, 4000, seed=2, cache_dir=args.cache_dir, progress=False)
     model, x = run.model, run.inputs
     weights = [f"{w}.weight" for w in OneLayerTransformer.WEIGHTS]
-    rows = []
+    rows, threads = [], {}
     for reduce in ("mean", "trace"):
         columns = {"fast": lambda: layerwise_entk(model, x, weights, reduce=reduce, method="fast"),
                    PEER: lambda: torch_func_kernels(model, x, weights, reduce, args.peer_memory),
                    REFERENCE: lambda: layerwise_entk(model, x, weights, reduce=reduce, method="reference")}
-        rows.append(compare(f"Transformer p={p}, all {len(weights)} layerwise eNTKs, `reduce=\"{reduce}\"`, {len(x)} inputs",
-                            columns, args)[0])
+        row, best = compare(f"Transformer p={p}, all {len(weights)} layerwise eNTKs, `reduce=\"{reduce}\"`, {len(x)} inputs",
+                            columns, args)
+        rows.append(row)
+        threads[reduce] = best["fast"][1]
 
     _, keys = first_key_frequencies(transformer_spectra(model, x, run.pairs, p))
     sums = {"sum": feature_family(run.pairs.numpy(), p, "sum", keys)}
-    figure = figure_timing("Figure 3", model, run.result.checkpoints, x, (0, 2 * len(keys)), sums, "W_U", "mean")
+    figure = with_threads(lambda: figure_timing("Figure 3", model, run.result.checkpoints, x, (0, 2 * len(keys)), sums,
+                                                "W_U", "mean"), threads["mean"])()
     return rows, figure
 
 
@@ -206,7 +231,8 @@ def figure_timing(name, model, checkpoints, x, block, features, params, reduce):
                                                        reduce=reduce, progress=False))
     what = "the trace eNTK" if params is None else f"the `{params}` eNTK (`reduce=\"{reduce}\"`)"
     line = (f"All of {name}: {len(curve)} checkpoints, {what} on all {len(x)} inputs at each: "
-            f"**{t_entk:.1f} s** of eNTK; {t_all:.1f} s with the eigenvectors and overlaps.")
+            f"**{t_entk:.1f} s** of eNTK; {t_all:.1f} s with the eigenvectors and overlaps "
+            f"({torch.get_num_threads()} threads).")
     print(line)
     return line
 
@@ -225,6 +251,7 @@ def main():
         raise ValueError(f"--rounds and --fast-repeats must be >= 1 and --peer-memory > 0, got "
                          f"{args.rounds}, {args.fast_repeats}, {args.peer_memory}")
     args.peer_memory = int(args.peer_memory * 2**30)
+    args.threads = sorted({1, torch.get_num_threads()})
 
     machine = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.machine()}"
     print(machine)
@@ -242,10 +269,12 @@ def main():
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         RESULTS.write_text(
             f"Measured by `make benchmark` on {machine} (load average {load} at the end, over 1, 5 and 15 "
-            f"minutes; other jobs shared the machine when above 0): one process, {args.rounds} interleaved rounds, medians "
-            f"(the fast path {args.fast_repeats} times a round); the ratio is each column's time over the fast "
-            f"path's; the last column is the largest relative difference of the fast path / the torch.func peer "
-            f"from the reference.\n\n"
+            f"minutes; other jobs shared the machine when above 0): one process, {args.rounds} interleaved rounds, "
+            f"medians (the fast path {args.fast_repeats} times a round); every column runs with "
+            f"{' and '.join(map(str, args.threads))} intra-op threads and keeps its faster (on a shared machine a "
+            f"second thread often waits for a busy core); the ratio is each column's time over the fast path's; "
+            f"the last column is the largest relative difference of the fast path / the torch.func peer from the "
+            f"reference.\n\n"
             f"| workload | fast path | {PEER} | {REFERENCE} | largest relative difference |\n"
             "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n\n"
             "neural-tangents is not a column: its last release imports TensorFlow unless paired with jax 0.4.23 "
