@@ -4,17 +4,28 @@ For a model ``f(x; theta)`` with ``C`` outputs, the eNTK between inputs ``x_n`` 
 is the ``C x C`` matrix ``K[n, m, c, d] = <d f_c(x_n)/d theta, d f_d(x_m)/d theta>``. This
 module computes it, and its reductions to one ``N x N`` matrix, in two ways:
 
-* ``method="reference"``: per-example Jacobians with ``torch.func`` (``functional_call`` and
-  ``vmap(jacrev)``), blocked over inputs so memory stays bounded. Correct for any model
-  whose examples do not interact (no batch statistics); slow.
+* ``method="reference"``: per-example Jacobians with ``torch.func`` (one ``vmap(jacrev)``
+  per block of inputs, blocks sized by ``REFERENCE_MEMORY``; one matrix product per
+  parameter). Correct for any model whose examples do not interact (no batch statistics).
 * ``method="fast"``: for the weight (and bias) of every ``nn.Linear`` the per-example
-  gradient of output ``c`` is ``sum_t g_{c,t} x_t^T`` (``g`` = gradient w.r.t. the layer's
-  output, ``x`` = its input, ``t`` over positions and repeated calls), so the kernel is a
-  product of two small Gram matrices and no per-example Jacobian is ever formed; an
-  ``nn.Embedding`` is the same with one-hot inputs (its input Gram says which token ids
-  coincide). Parameters of other modules, or whose gradient the factorisation does not
-  reproduce on a probe batch (weight tying, a subclass with its own ``forward``), fall back
-  to the reference path.
+  gradient of an output is ``sum_t g_t x_t^T`` (``g`` = its gradient w.r.t. the layer's
+  output, the *signal*; ``x`` = the layer's input; ``t`` over positions and repeated calls),
+  so the kernel is the element-wise product of two Gram matrices and no Jacobian is formed;
+  an ``nn.Embedding`` is the same with one-hot inputs. The signals come from one backward
+  pass per chunk of inputs: of the mean output for ``reduce="mean"`` (the mean over all
+  output pairs is the kernel of the mean output), batched over the ``C`` outputs for
+  ``"trace"`` and ``"full"``. For ``"trace"`` the sum over outputs is folded before the Gram
+  where a layer's units reach a fixed linear readout one to one (a final linear layer; a
+  hidden layer followed by an element-wise activation and that readout): then the signals
+  of all outputs are one signal times a weight per unit.
+
+Every shortcut is checked before it is used, on a probe batch of inputs: that the
+factorisation reproduces autograd's gradient of each parameter (weight tying or a
+subclass with its own ``forward`` break it), and that a fold reproduces every per-output
+signal. A fold is checked again on every input (the signal of a random combination of the
+outputs, one more backward pass through the readout). A parameter that fails, and
+parameters of other modules, go to the reference path; a layer whose fold fails gets the
+per-output signals.
 
 ``method="auto"`` (default) is the fast path. Both return the same numbers; the tests and
 ``benchmarks/bench_entk.py`` check it.
@@ -22,6 +33,7 @@ module computes it, and its reductions to one ``N x N`` matrix, in two ways:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -30,9 +42,16 @@ from torch.func import functional_call, jacrev, vmap
 
 REDUCTIONS = ("trace", "mean", "full")
 METHODS = ("auto", "fast", "reference")
-# Inputs per chunk when chunk_size is None: the reference path holds (chunk, C, P) Jacobians,
-# the fast path only activations, so it takes far larger chunks (fewer backward calls).
-DEFAULT_CHUNK = {"reference": 64, "fast": 1024}
+FAST_CHUNK = 1024  # fast path: inputs per forward/backward pass (it holds activations, not Jacobians)
+REFERENCE_MEMORY = 2 * 2**30  # reference path: bytes of per-example Jacobians held at once
+PROBE_SIZE = 16  # inputs on which the fast path checks its shortcuts before using them
+RTOL = 1e-4  # tolerance of the fast path's checks; a shortcut that does not apply is off by O(1)
+# What the factorised kernel of a layer used at T > 1 positions costs per entry of its
+# (N T, N T) arrays beyond their matrix products, in multiply-adds: those products have a
+# short inner dimension and the arrays are formed, multiplied and reduced in memory, so on
+# a 2-core x86 CPU a per-example gradient of up to about this many more entries is as
+# fast. It only chooses between two exact formulas (_per_example_is_cheaper).
+ELEMENTWISE_COST = 512
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -66,68 +85,109 @@ def resolve_params(model: nn.Module, params: str | Iterable[str] | None = None) 
     return [n for n in trainable if n in chosen]
 
 
-def _check_args(inputs: torch.Tensor, reduce: str, method: str) -> None:
+def _check_args(inputs: torch.Tensor, reduce: str, method: str, chunk_size: int | None) -> None:
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce={reduce!r}; choose one of {REDUCTIONS}")
     if method not in METHODS:
         raise ValueError(f"unknown method={method!r}; choose one of {METHODS}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if not isinstance(inputs, torch.Tensor):
         raise ValueError(f"inputs must be a torch.Tensor of shape (N, ...), got {type(inputs).__name__}")
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must hold at least one example, got shape {tuple(inputs.shape)}")
 
 
-def _reduce_block(ja: torch.Tensor, jb: torch.Tensor, reduce: str) -> torch.Tensor:
-    """Kernel block from Jacobians ``ja`` (n, C, P) and ``jb`` (m, C, P)."""
-    if reduce == "full":
-        return torch.einsum("ncp,mdp->nmcd", ja, jb)
-    if reduce == "trace":
-        return torch.einsum("ncp,mcp->nm", ja, jb) / ja.shape[1]
-    # mean over all C*C pairs of <J_c, J_d> = <mean_c J_c, mean_d J_d>
-    return ja.mean(1) @ jb.mean(1).T
+def _check_output(out: torch.Tensor) -> torch.Tensor:
+    """``out`` if it is a batch of output vectors (n, C), else ``ValueError``."""
+    if out.ndim != 2:
+        raise ValueError(f"the model must map (N, ...) inputs to (N, C) outputs, got output shape {tuple(out.shape)}")
+    return out
 
 
-def _empty_kernel(n: int, n_out: int, reduce: str, like: torch.Tensor) -> torch.Tensor:
-    shape = (n, n, n_out, n_out) if reduce == "full" else (n, n)
-    return torch.zeros(shape, dtype=like.dtype, device=like.device)
+def _warn_if_not_finite(what: str, tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Warn in one line (``RuntimeWarning``) naming the tensors that hold NaN or inf values;
+    return whether it warned."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        warnings.warn(f"entk: {what} {', '.join(bad)} hold non-finite values (NaN or inf)", RuntimeWarning, stacklevel=3)
+    return bool(bad)
+
+
+def _sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one or more tensors (a single one is returned as it is, not copied)."""
+    first, *rest = tensors
+    total = first + rest[0] if rest else first
+    for t in rest[1:]:
+        total += t
+    return total
+
+
+def _mirror(block: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Kernel block ``K[cols, rows]`` from ``K[rows, cols]`` (the kernel is symmetric)."""
+    return block.permute(1, 0, 3, 2) if reduce == "full" else block.T
 
 
 # --------------------------------------------------------------------------- reference path
+def _reference_block(n: int, per_example_bytes: int) -> int:
+    """Inputs per Jacobian block: all ``n`` if their Jacobians fit in ``REFERENCE_MEMORY``,
+    else equal blocks two of which fit (a row block and a column block)."""
+    if n * per_example_bytes <= REFERENCE_MEMORY:
+        return n
+    n_blocks = -(-n // max(1, REFERENCE_MEMORY // (2 * per_example_bytes)))
+    return -(-n // n_blocks)
+
+
+def _jacobian_gram(ja: torch.Tensor, jb: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Kernel block from one parameter's Jacobians ``ja`` (n, c, ...) and ``jb`` (m, c, ...).
+
+    ``c`` is 1 for ``reduce="mean"`` (Jacobians of the mean output). Returns (n, m), or
+    (n, m, c, c) for ``reduce="full"``.
+    """
+    n, c = ja.shape[:2]
+    m = jb.shape[0]
+    if reduce == "full":
+        return (ja.reshape(n * c, -1) @ jb.reshape(m * c, -1).T).view(n, c, m, c).transpose(1, 2)
+    return ja.reshape(n, -1) @ jb.reshape(m, -1).T / c
+
+
 def _reference_contributions(model, inputs, names, reduce, chunk_size):
-    """Per-parameter kernels ``{name: K}`` from explicit per-example Jacobians."""
-    all_params = dict(model.named_parameters())
-    frozen = {n: p.detach() for n, p in all_params.items() if n not in names}
-    frozen.update({n: b.detach() for n, b in model.named_buffers()})
-    chosen = {n: all_params[n].detach() for n in names}
+    """Per-parameter kernels ``{name: K}`` from explicit per-example Jacobians.
 
-    def f_single(theta, x):
-        out = functional_call(model, {**frozen, **theta}, (x.unsqueeze(0),))
-        return out.reshape(-1)
+    ``chunk_size`` inputs per ``vmap(jacrev)`` call; ``None`` sizes the blocks by
+    ``REFERENCE_MEMORY``. For ``reduce="mean"`` the Jacobian is that of the mean output.
+    """
+    params = dict(model.named_parameters())
+    fixed = {n: p.detach() for n, p in params.items() if n not in names}
+    fixed.update({n: b.detach() for n, b in model.named_buffers()})
+    chosen = {n: params[n].detach() for n in names}
 
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))
+    def example_outputs(theta, x):  # one example -> its (C,) outputs, or (1,) their mean
+        out = _check_output(functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),)))[0]
+        return out.mean(0, keepdim=True) if reduce == "mean" else out
 
-    def jacobians(sl):  # {name: (n, C, P_name)}
-        return {k: v.flatten(2) for k, v in jac(chosen, inputs[sl]).items()}
-
-    n = inputs.shape[0]
-    blocks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-    kernels = None
+    jacobians = vmap(jacrev(example_outputs), in_dims=(None, 0))
+    n = len(inputs)
+    with torch.no_grad():
+        n_out = _check_output(model(inputs[:1])).shape[1]
+    n_rows = 1 if reduce == "mean" else n_out
+    itemsize = next(iter(chosen.values())).element_size()
+    block = chunk_size or _reference_block(n, n_rows * sum(p.numel() for p in chosen.values()) * itemsize)
+    blocks = [slice(i, min(i + block, n)) for i in range(0, n, block)]
+    shape = (n, n, n_out, n_out) if reduce == "full" else (n, n)
+    kernels = {k: inputs.new_empty(shape, dtype=p.dtype) for k, p in chosen.items()}
     for i, rows in enumerate(blocks):
-        j_rows = jacobians(rows)
-        if kernels is None:
-            n_out = next(iter(j_rows.values())).shape[1]
-            kernels = {k: _empty_kernel(n, n_out, reduce, v) for k, v in j_rows.items()}
+        j_rows = jacobians(chosen, inputs[rows])
         for cols in blocks[i:]:
-            j_cols = j_rows if cols == rows else jacobians(cols)
+            j_cols = j_rows if cols == rows else jacobians(chosen, inputs[cols])
             for k in names:
-                block = _reduce_block(j_rows[k], j_cols[k], reduce)
-                kernels[k][rows, cols] = block
+                kernels[k][rows, cols] = gram = _jacobian_gram(j_rows[k], j_cols[k], reduce)
                 if cols != rows:
-                    kernels[k][cols, rows] = block.transpose(0, 1).transpose(-1, -2) if reduce == "full" else block.T
+                    kernels[k][cols, rows] = _mirror(gram, reduce)
     return kernels
 
 
-# --------------------------------------------------------------------------- fast path
+# --------------------------------------------------------------------------- fast path: shortcuts
 # A parameter is "owned" when its per-example gradient is a sum over positions t of an
 # outer product g_t x_t^T (nn.Linear weight), of g_t (nn.Linear bias), or of g_t placed in
 # row ids_t (nn.Embedding weight). Its kernel is then a product of two small Grams.
@@ -148,98 +208,69 @@ def _owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, str]
     return owners
 
 
-def _layer_statistics(model, inputs, module_names, chunk_size):
-    """Inputs and output-gradients of the given nn.Linear / nn.Embedding modules.
+def _run_recording(model, x, module_names):
+    """Forward ``x`` (n, ...) recording each call of the named modules.
 
-    Returns ``{module_name: (x, g)}`` with ``x`` the layer inputs, (N, T, in) for a linear
-    layer or (N, T) token ids for an embedding, and ``g`` (C, N, T, out) the gradients of
-    every model output ``c`` w.r.t. the layer outputs, where ``T`` counts the positions (all
-    non-batch, non-feature dims) and repeated calls.
+    Returns the output (n, C) and ``{module_name: [(input, output), ...]}`` for the modules
+    that were called, keyed in the order of their first call.
     """
     modules = dict(model.named_modules())
-    xs = {m: [] for m in module_names}
-    gs = {m: [] for m in module_names}
-    n = inputs.shape[0]
-    for start in range(0, n, chunk_size):
-        x_chunk = inputs[start:start + chunk_size]
-        captured = {m: [] for m in module_names}
+    calls = {}
 
-        def make_hook(name):
-            def hook(module, args, output):
-                captured[name].append((args[0], output))
-            return hook
+    def recorder(name):
+        def hook(module, args, output):
+            calls.setdefault(name, []).append((args[0], output))
+        return hook
 
-        handles = [modules[m].register_forward_hook(make_hook(m)) for m in module_names]
-        try:
-            with torch.enable_grad():
-                out = model(x_chunk)
-        finally:
-            for h in handles:
-                h.remove()
-        if out.ndim != 2:
-            raise ValueError(f"the model must map (N, ...) inputs to (N, C) outputs, got output shape {tuple(out.shape)}")
-        for m in module_names:
-            if not captured[m]:
-                raise ValueError(f"module {m!r} was not called in the forward pass")
-        outputs = [y for m in module_names for _, y in captured[m]]
-        n_out = out.shape[1]
-        per_c = []
-        for c in range(n_out):
-            grads = torch.autograd.grad(out[:, c].sum(), outputs, retain_graph=c < n_out - 1, allow_unused=True)
-            per_c.append([torch.zeros_like(y) if g is None else g for g, y in zip(grads, outputs)])
-        k = 0
-        for m in module_names:
-            calls = captured[m]
-            embedding = isinstance(modules[m], nn.Embedding)
-            x_cat = torch.cat([x.reshape(y.shape[0], -1) if embedding else x.detach().reshape(y.shape[0], -1, x.shape[-1])
-                               for x, y in calls], dim=1)
-            g_cat = torch.stack([
-                torch.cat([per_c[c][k + i].reshape(y.shape[0], -1, y.shape[-1]) for i, (_, y) in enumerate(calls)], dim=1)
-                for c in range(n_out)
-            ])
-            k += len(calls)
-            xs[m].append(x_cat)
-            gs[m].append(g_cat)
-    return {m: (torch.cat(xs[m], 0), torch.cat(gs[m], 1)) for m in module_names}
+    handles = [modules[m].register_forward_hook(recorder(m)) for m in module_names]
+    try:
+        with torch.enable_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return _check_output(out), calls
 
 
-def _input_gram(x, kind, module, dtype):
-    """(N, T, N, T) Gram of what multiplies the output-gradient; None means all ones."""
-    if kind == "weight":
-        return torch.einsum("nti,msi->ntms", x, x)
-    if kind == "embedding":
-        same = x[:, :, None, None] == x[None, None, :, :]
-        if module.padding_idx is not None:
-            same &= (x != module.padding_idx)[:, :, None, None]
-        return same.to(dtype)
-    return None
+def _backward(z, ys, cotangent, batched=False):
+    """Gradients of ``<z, cotangent>`` w.r.t. each tensor in ``ys`` (zeros where unused).
 
-
-def _layer_kernel(x, g, kind, module, reduce):
-    """Kernel of one factorisable parameter from its statistics (see _layer_statistics).
-
-    ``<dW f_c(n), dW f_d(m)> = sum_{t,s} (g_{c,n,t} . g_{d,m,s}) X[n,t,m,s]`` with X the
-    input Gram: ``x_{n,t} . x_{m,s}`` for a weight, 1 for a bias, ``[ids_{n,t} == ids_{m,s}]``
-    for an embedding.
+    With ``batched`` the cotangent has a leading axis (k, *z.shape) and so has each result:
+    one backward pass for all ``k`` (``is_grads_batched``).
     """
-    x_gram = _input_gram(x, kind, module, g.dtype)
-    if reduce == "full":
-        g_gram = torch.einsum("cnto,dmso->ntmscd", g, g)
-        if x_gram is not None:
-            g_gram = g_gram * x_gram[..., None, None]
-        return g_gram.sum(dim=(1, 3))
-    if reduce == "trace":
-        g_gram = torch.einsum("cnto,cmso->ntms", g, g) / g.shape[0]
-    else:
-        g_mean = g.mean(0)
-        g_gram = torch.einsum("nto,mso->ntms", g_mean, g_mean)
-    if x_gram is not None:
-        g_gram = g_gram * x_gram
-    return g_gram.sum(dim=(1, 3))
+    if not ys:
+        return []
+    grads = torch.autograd.grad(z, ys, cotangent, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+    lead = cotangent.shape[:1] if batched else ()
+    return [y.new_zeros(*lead, *y.shape) if g is None else g for g, y in zip(grads, ys)]
+
+
+def _each_output(out, scale=1.0):
+    """Cotangents (C, n, C) selecting each output in turn, times ``scale``."""
+    n, c = out.shape
+    return (scale * torch.eye(c, dtype=out.dtype, device=out.device)).unsqueeze(1).expand(c, n, c)
+
+
+def _positions(t, n):
+    """A tensor (n, ..., d) as (n, T, d): every non-batch, non-feature axis is a position."""
+    return t.reshape(n, -1, t.shape[-1])
+
+
+def _side_by_side(parts, dim):
+    """``torch.cat(parts, dim)``, without a copy for a single part (a module called once)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _layer_inputs(calls, embedding):
+    """(n, T, in) inputs, or (n, T) token ids for an embedding, of all calls side by side."""
+    n = calls[0][1].shape[0]
+    if embedding:
+        return _side_by_side([x.reshape(n, -1) for x, _ in calls], 1)
+    return _side_by_side([_positions(x.detach(), n) for x, _ in calls], 1)
 
 
 def _rebuilt_gradient(x, g, kind, module):
-    """Batch gradient of the parameter rebuilt from statistics ``x`` and ``g`` (N, T, out)."""
+    """Batch gradient of the parameter rebuilt from layer inputs ``x`` and signals ``g`` (N, T, out)."""
     if kind == "weight":
         return torch.einsum("nto,nti->oi", g, x)
     if kind == "bias":
@@ -250,42 +281,290 @@ def _rebuilt_gradient(x, g, kind, module):
     return grad
 
 
-def _factorisation_holds(model, inputs, owners, stats, n_probe=8, rtol=1e-4):
-    """Names of the owned parameters whose gradient the (x, g) statistics reproduce.
+def _close(a, b):
+    return bool(torch.dist(a, b) <= RTOL * b.norm())
+
+
+def _outputs(calls, layers):
+    """The outputs of every call of the given layers, flat, layer by layer."""
+    return [y for m in layers for _, y in calls[m]]
+
+
+def _regroup(grads, calls, layers, n):
+    """``{layer: (n, T, out)}`` from gradients w.r.t. :func:`_outputs`, calls side by side."""
+    grads = iter(grads)
+    return {m: _side_by_side([_positions(next(grads), n) for _ in calls[m]], 1) for m in layers}
+
+
+def _factorisation_holds(model, out, owners, x, g):
+    """Names of the owned parameters whose gradient the probe statistics reproduce.
 
     The factorisation assumes a parameter is used only inside its own module's call, in
     the standard way. Weight tying (``F.linear(h, fc.weight)`` elsewhere) or a subclass with
-    another ``forward`` breaks that silently, so we compare, on a few inputs, the gradient
-    of a random combination of the outputs by autograd with the one rebuilt from (x, g).
+    another ``forward`` breaks that silently, so on the probe batch (outputs ``out`` (n, C))
+    autograd's gradient of a random combination of the outputs must equal the one rebuilt
+    from the layer inputs ``x[layer]`` and per-output signals ``g[layer]`` (C, n, T, out).
     """
-    probe = inputs[:n_probe]
     params, modules = dict(model.named_parameters()), dict(model.named_modules())
-    with torch.enable_grad():
-        out = model(probe)
-        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
-        true = torch.autograd.grad((out * weights).sum(), [params[n] for n in owners], allow_unused=True)
-    good = set()
-    for (name, (mod_name, kind)), grad in zip(owners.items(), true):
-        x, g = stats[mod_name]
-        g_probe = torch.einsum("nc,cnto->nto", weights, g[:, : len(probe)])
-        rebuilt = _rebuilt_gradient(x[: len(probe)], g_probe, kind, modules[mod_name])
-        grad = torch.zeros_like(rebuilt) if grad is None else grad
-        if (rebuilt - grad).norm() <= rtol * grad.norm() + 1e-30:
-            good.add(name)
-    return good
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
+    true = _backward(out, [params[p] for p in owners], r)
+    return {p for (p, (m, kind)), grad in zip(owners.items(), true)
+            if _close(_rebuilt_gradient(x[m], torch.einsum("nc,cnto->nto", r, g[m]), kind, modules[m]), grad)}
+
+
+def _fold_points(model, out, calls):
+    """Where the trace over outputs can fold: ``{point: B}``, ``out = B z`` per example.
+
+    ``None``: ``z`` the output itself, ``B`` the identity. The name of the last ``nn.Linear``
+    called, if it is called once on (n, H) inputs: ``z`` its input, ``B = d out / d z``
+    (C, H) read on the first example (the checks cover the others).
+    """
+    points = {None: torch.eye(out.shape[1], dtype=out.dtype, device=out.device)}
+    modules = dict(model.named_modules())
+    linears = [m for m in calls if isinstance(modules[m], nn.Linear)]
+    if linears and len(calls[linears[-1]]) == 1:
+        h = calls[linears[-1]][0][0]
+        if h.ndim == 2 and h.requires_grad:
+            points[linears[-1]] = _backward(out, [h], _each_output(out), batched=True)[0][:, 0]
+    return points
+
+
+def _unit_signals(out, calls, point, layers):
+    """``{layer: (n, T, J)}``: the signal of the sum of fold ``point``'s tensor (the output,
+    or the readout's input) on each layer's units."""
+    z = out if point is None else calls[point][0][0]
+    ones = torch.ones((), dtype=z.dtype, device=z.device).expand_as(z)
+    return _regroup(_backward(z, _outputs(calls, layers), ones), calls, layers, len(out))
+
+
+def _choose_folds(out, calls, layers, points, g):
+    """Fold each layer at the first point (:func:`_fold_points`) where its units reach the
+    point one to one, so that the signal of output ``c`` is ``B[c] * a``, ``a`` that of the
+    point's sum: checked on the probe against every per-output signal ``g[layer]`` (C, n, T,
+    J). Returns ``{layer: point}``.
+    """
+    folds = {}
+    for point, b in points.items():
+        tried = [m for m in layers if m not in folds and all(y.shape[-1] == b.shape[1] for _, y in calls[m])]
+        a = _unit_signals(out, calls, point, tried)
+        folds.update({m: point for m in tried if _close(b[:, None, None, :] * a[m], g[m])})
+    return folds
+
+
+def _probe(model, inputs, owners, reduce):
+    """Check the shortcuts on a probe batch of at most ``PROBE_SIZE`` inputs spread over ``inputs``.
+
+    Returns ``(safe, folds)``: the owned parameters whose gradient the factorisation
+    reproduces (a module the forward never calls is left to the reference path), and, for
+    ``reduce="trace"``, ``{layer: (point, B)}`` for the layers whose signals fold.
+    """
+    index = torch.linspace(0, len(inputs) - 1, min(len(inputs), PROBE_SIZE), device=inputs.device).round().long().unique()
+    modules = dict(model.named_modules())
+    linears = [m for m, mod in modules.items() if isinstance(mod, nn.Linear)] if reduce == "trace" else []
+    out, calls = _run_recording(model, inputs[index], sorted({m for m, _ in owners.values()} | set(linears)))
+    owners = {p: o for p, o in owners.items() if o[0] in calls}
+    layers = sorted({m for m, _ in owners.values()})
+    n, c = out.shape
+    grads = iter(_backward(out, _outputs(calls, layers), _each_output(out), batched=True))
+    g = {m: _side_by_side([next(grads).reshape(c, n, -1, y.shape[-1]) for _, y in calls[m]], 2) for m in layers}
+    x = {m: _layer_inputs(calls[m], isinstance(modules[m], nn.Embedding)) for m in layers}
+    safe = _factorisation_holds(model, out, owners, x, g)
+    if reduce != "trace":
+        return safe, {}
+    points = _fold_points(model, out, calls)
+    folds = _choose_folds(out, calls, sorted({owners[p][0] for p in safe}), points, g)
+    return safe, {m: (point, points[point]) for m, point in folds.items()}
+
+
+def _plain_signals(out, ys, reduce):
+    """Signals of ``ys`` (one backward pass), each as (n, T, out) or (n, T, C, out).
+
+    ``reduce="mean"``: of the mean output, (n, T, out). Otherwise of each output, (n, T, C,
+    out), times ``1/sqrt(C)`` for ``"trace"`` so that their Gram is the mean over outputs.
+    """
+    n, c = out.shape
+    if reduce == "mean":
+        return [_positions(g, n) for g in _backward(out, ys, torch.full_like(out, 1 / c))]
+    grads = _backward(out, ys, _each_output(out, c**-0.5 if reduce == "trace" else 1.0), batched=True)
+    return [g.reshape(c, n, -1, g.shape[-1]).permute(1, 2, 0, 3) for g in grads]
+
+
+def _folded_signals(out, calls, folds, r):
+    """Fold signals (n, T, J) of the folded layers, and the layers whose fold fails here.
+
+    With ``a`` the unit signals (:func:`_unit_signals`), the trace's Gram over outputs is
+    that of ``a * sqrt(sum_c B[c]**2 / C)``. The check, on every input: the signal of the
+    random combination ``r`` (n, C) of the outputs must equal ``(r B) * a``.
+    Returns ``({layer: signal}, failed layers)``.
+    """
+    layers = list(folds)
+    mixed = _regroup(_backward(out, _outputs(calls, layers), r), calls, layers, len(out))
+    signals = {}
+    for point in dict.fromkeys(p for p, _ in folds.values()):
+        members = [m for m in layers if folds[m][0] == point]
+        b = folds[members[0]][1]
+        a = _unit_signals(out, calls, point, members)
+        rb, weight = (r @ b)[:, None, :], (b.square().sum(0) / b.shape[0]).sqrt()
+        signals.update({m: a[m] * weight for m in members if _close(rb * a[m], mixed[m])})
+    return signals, set(layers) - set(signals)
+
+
+def _store(buffers, key, rows, n, parts):
+    """Write one chunk's parts (rows, T_k, ...) side by side into ``buffers[key]``
+    (n, sum_k T_k, ...), allocated at the first chunk (a single part covering all ``n``
+    rows is kept as it is)."""
+    if len(parts) == 1 and len(parts[0]) == n:
+        buffers[key] = parts[0]
+        return
+    if key not in buffers:
+        buffers[key] = parts[0].new_empty((n, sum(p.shape[1] for p in parts), *parts[0].shape[2:]))
+    offset = 0
+    for part in parts:
+        buffers[key][rows, offset:offset + part.shape[1]] = part
+        offset += part.shape[1]
+
+
+def _collect(model, inputs, layers, folds, reduce, chunk_size):
+    """Inputs and signals of the given layers on all inputs, chunk by chunk.
+
+    Returns ``({layer: (x, s)}, rejected)``: ``x`` (N, T, in) layer inputs, or (N, T) token
+    ids for an embedding; ``s`` the signals (:func:`_plain_signals`, or for a folded layer
+    (N, T, J) from :func:`_folded_signals`); ``rejected`` the folded layers whose fold
+    failed on some chunk (left out of the result).
+    """
+    modules = dict(model.named_modules())
+    watched = sorted(set(layers) | {p for p, _ in folds.values() if p is not None})
+    plain = [m for m in layers if m not in folds]
+    generator = torch.Generator().manual_seed(0)
+    n = len(inputs)
+    xs, ss, rejected = {}, {}, set()
+    for start in range(0, n, chunk_size):
+        rows = slice(start, min(start + chunk_size, n))
+        out, calls = _run_recording(model, inputs[rows], watched)
+        missing = [m for m in watched if m not in calls]
+        if missing:
+            raise ValueError(f"modules {missing} are called for some inputs but not for inputs {rows.start}..{rows.stop - 1}")
+        signals = iter(_plain_signals(out, _outputs(calls, plain), reduce))
+        r = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
+        folded, failed = _folded_signals(out, calls, folds, r) if folds else ({}, set())
+        rejected |= failed
+        for m in layers:
+            if m not in failed:
+                _store(xs, m, rows, n, [_layer_inputs(calls[m], isinstance(modules[m], nn.Embedding))])
+                _store(ss, m, rows, n, [folded[m]] if m in folds else [next(signals) for _ in calls[m]])
+    return {m: (xs[m], ss[m]) for m in layers if m not in rejected}, rejected
+
+
+# --------------------------------------------------------------------------- fast path: kernels
+def _input_gram(x, kind, module, dtype):
+    """(N T, N T) Gram of what multiplies the signals: the layer inputs for a weight,
+    ``[ids equal and not padding]`` for an embedding."""
+    if kind == "weight":
+        flat = x.reshape(-1, x.shape[-1])
+        return flat @ flat.T
+    ids = x.reshape(-1)
+    same = ids[:, None] == ids[None, :]
+    if module.padding_idx is not None:
+        same &= (ids != module.padding_idx)[:, None]
+    return same.to(dtype)
+
+
+def _input_width(x, kind, module):
+    """Rows of the per-example gradient: input features of a weight, vocabulary of an embedding."""
+    return x.shape[-1] if kind == "weight" else module.num_embeddings
+
+
+def _per_example_is_cheaper(t, width, f):
+    """Whether per-example gradients (N, width * f) cost less than (N T, N T) Grams.
+
+    Per example the gradient is ``width x f`` (``f`` signal entries per position); its Gram
+    costs ``N^2 width f`` multiply-adds, the factorised one ``(N T)^2 (width + f)`` plus
+    element-wise passes over (N T)^2 entries. Only for ``t > 1`` can the former win.
+    """
+    return t > 1 and width * f <= t * t * (width + f + ELEMENTWISE_COST)
+
+
+def _per_example_gradient(x, s, kind, module):
+    """(N, width * f) per-example gradients ``sum_t s_t x_t^T`` from inputs ``x`` (N, T, in)
+    (or token ids (N, T)) and signals ``s`` (N, T, f)."""
+    if kind == "embedding":  # the layer's input is one-hot; the padding row gets no gradient
+        x = nn.functional.one_hot(x, module.num_embeddings).to(s.dtype)
+        if module.padding_idx is not None:
+            x[..., module.padding_idx] = 0
+    return torch.bmm(x.transpose(1, 2), s).reshape(len(s), -1)
+
+
+def _live_positions(x, s):
+    """``x``, ``s`` without the positions whose signal is zero on every input (a query or an
+    MLP input at a position the readout never sees): they contribute nothing."""
+    if s.shape[1] > 1:
+        live = (s.reshape(*s.shape[:2], -1).count_nonzero((0, 2)) > 0).nonzero()[:, 0].tolist()
+        if len(live) < s.shape[1]:  # a range of positions (usually the last) is a view, not a copy
+            keep = slice(live[0], live[-1] + 1) if live and live[-1] - live[0] + 1 == len(live) else live
+            return x[:, keep], s[:, keep]
+    return x, s
+
+
+def _full_kernel(x, s, kind, module):
+    """(N, N, C, C) kernel of one owned parameter from per-output signals ``s`` (N, T, C, out)."""
+    n, t, c = s.shape[:3]
+    if kind == "bias":
+        s, x_gram, t = s.sum(1, keepdim=True), None, 1
+    else:
+        x_gram = _input_gram(x, kind, module, s.dtype).view(n, t, n, t)
+    kernel = s.new_zeros(n, n, c, c)
+    for i in range(t):
+        for j in range(t):
+            block = torch.einsum("nco,mdo->nmcd", s[:, i], s[:, j])
+            kernel += block if x_gram is None else block * x_gram[:, i, :, j, None, None]
+    return kernel
+
+
+def _factorised_kernel(x, s, kind, module, reduce):
+    """Kernel of one owned parameter from its layer's inputs ``x`` and signals ``s`` (:func:`_collect`).
+
+    ``K[n, m] = sum_{t,t'} X[n,t,m,t'] <s[n,t], s[m,t']>`` with X the input Gram (1 for a
+    bias), as the product of the two Grams, or, where cheaper, as the Gram of per-example
+    gradients. Returns (N, N), or (N, N, C, C) for ``reduce="full"``.
+    """
+    x, s = _live_positions(x, s)
+    if reduce == "full":
+        return _full_kernel(x, s, kind, module)
+    n, t = s.shape[:2]
+    if t == 0:  # the signal is zero on every input
+        return s.new_zeros(n, n)
+    s = s.reshape(n, t, -1)
+    if kind == "bias":  # X = 1: sum the signal over positions first
+        z = s.sum(1)
+        return z @ z.T
+    if _per_example_is_cheaper(t, _input_width(x, kind, module), s.shape[2]):
+        z = _per_example_gradient(x, s, kind, module)
+        return z @ z.T
+    x_gram = _input_gram(x, kind, module, s.dtype)
+    # a linear readout's signal is the same for every input: its kernel is a multiple of X
+    if t == 1 and torch.equal(s[0], s[-1]) and torch.equal(s, s[:1].expand_as(s)):
+        return x_gram.mul_(s[0].square().sum())
+    flat = s.reshape(n * t, -1)
+    gram = (flat @ flat.T).mul_(x_gram)
+    return gram.view(n, t, n, t).sum((1, 3)) if t > 1 else gram
 
 
 def _fast_contributions(model, inputs, names, reduce, chunk_size):
+    """Per-parameter kernels: the Gram factorisation where its checks pass, else the reference."""
     owners = _owners(model, names)
     kernels = {}
     if owners:
+        safe, folds = _probe(model, inputs, owners, reduce)
+        owners = {n: o for n, o in owners.items() if n in safe}
+        layers = sorted({m for m, _ in owners.values()})
+        chunk = chunk_size or FAST_CHUNK
+        stats, rejected = _collect(model, inputs, layers, folds, reduce, chunk) if layers else ({}, set())
+        if rejected:
+            stats.update(_collect(model, inputs, sorted(rejected), {}, reduce, chunk)[0])
         modules = dict(model.named_modules())
-        stats = _layer_statistics(model, inputs, sorted({m for m, _ in owners.values()}), chunk_size)
-        safe = _factorisation_holds(model, inputs, owners, stats)
-        owners = {n: owner for n, owner in owners.items() if n in safe}
-        for name, (mod_name, kind) in owners.items():
-            kernels[name] = _layer_kernel(*stats[mod_name], kind, modules[mod_name], reduce)
-    rest = [n for n in names if n not in owners]
+        for name, (layer, kind) in owners.items():
+            kernels[name] = _factorised_kernel(*stats[layer], kind, modules[layer], reduce)
+    rest = [n for n in names if n not in kernels]
     if rest:
         kernels.update(_reference_contributions(model, inputs, rest, reduce, chunk_size))
     return kernels
@@ -306,23 +585,22 @@ def entk_contributions(
 
     The full kernel is the sum of the values. Shapes and arguments as in :func:`entk`.
     """
-    _check_args(inputs, reduce, method)
+    _check_args(inputs, reduce, method, chunk_size)
     names = resolve_params(model, params)
+    bad_inputs = _warn_if_not_finite("the", {"inputs": inputs})
     if device is not None:
         model = model.to(device)
     inputs = inputs.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    path = "reference" if method == "reference" else "fast"
-    chunk_size = chunk_size or DEFAULT_CHUNK[path]
+    compute = _reference_contributions if method == "reference" else _fast_contributions
     try:
-        if path == "reference":
-            kernels = _reference_contributions(model, inputs, names, reduce, chunk_size)
-        else:
-            kernels = _fast_contributions(model, inputs, names, reduce, chunk_size)
+        kernels = {n: k.detach() for n, k in compute(model, inputs, names, reduce, chunk_size).items()}
     finally:
         model.train(was_training)
-    return {n: kernels[n].detach() for n in names}
+    if not bad_inputs:  # |K[n, m]| <= sqrt(K[n, n] K[m, m]): a kernel is finite where its diagonal is
+        _warn_if_not_finite("the kernels of", {n: k.diagonal(0, 0, 1) for n, k in kernels.items()})
+    return {n: kernels[n] for n in names}
 
 
 def entk(
@@ -348,14 +626,16 @@ def entk(
         ``"full"`` -> (N, N, C, C).
     method : ``"auto"`` / ``"fast"`` (Gram factorisation for nn.Linear and nn.Embedding
         parameters, reference elsewhere) or ``"reference"`` (torch.func Jacobians throughout).
-    chunk_size : inputs per forward/Jacobian chunk (bounds memory); default
-        ``DEFAULT_CHUNK[path]``: 64 for the reference path, 1024 for the fast one.
+    chunk_size : inputs per forward/backward pass of the fast path (default ``FAST_CHUNK``)
+        and per Jacobian block of the reference path (default: blocks sized by
+        ``REFERENCE_MEMORY``); bounds memory.
     device : move the model there first (e.g. ``"cuda"``); default: where the model is.
 
-    Returns the kernel as a tensor on the model's device, in the model's dtype.
+    Returns the kernel as a tensor on the model's device, in the model's dtype. Warns
+    (``RuntimeWarning``) when the inputs or the kernel hold NaN or inf values.
     """
     kernels = entk_contributions(model, inputs, params, reduce, method=method, chunk_size=chunk_size, device=device)
-    return sum(kernels.values())
+    return _sum(kernels.values())
 
 
 def layerwise_entk(
@@ -384,4 +664,4 @@ def layerwise_entk(
                 raise ValueError(f"parameter {n!r} is in both group {seen[n]!r} and group {label!r}")
             seen[n] = label
     contributions = entk_contributions(model, inputs, list(seen), reduce, **kwargs)
-    return {label: sum(contributions[n] for n in names) for label, names in members.items()}
+    return {label: _sum(contributions[n] for n in names) for label, names in members.items()}

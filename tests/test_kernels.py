@@ -1,13 +1,14 @@
 """The fast eNTK equals the torch.func reference, on models it was not written for."""
 
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from entk_utils.kernels import entk, entk_contributions, layerwise_entk, resolve_params
-from entk_utils.modular import GromovMLP, modular_addition_pairs, one_hot_pairs
+from entk_utils.modular import GromovMLP, OneLayerTransformer, modular_addition_pairs, one_hot_pairs, transformer_tokens
 
 
 def rel_err(a, b):
@@ -105,6 +106,103 @@ class PaddedPositional(nn.Module):
         return self.readout(h[:, -1] * h[:, 0])
 
 
+class Mixing(nn.Module):
+    """A hidden layer as wide as the readout's input whose units are mixed before it: the
+    trace must not fold there (only the readout's own kernel may)."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.fc = nn.Linear(4, d)
+        self.mix = nn.Parameter(torch.randn(d, d))
+        self.readout = nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.readout(torch.tanh(h) + h @ self.mix)
+
+
+class SwitchesOn(nn.Module):
+    """Element-wise between ``fc`` and the readout except for inputs whose first feature
+    exceeds 10, where the units mix: a fold that holds on most inputs but not all."""
+
+    def __init__(self, d=5):
+        super().__init__()
+        self.fc = nn.Linear(3, d, bias=False)
+        self.mix = nn.Parameter(torch.randn(d, d))
+        self.readout = nn.Linear(d, 2, bias=False)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        gate = torch.relu(x[:, :1] - 10)
+        return self.readout(h + gate * (h @ self.mix))
+
+
+class ConvNet(nn.Module):
+    """A convolution (not factorised: reference path) under a linear readout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, kernel_size=3)
+        self.readout = nn.Linear(3 * 4, 4)
+
+    def forward(self, x):
+        return self.readout(torch.relu(self.conv(x)).flatten(1))
+
+
+class Normed(nn.Module):
+    """LayerNorm (reference path) between two linear layers; it mixes units, so no fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.norm = nn.LayerNorm(6)
+        self.readout = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.readout(self.norm(torch.relu(self.fc(x))))
+
+
+class EveryPosition(nn.Module):
+    """Outputs at every position: (N, T) ids -> (N, T * C) logits, a readout called on
+    (N, T, d) activations."""
+
+    def __init__(self, vocab=6, d=5, n_out=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.hidden = nn.Linear(d, d)
+        self.readout = nn.Linear(d, n_out)
+
+    def forward(self, ids):
+        return self.readout(torch.relu(self.hidden(self.embed(ids)))).flatten(1)
+
+
+class WithUnused(nn.Module):
+    """A linear layer the forward never calls: its kernel is zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.spare = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) ** 2
+
+
+class DeadLayer(nn.Module):
+    """A layer used at every position whose output reaches the outputs times zero: its
+    signal is zero everywhere, and so is its kernel."""
+
+    def __init__(self, vocab=6, d=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.dead = nn.Linear(d, d)
+        self.readout = nn.Linear(d, 2)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.readout(h[:, 0]) + 0 * self.dead(h).sum((1, 2))[:, None]
+
+
 def _cases():
     torch.manual_seed(1)
     pairs, _ = modular_addition_pairs(7)
@@ -116,6 +214,14 @@ def _cases():
     yield "padded-positional", PaddedPositional(), torch.randint(0, 7, (12, 4)), None
     yield "tied", Tied(), torch.randn(10, 6), None
     yield "subclass", WithScaled(), torch.randn(10, 4), None
+    yield "mixing", Mixing(), torch.randn(12, 4), None
+    yield "switches-on", SwitchesOn(), torch.cat([torch.randn(1, 3), torch.tensor([[12.0, 0.5, -0.5]]), torch.randn(30, 3)]), None
+    yield "conv", ConvNet(), torch.randn(9, 2, 6), None
+    yield "layer-norm", Normed(), torch.randn(10, 5), None
+    yield "every-position", EveryPosition(), torch.randint(0, 6, (10, 3)), None
+    yield "unused-layer", WithUnused(), torch.randn(7, 4), None
+    yield "dead-layer", DeadLayer(), torch.randint(0, 6, (8, 3)), None
+    yield "transformer", OneLayerTransformer(5, d_model=8, n_heads=2, d_mlp=12), transformer_tokens(modular_addition_pairs(5)[0], 5), None
 
 
 @pytest.mark.parametrize("reduce", ["trace", "mean", "full"])
@@ -137,14 +243,15 @@ def test_fast_equals_reference_float32_gromov():
     assert rel_err(entk(model, x), entk(model, x, method="reference", chunk_size=32)) < 1e-5
 
 
-def test_reductions_agree_with_full_kernel():
+@pytest.mark.parametrize("method", ["fast", "reference"])
+def test_reductions_agree_with_full_kernel(method):
     model, x = DeepMLP().double(), torch.randn(9, 6).double()
-    full = entk(model, x, reduce="full")
+    full = entk(model, x, reduce="full", method=method)
     n_out = full.shape[-1]
     assert full.shape == (9, 9, n_out, n_out)
     trace = torch.einsum("nmcc->nm", full) / n_out
-    assert rel_err(entk(model, x, reduce="trace"), trace) < 1e-12
-    assert rel_err(entk(model, x, reduce="mean"), full.mean(dim=(2, 3))) < 1e-12
+    assert rel_err(entk(model, x, reduce="trace", method=method), trace) < 1e-12
+    assert rel_err(entk(model, x, reduce="mean", method=method), full.mean(dim=(2, 3))) < 1e-12
     # symmetric and positive semi-definite
     K = entk(model, x)
     assert torch.allclose(K, K.T, atol=1e-12)
@@ -179,12 +286,26 @@ def test_layer_kernel_equals_restricted_entk():
     assert rel_err(layerwise_entk(model, x, ["mid"])["mid"], entk(model, x, params="mid", method="reference")) < 1e-12
 
 
-def test_chunk_size_does_not_change_the_kernel():
+@pytest.mark.parametrize("reduce", ["trace", "mean", "full"])
+def test_chunk_size_does_not_change_the_kernel(reduce):
     model, x = DeepMLP().double(), torch.randn(23, 6).double()
-    a = entk(model, x, chunk_size=4)
-    b = entk(model, x, chunk_size=100)
-    c = entk(model, x, method="reference", chunk_size=7)
+    a = entk(model, x, reduce=reduce, chunk_size=4)
+    b = entk(model, x, reduce=reduce, chunk_size=100)
+    c = entk(model, x, reduce=reduce, method="reference", chunk_size=7)
     assert rel_err(a, b) < 1e-12 and rel_err(c, b) < 1e-12
+
+
+def test_reference_blocks_follow_the_memory_budget(monkeypatch):
+    """A budget below the Jacobians of all inputs splits them into blocks; same kernel."""
+    from entk_utils import kernels
+
+    model, x = DeepMLP().double(), torch.randn(23, 6).double()
+    whole = entk(model, x, method="reference")
+    per_input = 4 * sum(p.numel() for p in model.parameters()) * 8  # 4 outputs, float64
+    assert kernels._reference_block(23, per_input) == 23
+    monkeypatch.setattr(kernels, "REFERENCE_MEMORY", 10 * per_input)
+    assert kernels._reference_block(23, per_input) == 5  # 5 blocks of at most 10 // 2 inputs
+    assert rel_err(entk(model, x, method="reference"), whole) < 1e-12
 
 
 def test_gromov_kernel_has_expected_scale_at_init():
@@ -210,6 +331,12 @@ def test_model_mode_is_restored():
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         entk(DeepMLP(), torch.randn(3, 6), **kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+def test_bad_chunk_size_raises(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        entk(DeepMLP(), torch.randn(3, 6), chunk_size=chunk_size)
 
 
 def test_empty_input_raises():
@@ -243,25 +370,114 @@ def test_resolve_params_prefix_and_order():
 
 
 @pytest.mark.parametrize("model_cls, n_in", [(Tied, 6), (WithScaled, 4)])
-def test_probe_check_is_what_keeps_the_fast_path_right(monkeypatch, model_cls, n_in):
-    """Without the probe check the factorisation would be silently wrong on these models."""
+def test_factorisation_check_is_what_keeps_the_fast_path_right(monkeypatch, model_cls, n_in):
+    """Without its check the factorisation would be silently wrong on these models."""
     from entk_utils import kernels
 
     model, x = model_cls().double(), torch.randn(10, n_in).double()
     ref = entk(model, x, method="reference")
-    monkeypatch.setattr(kernels, "_factorisation_holds", lambda model, inputs, owners, stats: set(owners))
+    monkeypatch.setattr(kernels, "_factorisation_holds", lambda model, out, owners, x, g: set(owners))
     assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
 
 
-def test_embeddings_take_the_fast_path(monkeypatch):
-    """The embedding kernels come from the Gram factorisation, not the Jacobian fallback."""
+@pytest.mark.parametrize("reduce", ["trace", "mean", "full"])
+@pytest.mark.parametrize("model, ids", [
+    (PaddedPositional(), torch.randint(0, 7, (9, 4))),
+    (OneLayerTransformer(5, d_model=8, n_heads=2, d_mlp=12), transformer_tokens(modular_addition_pairs(5)[0], 5)),
+], ids=["padded-positional", "transformer"])
+def test_embeddings_and_attention_take_the_fast_path(monkeypatch, model, ids, reduce):
+    """Embedding and attention-model kernels come from the Gram factorisation (signals by
+    one backward pass), not the Jacobian fallback."""
     from entk_utils import kernels
 
     def no_reference(*args, **kwargs):
         raise AssertionError("reference path used")
 
-    model = PaddedPositional().double()
-    ids = torch.randint(0, 7, (9, 4))
-    ref = entk(model, ids, method="reference")
+    model = model.double()
+    ref = entk(model, ids, reduce=reduce, method="reference")
     monkeypatch.setattr(kernels, "_reference_contributions", no_reference)
-    assert rel_err(entk(model, ids, method="fast"), ref) < 1e-10
+    assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
+
+
+@pytest.mark.parametrize("reduce", ["trace", "mean"])
+@pytest.mark.parametrize("cost", [-10**9, 10**9], ids=["factorised", "per-example"])
+@pytest.mark.parametrize("model, ids", [
+    (TinySeqModel(), torch.randint(0, 9, (11, 4))),
+    (PaddedPositional(), torch.randint(0, 7, (9, 4))),
+    (OneLayerTransformer(5, d_model=8, n_heads=2, d_mlp=12), transformer_tokens(modular_addition_pairs(5)[0], 5)),
+], ids=["sequence", "padded-positional", "transformer"])
+def test_both_formulas_for_layers_at_several_positions(monkeypatch, model, ids, cost, reduce):
+    """A layer used at T > 1 positions has two exact kernels (product of (N T)^2 Grams, or
+    Gram of per-example gradients); ELEMENTWISE_COST picks one. Both equal the reference."""
+    from entk_utils import kernels
+
+    model = model.double()
+    ref = entk(model, ids, reduce=reduce, method="reference")
+    monkeypatch.setattr(kernels, "ELEMENTWISE_COST", cost)
+    assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
+
+
+def _folds(model, x):
+    """``({layer: point}, rejected)``: the folds the probe picks for the trace eNTK of all of
+    ``model``'s parameters, and those the check on every input then rejects."""
+    from entk_utils import kernels
+
+    owners = kernels._owners(model, resolve_params(model))
+    safe, folds = kernels._probe(model, x, owners, "trace")
+    layers = sorted({owners[p][0] for p in safe})
+    _, rejected = kernels._collect(model, x, layers, folds, "trace", len(x))
+    return {layer: point for layer, (point, _) in folds.items()}, rejected
+
+
+def test_trace_folds_only_where_exact():
+    """Readouts fold at the output; a hidden layer folds at the readout's input only when
+    its units reach it one to one (Gromov's square activation, sin times a gain)."""
+    torch.manual_seed(0)
+    pairs, _ = modular_addition_pairs(7)
+    assert _folds(GromovMLP(7, 16), one_hot_pairs(pairs, 7)) == ({"fc2": None, "fc1": "fc2"}, set())
+    assert _folds(Mixed(), torch.randn(8, 5)) == ({"head": None, "fc": "head"}, set())
+    assert _folds(Mixing(), torch.randn(8, 4)) == ({"readout": None}, set())  # units mixed by `mix`
+    assert _folds(Normed(), torch.randn(8, 5)) == ({"readout": None}, set())  # LayerNorm mixes units
+    assert _folds(DeepMLP(), torch.randn(8, 6)) == ({"out": None}, set())  # `mid`'s first call is far from the readout
+    assert _folds(EveryPosition(), torch.randint(0, 6, (8, 3))) == ({}, set())  # outputs at several positions
+
+
+@pytest.mark.parametrize("chunk_size", [None, 8])
+def test_fold_is_rechecked_on_every_input(chunk_size):
+    """SwitchesOn mixes its units on one input (index 1), which the probe (every second
+    input here) misses: the fold it picks is rejected by the check on every input, the
+    layer recomputed with per-output signals, and the kernel is exact."""
+    from entk_utils import kernels
+
+    model = SwitchesOn().double()
+    x = torch.cat([torch.randn(1, 3), torch.tensor([[12.0, 0.5, -0.5]]), torch.randn(30, 3)]).double()
+    assert 1 not in torch.linspace(0, len(x) - 1, kernels.PROBE_SIZE).round().long().tolist()
+    assert _folds(model, x) == ({"readout": None, "fc": "readout"}, {"fc"})
+    ref = entk(model, x, method="reference")
+    assert rel_err(entk(model, x, chunk_size=chunk_size), ref) < 1e-10
+
+
+def test_fold_checks_are_what_keep_the_trace_right(monkeypatch):
+    """With every check passing blindly, Mixing's hidden layer would fold and be wrong."""
+    from entk_utils import kernels
+
+    model, x = Mixing().double(), torch.randn(12, 4).double()
+    ref = entk(model, x, method="reference")
+    monkeypatch.setattr(kernels, "_close", lambda a, b: True)
+    assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["fast", "reference"])
+def test_non_finite_values_warn(method):
+    model, x = DeepMLP(), torch.randn(5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entk(model, x, method=method)  # finite: no warning
+    x[2, 1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="inputs hold non-finite values") as record:
+        entk(model, x, method=method)
+    assert len(record) == 1
+    with torch.no_grad():
+        model.mid.weight[0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="kernels of .*mid.weight.* hold non-finite values"):
+        entk(model, torch.randn(5, 6), method=method)
