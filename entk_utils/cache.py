@@ -270,14 +270,17 @@ def read_entry(path: str | os.PathLike) -> Any:
 
 
 def cached(cache_dir: str | os.PathLike | None, name: str, compute: Callable[[], Any], /, *,
-           depends_on: Iterable = (), **params: Any) -> Any:
+           depends_on: Iterable = (), produced_by: Iterable | None = None, **params: Any) -> Any:
     """Return ``compute()``, stored as ``cache_dir/name-<key>.pt`` and read back next time.
 
     The key hashes ``params`` (:func:`cache_key`: arrays by content, paths by their files'
     sizes and times) and the :func:`code_version` of the module that defines ``compute``
     and of everything in ``depends_on`` (modules, classes, functions it uses from
-    elsewhere), so a change to the code computes afresh. ``compute`` must return what
-    ``torch.load(weights_only=True)`` reads (tensors, numbers, strings, lists / dicts).
+    elsewhere), so a change to the code computes afresh. ``produced_by`` instead names
+    exactly the functions and classes the result depends on (so that unrelated edits to
+    their module, or moving them to another module, keep the entries valid).
+    ``compute`` must return what ``torch.load(weights_only=True)`` reads (tensors, numbers,
+    strings, lists / dicts).
 
     ``cache_dir`` is created and checked writable before ``compute`` runs (``OSError``
     naming it otherwise). A damaged entry is reported with a warning naming its path,
@@ -287,7 +290,7 @@ def cached(cache_dir: str | os.PathLike | None, name: str, compute: Callable[[],
     if cache_dir is None:
         return compute()
     folder = check_writable(cache_dir)
-    code = code_version(*_producing_code(compute), *depends_on)
+    code = code_version(*(produced_by if produced_by is not None else (*_producing_code(compute), *depends_on)))
     path = folder / f"{name}-{cache_key(**params, __code__=code)}.pt"
     try:
         return read_entry(path)

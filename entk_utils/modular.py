@@ -317,21 +317,21 @@ def train_gromov_mlp(
     train_idx, test_idx = split_indices(len(pairs), train_frac, split, split_seed)
     model = _seeded(lambda: GromovMLP(p, width), seed)
 
-    key = dict(p=p, width=width, steps=steps, seed=seed, split_seed=split_seed, train_frac=train_frac,
+    key = dict(p=p, width=width, steps=steps, seed=seed, split=split,
+               split_seed=split_seed if split == "seeded" else None, train_frac=train_frac,
                lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every)
-    if split != "seeded":  # keys of runs made before the split policy existed stay valid
-        key.update(split=split, split_seed=None)
     return _cached_run("gromov_mlp", key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir,
                        epochs=steps, lr=lr, weight_decay=weight_decay, loss="mse",
                        checkpoint_every=checkpoint_every, device=device, progress=progress)
 
 
-def _cached_run(name, key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir, **train_kwargs):
-    """Train (or read back from ``cache_dir``, keyed by ``key``), load the final weights and
-    bundle everything as a :class:`ModularRun`."""
+def _cached_run(name, key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir, code=(), **train_kwargs):
+    """Train (or read back from ``cache_dir``, keyed by ``key`` and by the source of
+    :func:`training_code`, the model's class and ``code``), load the final weights and bundle
+    everything as a :class:`ModularRun`."""
     result = TrainResult.from_dict(cached(
         cache_dir, name, lambda: train(model, inputs, labels, train_idx, test_idx, **train_kwargs).to_dict(),
-        **key, torch=torch.__version__,
+        produced_by=(*training_code(), type(model), *code), **key, torch=torch.__version__,
     ))
     model.load_state_dict(result.final_state())
     return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(train_kwargs["device"]).eval())
@@ -342,6 +342,14 @@ def _seeded(make, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make()
+
+
+def training_code() -> tuple:
+    """What a cached training run depends on besides its arguments and its model class: the
+    training loop, the data and split functions and the seeded construction (looked up when
+    called, so the cache follows the code this process runs)."""
+    return (train, _loss, _evaluate, TrainResult, modular_addition_pairs, one_hot_pairs, split_indices, paper_split,
+            train_test_split, _seeded)
 
 
 class OneLayerTransformer(nn.Module):
@@ -487,12 +495,11 @@ def train_transformer(
     model = _seeded(lambda: OneLayerTransformer(p, d_model, n_heads, d_mlp), seed)
     if init == "paper":
         paper_transformer_init(model, seed)
-    key = dict(p=p, epochs=epochs, seed=seed, split_seed=split_seed, train_frac=train_frac, lr=lr,
-               weight_decay=weight_decay, batch_size=batch_size, d_model=d_model, n_heads=n_heads,
-               d_mlp=d_mlp, checkpoint_every=checkpoint_every)
-    if (split, init) != ("seeded", "torch"):  # keys of runs made before these options existed stay valid
-        key.update(split=split, init=init, split_seed=split_seed if split == "seeded" else None)
+    key = dict(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed if split == "seeded" else None,
+               init=init, train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+               d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every)
     return _cached_run("transformer", key, model, p, pairs, labels, tokens, train_idx, test_idx, cache_dir,
+                       code=(transformer_tokens, paper_transformer_init),
                        epochs=epochs, lr=lr, weight_decay=weight_decay, loss="cross_entropy",
                        batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p, seed=seed,
                        device=device, progress=progress)

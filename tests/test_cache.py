@@ -125,6 +125,25 @@ def test_a_stale_trained_model_is_not_reused_after_train_or_the_model_changes(tm
     assert len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 3
 
 
+def test_a_trained_model_survives_unrelated_edits_of_its_module(tmp_path, monkeypatch):
+    import functools
+
+    kwargs = dict(p=5, width=8, steps=3, cache_dir=tmp_path, progress=False)
+    modular.train_gromov_mlp(**kwargs)
+    calls, original = [], modular.train
+
+    @functools.wraps(original)  # the same code (the version unwraps it), but counted
+    def counting(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(modular, "train", counting)
+    monkeypatch.setattr(modular, "a_new_helper", lambda: 1, raising=False)  # edits elsewhere in the module
+    monkeypatch.setattr(modular.OneLayerTransformer, "a_new_method", lambda self: 0, raising=False)
+    modular.train_gromov_mlp(**kwargs)
+    assert calls == [] and len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 1
+
+
 # ---------------------------------------------------------------- damaged entries
 def _zero_a_megabyte(data):
     return data[:1 << 20] + bytes(1 << 20) + data[2 << 20:]
