@@ -199,6 +199,21 @@ def stories_path(path: str | Path | None = None) -> Path:
     return candidate
 
 
+def read_text(path: str | Path, what: str = "text file") -> str:
+    """The UTF-8 text of ``path``; ``ValueError`` naming the file (as ``what``) if it is empty or
+    not UTF-8 (with the byte offset that cannot be decoded)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text: byte {raw[err.start:err.start + 1]!r} at byte "
+                         f"offset {err.start} cannot be decoded") from None
+    if not text.strip():
+        raise ValueError(f"{what} {path} is empty")
+    return text
+
+
 def read_stories(path: str | Path | None = None, *, min_chars: int = 1) -> list[str]:
     """Stories from a local file in which a line ``<|endoftext|>`` separates stories.
 
@@ -209,14 +224,7 @@ def read_stories(path: str | Path | None = None, *, min_chars: int = 1) -> list[
     ``ValueError`` naming it.
     """
     path = stories_path(path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"stories file {path} is not UTF-8 text: byte {raw[err.start:err.start + 1]!r} at byte "
-                         f"offset {err.start} cannot be decoded") from None
-    if not text.strip():
-        raise ValueError(f"stories file {path} is empty")
+    text = read_text(path, "stories file")
     if SEPARATOR not in text:
         raise ValueError(f"stories file {path} has no {SEPARATOR} separator: stories must be separated by "
                          f"lines {SEPARATOR}")
@@ -446,13 +454,15 @@ def grammar_labels(upos: Sequence[str], morph: Sequence[str], tags: Sequence[str
 
 @torch.no_grad()
 def last_token_activations(model, input_ids: torch.Tensor, layer: int, chunk_size: int = 64) -> torch.Tensor:
-    """(N, d) residual stream after decoder block ``layer`` (``hidden_states[layer + 1]``)
-    at the last position."""
+    """(N, d) residual stream after decoder block ``layer`` (``hidden_states[layer + 1]`` of
+    the model's decoder, ``get_decoder()``; after the final norm for the last layer) at the
+    last position."""
     device = next(model.parameters()).device
+    decoder = model.get_decoder()
     out = []
     for start in range(0, len(input_ids), chunk_size):
-        hidden = model.model(input_ids=input_ids[start:start + chunk_size].to(device), output_hidden_states=True,
-                             use_cache=False).hidden_states
+        hidden = decoder(input_ids=input_ids[start:start + chunk_size].to(device), output_hidden_states=True,
+                         use_cache=False).hidden_states
         out.append(hidden[layer + 1][:, -1].float().cpu())
     return torch.cat(out)
 

@@ -1,270 +1,298 @@
-"""Matrix-free eNTK operators for models too big to materialise the kernel.
+"""Matrix-free eNTK operators for causal language models too big to materialise the kernel.
 
-For a Hugging Face causal LM, the output studied is the final hidden state (after the final
-norm) at the last position, ``h(x) in R^d``, and the parameters one weight of one decoder
-layer (by default ``mlp.down_proj.weight``). With ``J`` the (N*d, P) Jacobian over N
-contexts, the operator is
+For a Hugging Face causal LM, the output studied for context ``n`` is ``h_n in R^d``, the
+vector its output embedding (the unembedding) receives at the context's output position:
+the final hidden state after the final norm, at the last non-pad token unless positions are
+given. The parameters are any set of the model's weights, named as in
+``model.named_parameters()`` (one weight, a whole MLP block, weights of several layers; a
+module name stands for all its parameters). With ``J`` the (N*d, P) Jacobian over N contexts
+(for several weights, their Jacobians side by side, so the kernel is the sum of theirs), the
+operator is
 
     K~ = (I_N kron A) J J^T (I_N kron A),    A = (U^T U)^{1/2},
 
 where ``U`` (V, d) is the unembedding: since the logits are ``U h``, ``K~`` has the nonzero
 spectrum of the full-vocabulary logit eNTK ``(I kron U) J J^T (I kron U^T)`` without ever
-forming V = 262k logits. Vectors are laid out as an (N, d) row-major array (context ``n``,
-hidden unit ``i`` at ``n * d + i``).
+forming V logits. Where the model caps its logits (``z = c tanh(U h / c)``, Gemma2's
+``final_logit_softcapping``), the logit eNTK's geometry differs per context:
+``metric="logits"`` then uses ``A_n = (U^T D_n^2 U)^{1/2}`` with ``D_n`` the cap's derivative
+at context n's logits, folded into the outputs (``y_n = A_n h_n``, ``.metric`` None), and
+``metric="unembedding"`` is refused. Vectors are laid out as an (N, d) row-major array
+(context ``n``, hidden unit ``i`` at ``n * d + i``).
 
 ``K~ @ v`` is one VJP (``J^T``) and one JVP (``J``) with ``torch.func``, chunked over
-contexts. The layers below the chosen one do not depend on its weight, so with
-``truncate="layer"`` the residual stream entering that layer (and the masks / rotary
-embeddings each higher layer receives) is recorded once, and every matvec runs only the
-layers from there up. The default goes further for ``down_proj`` of Gemma-style layers:
-``down_proj`` is linear and its input does not depend on its weight, so the pass starts at
-its output; and only the last position of the final layer reaches the output, so that
-layer computes one query (keys and values at all positions). The path an operator took is
-its ``.path``.
+contexts. How much of the model each runs is the operator's forward path
+(:mod:`entk_utils.forward_paths`; its name is ``.path``): the whole model (``"full"``), from
+the lowest analysed decoder layer (``"layer"``), or from the input of the first analysed
+module of that layer (``"module"``), each shortcut checked against the full model when the
+operator is built.
 """
 
 from __future__ import annotations
 
-import sys
-import warnings
+import difflib
 
 import numpy as np
 import scipy.sparse.linalg
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vjp
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import jvp, vjp
 
-METRICS = ("unembedding", "identity")
-TRUNCATE = (True, False, "layer", "down_proj")
+from . import forward_paths
+from .forward_paths import math_attention
+
+METRICS = ("unembedding", "logits", "identity")
+TRUNCATE = (*forward_paths.TRUNCATE, *forward_paths.LEGACY_TRUNCATE)
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a Hugging Face causal LM (``model.model.layers``)."""
-    body = getattr(model, "model", model)
-    layers = getattr(body, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)")
-    return layers
+def decoder_layers(model: nn.Module, layers=None) -> nn.ModuleList:
+    """The decoder layers of a Hugging Face causal LM, found through its conventions
+    (``get_decoder()``, ``base_model_prefix``, ``num_hidden_layers``) unless ``layers`` (a
+    ModuleList or its name) says."""
+    return forward_paths.find_anatomy(model, layers).layers
 
 
 def unembedding_metric(model: nn.Module) -> torch.Tensor:
     """``A = (U^T U)^{1/2}`` (d, d) from the output embedding ``U`` (V, d), in float64."""
-    U = model.get_output_embeddings().weight.detach().to(torch.float64)
-    evals, evecs = torch.linalg.eigh(U.T @ U)
-    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+    return _sqrt_psd(_unembedding(model).T @ _unembedding(model))
 
 
-def _math_attention():
-    """Forward-mode AD does not go through fused SDPA kernels: use the math backend."""
-    return sdpa_kernel(SDPBackend.MATH)
+def _unembedding(model: nn.Module) -> torch.Tensor:
+    return model.get_output_embeddings().weight.detach().to(torch.float64)
 
 
-class LayerENTKOperator(scipy.sparse.linalg.LinearOperator):
-    """``K~`` of one decoder-layer weight as a symmetric (N*d, N*d) ``LinearOperator``.
+def _sqrt_psd(M: torch.Tensor) -> torch.Tensor:
+    """Square root of symmetric positive semi-definite matrices (..., d, d)."""
+    evals, evecs = torch.linalg.eigh(M)
+    return (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
 
-    Build it with :func:`layer_entk_operator`. ``matvec(v)`` takes and returns a float64
-    vector of length N*d; ``n_matvecs`` counts the products so far; ``path`` says how the
-    forward pass is run: ``"full-model"``, ``"layer"`` or ``"down_proj"``.
+
+def logit_softcap(model: nn.Module) -> float | None:
+    """The model's final logit softcapping ``c`` (logits ``c tanh(z / c)``), or None."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cap = getattr(config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def weight_names(weights, parameter_names: list[str], model_name: str = "the model") -> list[str]:
+    """The parameter names ``weights`` stands for, in the order of ``parameter_names``:
+    ``weights`` is a name or a list of names, each a parameter's
+    (``"model.layers.3.mlp.down_proj.weight"``) or a module's (all the parameters under it)."""
+    names = [weights] if isinstance(weights, str) else weights
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"weights={weights!r}: must be a parameter or module name, or a non-empty list of them")
+    chosen = set()
+    for name in names:
+        under = [p for p in parameter_names if p == name or p.startswith(name + ".")]
+        if not under:
+            modules = {p.rsplit(".", k)[0] for p in parameter_names for k in range(1, p.count(".") + 1)}
+            close = difflib.get_close_matches(name, [*parameter_names, *modules], n=3)
+            raise ValueError(f"weights: {model_name} has no parameter or module {name!r}"
+                             + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))
+        chosen.update(under)
+    return [p for p in parameter_names if p in chosen]
+
+
+def resolve_weights(model: nn.Module, weights) -> dict[str, nn.Parameter]:
+    """``{full name: parameter}`` for ``weights`` (see :func:`weight_names`), all of one dtype."""
+    params = dict(model.named_parameters())
+    out = {name: params[name] for name in weight_names(weights, list(params), type(model).__name__)}
+    dtypes = {p.dtype for p in out.values()}
+    if len(dtypes) > 1:
+        raise ValueError(f"weights: all must have one dtype, got {sorted(map(str, dtypes))}")
+    return out
+
+
+class ENTKOperator(scipy.sparse.linalg.LinearOperator):
+    """``K~`` of a set of weights as a symmetric (N*d, N*d) ``LinearOperator``.
+
+    Build it with :func:`entk_operator` (or :func:`layer_entk_operator`). ``matvec(v)`` takes
+    and returns a float64 vector of length N*d. The weight-space vector is a dict ``{full
+    parameter name: tensor shaped like it}`` throughout: ``rmatvec_params`` returns one,
+    ``matvec_params`` and :meth:`weight_direction` take / return one.
+
+    Attributes: ``hidden`` (d), ``metric`` ((d, d) ``A`` or None), ``device``,
+    ``dtype_torch``, ``input_ids`` (N, T), ``attention_mask``, ``positions`` (N,),
+    ``weights`` ({name: tensor}, detached), ``path`` (``"full"``, ``"layer"`` or
+    ``"module"``), ``strategy`` (the forward path; ``strategy.describe()`` says what it
+    runs), ``n_matvecs`` (products so far).
     """
 
-    def __init__(self, model, input_ids, layer, param, metric, truncate, chunk_size, attention_mask):
-        self.model = model
-        self.layers = decoder_layers(model)
-        self.layer, self.param, self.chunk_size = layer, param, chunk_size
-        self.device = next(model.parameters()).device
-        self.input_ids = input_ids.to(self.device)
-        self.attention_mask = None if attention_mask is None else attention_mask.to(self.device)
-        self.target = self.layers[layer]
-        self.theta = dict(self.target.named_parameters())[param].detach()
-        self.dtype_torch = self.theta.dtype
-        self.hidden = model.config.hidden_size
-        n = len(self.input_ids)
-        self.chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-        self.A = None if metric is None else metric.to(self.device, self.dtype_torch)
+    def __init__(self, anatomy, contexts, weights: dict[str, torch.Tensor], strategy, metric, chunk_size: int):
+        self.anatomy, self.model, self.layers = anatomy, anatomy.model, anatomy.layers
+        self.contexts, self.strategy, self.path = contexts, strategy, strategy.name
+        self.weights = {name: w.detach() for name, w in weights.items()}
+        first = next(iter(self.weights.values()))
+        self.device, self.dtype_torch, self.hidden = first.device, first.dtype, anatomy.hidden
+        self.input_ids, self.attention_mask, self.positions = contexts.input_ids, contexts.attention_mask, contexts.positions
+        self.metric = None if metric is None else metric.to(self.device, self.dtype_torch)
+        self.chunks = [slice(i, min(i + chunk_size, len(contexts))) for i in range(0, len(contexts), chunk_size)]
+        self.records = [strategy.record(contexts.inputs(sl)) for sl in self.chunks]
+        self.output_maps = None  # (N, d, d) per-context metrics folded into the outputs
         self.n_matvecs = 0
-        self.path, self._records = "full-model", None
-        if truncate:
-            self.path = "layer"
-            want_down_proj = truncate in (True, "down_proj")
-            if want_down_proj and param == "mlp.down_proj.weight" and all(map(_has_gemma_anatomy, self.layers[layer:])):
-                self.path = "down_proj"
-            self._records = self._record_inputs(self.path)
-            if self.path == "down_proj" and not self._down_proj_path_agrees():
-                if truncate == "down_proj":
-                    raise ValueError("the down_proj path does not reproduce this model's layers; use truncate='layer'")
-                warnings.warn("the down_proj shortcut does not reproduce this model's layers; "
-                              "falling back to layer-level truncation", stacklevel=3)
-                self.path = "layer"
-                self._records = self._record_inputs(self.path)
-        super().__init__(dtype=np.float64, shape=(n * self.hidden, n * self.hidden))
+        n = len(contexts) * self.hidden
+        super().__init__(dtype=np.float64, shape=(n, n))
 
-    # ---------------------------------------------------------------- recorded inputs
-    def _full_name(self):
-        prefix = next(name for name, module in self.model.model.named_modules() if module is self.target)
-        return f"{prefix}.{self.param}"
+    # ---------------------------------------------------------------- outputs
+    def _output(self, weights: dict, c: int) -> torch.Tensor:
+        """The outputs (n_chunk, d) of chunk ``c`` as a function of the weights."""
+        sl = self.chunks[c]
+        h = forward_paths.hidden(self.anatomy, self.strategy, weights, self.records[c], self.contexts.inputs(sl),
+                                 self.positions[sl])
+        return h if self.output_maps is None else torch.einsum("nij,nj->ni", self.output_maps[sl], h)
 
-    @torch.no_grad()
-    def _record_inputs(self, path, chunks=None):
-        """Per chunk (all, or the given slices), what the layers from ``layer`` up receive on
-        ``path`` ("layer" or "down_proj"), recorded by hooks.
+    def outputs(self) -> torch.Tensor:
+        """The outputs (N, d) at the current weights: ``h``, or ``A_n h_n`` where a per-context
+        metric is folded in."""
+        with torch.no_grad(), math_attention():
+            return torch.cat([self._output(self.weights, c) for c in range(len(self.chunks))])
 
-        ``{i: (args, kwargs)}`` for each decoder layer ``i >= layer``, where only the analysed
-        layer keeps its hidden-state argument (the others recompute it). On the ``down_proj``
-        path the analysed layer instead keeps ``"x"`` (n, T, I), the input of ``down_proj``,
-        and ``"residual"`` (n, T, d), the stream the MLP's output is added to; if the analysed
-        layer is the last one, only their last position.
-        """
-        last = len(self.layers) - 1
-        records = []
-        for sl in self.chunks if chunks is None else chunks:
-            seen = {}
-
-            def make_hook(i):
-                def hook(module, args, kwargs):
-                    seen[i] = (args if i == self.layer and path == "layer" else (None, *args[1:]), kwargs)
-                return hook
-
-            handles = [self.layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True)
-                       for i in range(self.layer, len(self.layers))]
-            if path == "down_proj":
-                keep = slice(-1, None) if self.layer == last else slice(None)
-                handles.append(self.target.mlp.down_proj.register_forward_pre_hook(
-                    lambda module, args: seen.__setitem__("x", args[0][:, keep].clone())))
-                handles.append(self.target.pre_feedforward_layernorm.register_forward_pre_hook(
-                    lambda module, args: seen.__setitem__("residual", args[0][:, keep].clone())))
-            try:
-                with _math_attention():
-                    self.model.model(**self._model_inputs(sl))
-            finally:
-                for h in handles:
-                    h.remove()
-            records.append(seen)
-        return records
-
-    def _model_inputs(self, sl):
-        kwargs = {"input_ids": self.input_ids[sl], "use_cache": False}
-        if self.attention_mask is not None:
-            kwargs["attention_mask"] = self.attention_mask[sl]
-        return kwargs
-
-    # ---------------------------------------------------------------- forward functions
-    def _output(self, theta, chunk_index, path=None, records=None):
-        """h (n_chunk, d): final-norm hidden state at the last position, as a function of theta
-        (on ``path`` with ``records``; default: the operator's own)."""
-        path = path or self.path
-        sl = self.chunks[chunk_index]
-        if path == "full-model":
-            out = functional_call(self.model.model, {self._full_name(): theta}, kwargs=self._model_inputs(sl))
-            return out.last_hidden_state[:, -1]
-        seen = (self._records if records is None else records)[chunk_index]
-        if path == "layer":
-            args, kwargs = seen[self.layer]
-            hidden = _first(functional_call(self.target, {self.param: theta}, args, kwargs))
-            upper = range(self.layer + 1, len(self.layers))
-        else:
-            # down_proj is linear and the MLP's input does not depend on its weight:
-            # the layer's output is residual + post_norm(x W^T), with x and residual recorded.
-            mlp_out = seen["x"] @ theta.T
-            hidden = seen["residual"] + self.target.post_feedforward_layernorm(mlp_out)
-            upper = range(self.layer + 1, len(self.layers) - 1)
-        for i in upper:
-            args, kwargs = seen[i]
-            hidden = _first(self.layers[i](hidden, *args[1:], **kwargs))
-        if path == "down_proj" and self.layer < len(self.layers) - 1:
-            hidden = _last_position_of_layer(self.layers[-1], hidden, seen[len(self.layers) - 1][1])
-        return self.model.model.norm(hidden)[:, -1]
-
-    def _down_proj_path_agrees(self, rtol=1e-4) -> bool:
-        """Probe on the first chunk: the ``down_proj`` path's outputs and a JVP of them equal
-        those of layer-level truncation (which runs the model's own layer code)."""
-        reference_records = self._record_inputs("layer", self.chunks[:1])
-        u = torch.randn(self.theta.shape, generator=torch.Generator().manual_seed(0)).to(self.theta)
-        with torch.no_grad(), _math_attention():
-            h_fast, dh_fast = jvp(lambda t: self._output(t, 0, "down_proj"), (self.theta,), (u,))
-            h_ref, dh_ref = jvp(lambda t: self._output(t, 0, "layer", reference_records), (self.theta,), (u,))
-        return bool(torch.allclose(h_fast, h_ref, rtol=rtol, atol=rtol * h_ref.abs().max())
-                    and torch.allclose(dh_fast, dh_ref, rtol=rtol, atol=rtol * dh_ref.abs().max()))
+    def fold_softcap_metric(self, cap: float) -> None:
+        """Fold the logit eNTK's per-context metric ``A_n = (U^T D_n^2 U)^{1/2}`` into the
+        outputs, ``D_n = diag(1 - tanh^2(z_n / cap))`` at context n's logits ``z_n`` before the
+        cap (costs N V d^2 operations and N d^2 memory)."""
+        U = _unembedding(self.model).to(self.device)
+        bias = getattr(self.anatomy.output_embedding, "bias", None)
+        self.output_maps = None
+        h = self.outputs().to(torch.float64)
+        maps = []
+        for n in range(len(h)):
+            z = U @ h[n] + (0 if bias is None else bias.detach().to(torch.float64))
+            scaled = U * (1 - torch.tanh(z / cap) ** 2)[:, None]
+            maps.append(_sqrt_psd(scaled.T @ scaled))
+        self.output_maps = torch.stack(maps).to(self.dtype_torch)
 
     # ---------------------------------------------------------------- J^T and J
-    def rmatvec_params(self, w: torch.Tensor) -> torch.Tensor:
-        """``J^T w`` for w (N, d): a tensor shaped like the weight."""
-        total = torch.zeros_like(self.theta)
-        for c, sl in enumerate(self.chunks):
-            _, pullback = vjp(lambda t: self._output(t, c), self.theta)
-            total += pullback(w[sl])[0]
+    def rmatvec_params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``J^T w`` for output-space rows w (N, d) (already multiplied by the metric):
+        ``{name: tensor shaped like that weight}``."""
+        total = {name: torch.zeros_like(t) for name, t in self.weights.items()}
+        with torch.no_grad(), math_attention():
+            for c, sl in enumerate(self.chunks):
+                _, pullback = vjp(lambda ws: self._output(ws, c), self.weights)
+                for name, g in pullback(w[sl])[0].items():
+                    total[name] += g
         return total
 
-    def matvec_params(self, u: torch.Tensor) -> torch.Tensor:
-        """``J u`` for a weight-shaped u: (N, d)."""
-        return torch.cat([jvp(lambda t: self._output(t, c), (self.theta,), (u,))[1] for c in range(len(self.chunks))])
+    def matvec_params(self, u: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``J u`` (N, d) for a weight-space vector ``u`` ({name: tensor shaped like it})."""
+        if not isinstance(u, dict) or set(u) != set(self.weights):
+            raise ValueError(f"u must be a dict with the keys {sorted(self.weights)}, got {sorted(u) if isinstance(u, dict) else type(u).__name__}")
+        with torch.no_grad(), math_attention():
+            return torch.cat([jvp(lambda ws: self._output(ws, c), (self.weights,), (u,))[1]
+                              for c in range(len(self.chunks))])
+
+    def _rows(self, v) -> torch.Tensor:
+        """A vector of length N*d as output-space rows (N, d) times the metric."""
+        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
+        return v @ self.metric if self.metric is not None else v
 
     def _matvec(self, v):
-        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
-        with torch.no_grad(), _math_attention():
-            w = v @ self.A if self.A is not None else v
-            out = self.matvec_params(self.rmatvec_params(w))
-            out = out @ self.A if self.A is not None else out
+        out = self.matvec_params(self.rmatvec_params(self._rows(v)))
+        out = out @ self.metric if self.metric is not None else out
         self.n_matvecs += 1
         return out.reshape(-1).double().cpu().numpy()
 
     def _rmatvec(self, v):
         return self._matvec(v)  # symmetric
 
-    def weight_direction(self, v) -> torch.Tensor:
+    def weight_direction(self, v) -> dict[str, torch.Tensor]:
         """``J^T (I kron A) v`` for a vector ``v`` of length N*d (e.g. an eigenvector of
-        ``K~``): the weight change (shaped like the weight) whose first-order effect on the
-        outputs is ``J J^T (I kron A) v``, i.e. along ``v`` in the kernel's geometry."""
-        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
-        with torch.no_grad(), _math_attention():
-            return self.rmatvec_params(v @ self.A if self.A is not None else v)
-
-    def outputs(self) -> torch.Tensor:
-        """The outputs h (N, d) at the current weights (for checks)."""
-        with torch.no_grad(), _math_attention():
-            return torch.cat([self._output(self.theta, c) for c in range(len(self.chunks))])
+        ``K~``): the weight change ({name: tensor}) whose first-order effect on the outputs
+        is ``J J^T (I kron A) v``, i.e. along ``v`` in the kernel's geometry."""
+        return self.rmatvec_params(self._rows(v))
 
 
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
+LayerENTKOperator = ENTKOperator  # the name before operators took any set of weights
 
 
-GEMMA_ANATOMY = ("input_layernorm", "self_attn", "post_attention_layernorm", "pre_feedforward_layernorm", "mlp",
-                 "post_feedforward_layernorm")
+def _resolve_metric(model, anatomy, metric, weights: dict) -> tuple[torch.Tensor | None, float | None]:
+    """``(A or None, softcap to fold per context or None)`` for ``metric``."""
+    if metric is None or isinstance(metric, torch.Tensor):
+        if metric is not None and tuple(metric.shape) != (anatomy.hidden, anatomy.hidden):
+            raise ValueError(f"metric must be a ({anatomy.hidden}, {anatomy.hidden}) tensor, got {tuple(metric.shape)}")
+        return metric, None
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}, None or a (d, d) tensor")
+    if metric == "identity":
+        return None, None
+    tied = [name for name, w in weights.items() if w is anatomy.output_embedding.weight]
+    if tied:
+        raise ValueError(f"{', '.join(tied)} is also the output embedding (tied): through the logits its kernel is not "
+                         f"(I kron A) J J^T (I kron A); use metric='identity' (the kernel of h)")
+    cap = logit_softcap(model)
+    if cap is not None and metric == "unembedding":
+        raise ValueError(f"{type(model).__name__} caps its logits (final_logit_softcapping={cap}): the unembedding "
+                         "metric is not the logit eNTK's geometry; use metric='logits' (exact, per context) or 'identity'")
+    return (None, cap) if cap is not None else (unembedding_metric(model), None)
 
 
-def _has_gemma_anatomy(layer: nn.Module) -> bool:
-    return all(hasattr(layer, name) for name in GEMMA_ANATOMY) and hasattr(layer.mlp, "down_proj")
+def entk_operator(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    weights,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    positions=None,
+    model_inputs: dict | None = None,
+    metric: str | torch.Tensor | None = "unembedding",
+    truncate: bool | str = "auto",
+    chunk_size: int = 64,
+    layers=None,
+    final_norm=None,
+) -> ENTKOperator:
+    """The matrix-free eNTK operator of a set of weights of a Hugging Face causal LM.
 
+    Parameters
+    ----------
+    model : a causal LM with an output embedding (``get_output_embeddings()``), any
+        architecture and attention implementation (JVPs run under the math SDPA backend);
+        used as it is (device, dtype), in eval mode, without keeping gradients.
+    input_ids : (N, T) contexts.
+    weights : a parameter name (``"model.layers.16.mlp.down_proj.weight"``), a module name
+        (all its parameters, e.g. ``"model.layers.16.mlp"``), or a list of them, possibly in
+        several layers: the kernel is that of their union (the sum of their kernels).
+        ``nn.Linear``, GPT-2's ``Conv1D``, norms, embeddings: any parameter.
+    attention_mask : (N, T) 0/1, padding on either side; ``position_ids`` are derived from it.
+    positions : (N,) output position per context (default: the last non-pad token).
+    model_inputs : further keyword arguments of the model (tensors with one row per context
+        are split into the chunks; anything else is passed as it is).
+    metric : ``"unembedding"`` (``A = (U^T U)^{1/2}``), ``"logits"`` (the same, or the exact
+        per-context metric where the model caps its logits), ``"identity"`` / ``None`` (the
+        kernel of ``h``), or a (d, d) tensor.
+    truncate : how much of the model each product runs (all give the same operator; see
+        :mod:`entk_utils.forward_paths`): ``"full"``, ``"layer"``, ``"module"`` insist on a path
+        (``ValueError`` if it cannot apply or fails its probe); ``"auto"`` (default) takes
+        the cheapest that applies and reproduces the full model on a probe, with a warning
+        when a shortcut fails it. Before this vocabulary: ``True`` = ``"auto"``,
+        ``False`` = ``"full"``, ``"down_proj"`` = ``"module"``.
+    chunk_size : contexts per VJP / JVP call (bounds memory).
+    layers, final_norm : where the model's conventions do not find them: the decoder layers
+        (a ModuleList or its name) and the module(s) between the last layer and the output
+        embedding (a module, a name or a list; ``[]`` for none).
 
-def _last_position_of_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """A Gemma-style decoder layer's output at the last position only, (n, 1, d).
-
-    Only the last query is needed there: keys and values are computed at every position,
-    the query, attention output and MLP at one. Uses the layer's own modules and its
-    modelling file's rotary and eager-attention functions; the caller checks the result
-    against the full layer.
+    Returns an :class:`ENTKOperator` with ``.shape == (N*d, N*d)`` and ``.matvec(v)``.
     """
-    modelling = sys.modules[type(layer).__module__]
-    attn = layer.self_attn
-    n, t, _ = hidden.shape
-    normed = layer.input_layernorm(hidden)
-    query = attn.q_norm(attn.q_proj(normed[:, -1:]).view(n, 1, -1, attn.head_dim).transpose(1, 2))
-    key = attn.k_norm(attn.k_proj(normed).view(n, t, -1, attn.head_dim).transpose(1, 2))
-    value = attn.v_proj(normed).view(n, t, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = kwargs["position_embeddings"]
-    query, _ = modelling.apply_rotary_pos_emb(query, query, cos[:, -1:], sin[:, -1:])
-    _, key = modelling.apply_rotary_pos_emb(key, key, cos, sin)
-    mask = kwargs.get("attention_mask")
-    if mask is not None:
-        mask = mask[..., -1:, :]
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-    attended, _ = modelling.eager_attention_forward(attn, query, key, value, mask, scaling=attn.scaling,
-                                                    sliding_window=attn.sliding_window)
-    mixed = attn.o_proj(attended.reshape(n, 1, -1))
-    residual = hidden[:, -1:] + layer.post_attention_layernorm(mixed)
-    return residual + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(residual)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if isinstance(truncate, str) or isinstance(truncate, bool):
+        mode = forward_paths.LEGACY_TRUNCATE.get(truncate, truncate)
+    else:
+        mode = None
+    if mode not in forward_paths.TRUNCATE:
+        raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
+    anatomy = forward_paths.find_anatomy(model, layers, final_norm)
+    params = resolve_weights(model, weights)
+    A, cap = _resolve_metric(model, anatomy, metric, params)
+    first = next(iter(params.values()))
+    contexts = forward_paths.make_contexts(model, input_ids, attention_mask, positions, model_inputs, first.device)
+    detached = {name: p.detach() for name, p in params.items()}
+    strategy = forward_paths.choose_path(anatomy, contexts, detached, mode)
+    op = ENTKOperator(anatomy, contexts, detached, strategy, A, int(chunk_size))
+    if cap is not None:
+        op.fold_softcap_metric(cap)
+    return op
 
 
 def layer_entk_operator(
@@ -277,65 +305,33 @@ def layer_entk_operator(
     truncate: bool | str = True,
     chunk_size: int = 64,
     attention_mask: torch.Tensor | None = None,
-) -> LayerENTKOperator:
-    """The matrix-free eNTK operator of one decoder-layer weight of a Hugging Face causal LM.
-
-    Parameters
-    ----------
-    model : e.g. ``Gemma3ForCausalLM``; any attention implementation (JVPs run under the
-        math SDPA backend). It is used as it is (device, dtype); gradients are not kept.
-    input_ids : (N, T) contexts, all of length T (no padding unless ``attention_mask``).
-    layer : decoder layer index, ``0 <= layer < num_hidden_layers``.
-    param : the weight, relative to the layer (default the MLP's ``down_proj``).
-    metric : ``"unembedding"`` for ``A = (U^T U)^{1/2}``, ``"identity"`` / ``None`` for
-        none, or a (d, d) tensor.
-    truncate : how much of the forward pass each matvec runs (all paths give the same operator):
-        ``False`` the whole model (as the paper's code); ``"layer"`` the layers from ``layer``
-        up, their inputs recorded once; ``True`` (default) the least that is exact: for
-        ``mlp.down_proj.weight`` of Gemma-style layers, start at ``down_proj``'s output (it is
-        linear and its input does not depend on its weight) and run the last layer at the
-        last position only (checked once against ``"layer"`` on a probe, with a fallback
-        and a warning if they differ); otherwise as ``"layer"``. ``"down_proj"`` insists on
-        the shortcut: ``ValueError`` if the weight or the layers do not fit it, or if the
-        probe fails.
-    chunk_size : contexts per VJP / JVP call (bounds memory).
-
-    Returns a :class:`LayerENTKOperator` with ``.shape == (N*d, N*d)`` and ``.matvec(v)``.
-    """
-    layers = decoder_layers(model)
-    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(layers):
-        raise ValueError(f"layer must be an integer in 0..{len(layers) - 1}, got {layer!r}")
-    if param not in dict(layers[layer].named_parameters()):
-        raise ValueError(f"layer {layer} has no parameter {param!r}; it has {list(dict(layers[layer].named_parameters()))}")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be a non-empty (N, T) tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if truncate not in TRUNCATE:
-        raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
-    if truncate == "down_proj":
-        if param != "mlp.down_proj.weight":
-            raise ValueError(f"truncate='down_proj' needs param='mlp.down_proj.weight', got {param!r}; "
-                             "use truncate='layer'")
-        odd = [i for i in range(layer, len(layers)) if not _has_gemma_anatomy(layers[i])]
-        if odd:
-            raise ValueError(f"truncate='down_proj' needs Gemma-style decoder layers ({', '.join(GEMMA_ANATOMY)}, "
-                             f"mlp.down_proj) from layer {layer} up; layers {odd} are not; use truncate='layer'")
-    if isinstance(metric, str):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}, None or a (d, d) tensor")
-        metric = unembedding_metric(model) if metric == "unembedding" else None
-    return LayerENTKOperator(model, input_ids, int(layer), param, metric, truncate, chunk_size, attention_mask)
+    **kwargs,
+) -> ENTKOperator:
+    """:func:`entk_operator` of one weight of one decoder layer: ``param`` relative to layer
+    ``layer`` (``0 <= layer < number of layers``), default the MLP's ``down_proj``. Further
+    keyword arguments (``positions``, ``model_inputs``, ``layers``, ``final_norm``) are
+    passed on."""
+    anatomy = forward_paths.find_anatomy(model, kwargs.get("layers"))
+    n_layers = len(anatomy.layers)
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+        raise ValueError(f"layer must be an integer in 0..{n_layers - 1}, got {layer!r}")
+    own = dict(anatomy.layers[layer].named_parameters())
+    if param not in own:
+        raise ValueError(f"layer {layer} has no parameter {param!r}; it has {list(own)}")
+    return entk_operator(model, input_ids, f"{anatomy.layer_names[layer]}.{param}", metric=metric, truncate=truncate,
+                         chunk_size=chunk_size, attention_mask=attention_mask, **kwargs)
 
 
-def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int = 50,
-                            seed: int = 0, metric=None, chunk_size: int = 64, key: str = "",
-                            progress: bool = True) -> dict:
-    """Top ``n_eigs`` eigenpairs of :func:`layer_entk_operator` at ``layer`` by Lanczos,
-    cached per layer (so a sweep over layers that stops halfway resumes where it stopped).
+def cached_eigenpairs(cache_dir, model, input_ids: torch.Tensor, weights, n_eigs: int, *, name: str = "entk-eigs",
+                      steps: int = 50, seed: int = 0, metric="unembedding", chunk_size: int = 64, key: str = "",
+                      progress: bool = True, **operator_kwargs) -> dict:
+    """Top ``n_eigs`` eigenpairs of :func:`entk_operator` for ``weights`` by Lanczos, cached
+    in ``cache_dir`` as ``name-<key>.pt``.
 
-    ``key`` should identify the model and inputs (e.g. the dataset's cache key). Returns
-    ``{"evals": (n_eigs,), "evecs": (N*d, n_eigs), "residuals": (n_eigs,), "seconds": float}``.
+    ``key`` should identify the model and inputs (e.g. the dataset's cache key); the weights,
+    metric and other operator arguments (tensors by content) are part of the cache key.
+    Returns ``{"evals": (n_eigs,), "evecs": (N*d, n_eigs), "residuals": (n_eigs,), "seconds":
+    float, "path": str}``.
     """
     import time
 
@@ -344,10 +340,22 @@ def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: in
 
     def compute():
         start = time.perf_counter()
-        op = layer_entk_operator(model, input_ids, layer, metric=metric, chunk_size=chunk_size)
+        op = entk_operator(model, input_ids, weights, metric=metric, chunk_size=chunk_size, **operator_kwargs)
         evals, evecs, residuals = lanczos(op, n_eigs, steps, seed=seed, progress=progress)
-        return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs),
+        return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs), "path": op.strategy.describe(),
                 "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
 
-    return cached(cache_dir, f"entk-eigs-layer{layer}", compute, depends_on=(lanczos,), layer=layer, n_eigs=n_eigs,
-                  steps=steps, seed=seed, key=key, n=len(input_ids), metric=metric)
+    return cached(cache_dir, name, compute, depends_on=(lanczos, forward_paths), n_eigs=n_eigs, steps=steps, seed=seed,
+                  key=key, n=len(input_ids), metric=metric, weights=weights, **operator_kwargs)
+
+
+def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int = 50,
+                            seed: int = 0, metric=None, chunk_size: int = 64, key: str = "",
+                            progress: bool = True) -> dict:
+    """Top ``n_eigs`` eigenpairs of :func:`layer_entk_operator` (``down_proj`` of ``layer``) by
+    Lanczos, cached per layer (so a sweep over layers that stops halfway resumes where it
+    stopped); as :func:`cached_eigenpairs`."""
+    anatomy = forward_paths.find_anatomy(model)
+    return cached_eigenpairs(cache_dir, model, input_ids, f"{anatomy.layer_names[layer]}.mlp.down_proj.weight", n_eigs,
+                             name=f"entk-eigs-layer{layer}", steps=steps, seed=seed, metric=metric,
+                             chunk_size=chunk_size, key=key, progress=progress)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import checks, language, modular
+from . import checks, language, modular, operators, probe
 
 # Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
 # inputs, notebook 02 on this many: p*p must be at least as large.
@@ -341,6 +341,55 @@ def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: s
                                                       "seed >= 0")
     checks.integers("grid_init_seeds", v["grid_init_seeds"], minimum=0, unique=True)
 
+
+YOUR_MODEL_NOTEBOOK = ("seed", "model_source", "weights", "text_path", "n_contexts", "context_len", "n_eigs",
+                       "lanczos_steps", "min_positives", "n_permutations", "top_contexts", "device", "out_dir",
+                       "cache_dir")
+
+
+def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 06 (your own model), cheapest first: counts and
+    seeds (``n_contexts`` at least twice ``min_positives``, so that a feature can have that
+    many positives and negatives; ``n_eigs`` at most ``lanczos_steps`` and ``n_contexts``);
+    ``weights`` None or parameter / module names; the text file (readable UTF-8 text:
+    :func:`~entk_utils.probe.read_documents`); ``model_source`` one of
+    :data:`~entk_utils.language.MODEL_SOURCES`, an existing folder or ``.gguf`` file, or a
+    Hub id; then, from the model's config without its weights
+    (:func:`~entk_utils.probe.model_outline`), ``context_len`` within its context,
+    ``n_eigs`` within its hidden size and every weight name one of its parameters or modules."""
+    v = _gather(values, kwargs, YOUR_MODEL_NOTEBOOK, "06")
+    checks.integer("seed", v["seed"], minimum=0)
+    context_len = checks.integer("context_len", v["context_len"], minimum=1)
+    lanczos_steps = checks.integer("lanczos_steps", v["lanczos_steps"], minimum=1)
+    min_positives = checks.integer("min_positives", v["min_positives"], minimum=1)
+    n_contexts = checks.integer("n_contexts", v["n_contexts"], minimum=2 * min_positives,
+                                note=" (twice min_positives: a feature needs that many positives and negatives)")
+    n_eigs = checks.integer("n_eigs", v["n_eigs"], minimum=1, maximum=min(lanczos_steps, n_contexts),
+                            note=" (at most lanczos_steps and n_contexts: PCA uses as many components)")
+    checks.integer("n_permutations", v["n_permutations"], minimum=1)
+    checks.integer("top_contexts", v["top_contexts"], minimum=1)
+    checks.torch_device("device", v["device"])
+    checks.folder("out_dir", v["out_dir"])
+    checks.folder("cache_dir", v["cache_dir"])
+    weights = v["weights"]
+    if weights is not None and (isinstance(weights, str) or not isinstance(weights, (list, tuple)) or not weights
+                                or not all(isinstance(w, str) and w for w in weights) or len(set(weights)) < len(weights)):
+        raise checks.fail("weights", weights, "None or a non-empty list of distinct parameter or module names")
+    text_path = v["text_path"]
+    if text_path is not None and (not isinstance(text_path, (str, os.PathLike)) or not Path(text_path).is_file()):
+        raise checks.fail("text_path", text_path, "None or an existing text file")
+    probe.read_documents(language.stories_path(text_path))
+    source = v["model_source"]
+    if not (isinstance(source, (str, os.PathLike)) and (source in language.MODEL_SOURCES or Path(source).exists()
+                                                         or probe.is_hub_id(source))):
+        raise checks.fail("model_source", source, f"one of {', '.join(map(repr, language.MODEL_SOURCES))}, an existing "
+                                                  "model folder or .gguf file, or a Hugging Face Hub id")
+    outline = probe.model_outline(source, v["cache_dir"])
+    checks.integer("context_len", context_len, maximum=outline["context"],
+                   note=f" (the model reads {outline['context']} tokens)")
+    checks.integer("n_eigs", n_eigs, maximum=outline["hidden"], note=" (the model's hidden size)")
+    if weights is not None:
+        operators.weight_names(weights, outline["parameters"], f"model {source}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ SECTIONS = {
     "gemma-n1024-causal": "paper_figures/gemma_n1024_layer16/table4_causal_gemma.md",
     "seeds-summary": "paper_figures/summary_seeds.md",
     "causal-summary": "paper_figures/summary_causal.md",
+    "your-model-summary": "paper_figures/summary_your_model.md",
     "bench-entk": "benchmarks/results/bench_entk.md",
     "bench-operators": "benchmarks/results/bench_operators.md",
     "bench-operators-eigs": "benchmarks/results/bench_operators_eigs.md",

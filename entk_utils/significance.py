@@ -366,6 +366,63 @@ def permutation_test(scores_a, scores_b, y, select, evaluate, n_permutations: in
                              n_redrawn=n_redrawn)
 
 
+@dataclass(frozen=True)
+class BestLabels:
+    """Per score column: the ``label`` (row index of Y) it separates best, that ``auroc``
+    oriented so that it is >= 1/2 (``sign`` -1 where the column's low end holds the label),
+    and the permutation ``p_value`` of that best separation."""
+
+    label: np.ndarray
+    auroc: np.ndarray
+    sign: np.ndarray
+    p_value: np.ndarray
+
+
+def best_label_test(scores, Y, n_permutations: int = 1000, seed: int = 0, batch_size: int = 100) -> BestLabels:
+    """Which label does each direction pick out, and is it more than chance?
+
+    For each score column the statistic is ``max_l |AUROC(column, Y_l) - 1/2|`` over the
+    label rows; its null distribution comes from shuffling the contexts (one permutation
+    of the column's scores against all labels at once, which keeps the labels' correlations),
+    so the p-value accounts for having chosen the best of all labels (a max-statistic test;
+    correct across columns separately, e.g. with :func:`holm`).
+
+    Parameters
+    ----------
+    scores : (N, m) array; Y : (B, N) binary label rows (each with both classes).
+    n_permutations : shuffles (the same for every column); seed : seeds ``np.random.default_rng``.
+
+    Returns
+    -------
+    :class:`BestLabels` with arrays of shape (m,); ``p = (1 + #{null >= observed}) /
+    (1 + n_permutations)`` (with a 1e-12 tolerance for rounding).
+    """
+    S = _as_scores(scores)
+    n = S.shape[0]
+    Yb = _as_labels(Y, n)
+    n_pos = _positives(Yb)
+    if int(n_permutations) < 1 or int(batch_size) < 1:
+        raise ValueError(f"n_permutations and batch_size must be >= 1, got {n_permutations} and {batch_size}")
+    ranks = rankdata(S, axis=0)  # (N, m); a permutation of the contexts permutes these rows
+
+    def aurocs(R):  # R (k, N, m) ranks -> (L, k, m) AUROCs
+        sums = np.einsum("ln,knm->lkm", Yb, R)
+        return _auroc_from_rank_sums(sums.reshape(len(Yb), -1), n_pos, n).reshape(sums.shape)
+
+    observed = aurocs(ranks[None])[:, 0]  # (L, m)
+    best = np.abs(observed - 0.5).argmax(axis=0)
+    auroc = observed[best, np.arange(S.shape[1])]
+    statistic = np.abs(auroc - 0.5)
+    rng = np.random.default_rng(seed)
+    extreme = np.zeros(S.shape[1], dtype=np.int64)
+    for start in range(0, int(n_permutations), int(batch_size)):
+        k = min(int(batch_size), int(n_permutations) - start)
+        shuffled = ranks[np.argsort(rng.random((k, n)), axis=1)]  # (k, N, m): contexts permuted
+        extreme += np.count_nonzero(np.abs(aurocs(shuffled) - 0.5).max(axis=0) >= statistic - _P_VALUE_ATOL, axis=0)
+    return BestLabels(label=best, auroc=np.maximum(auroc, 1 - auroc), sign=np.where(auroc >= 0.5, 1, -1),
+                      p_value=(1 + extreme) / (1 + int(n_permutations)))
+
+
 # ----------------------------------------------------------------------------- multiple comparisons
 
 

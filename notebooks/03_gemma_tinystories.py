@@ -280,8 +280,8 @@ layer = int(best_layer["entk"])
 entk_best = table3[(table3.layer == "best") & (table3.method == "entk")].set_index("label")
 chosen_labels = entk_best.auroc.sort_values(ascending=False).index[:causal_labels]
 op = operators.layer_entk_operator(lm.model, data.input_ids, layer, metric=metric)
-param = operators.decoder_layers(lm.model)[layer].mlp.down_proj.weight
-directions = {label: op.weight_direction(eigenvectors[layer][:, int(entk_best.loc[label, "direction"])])
+(name, param), = operators.resolve_weights(lm.model, list(op.weights)).items()
+directions = {label: op.weight_direction(eigenvectors[layer][:, int(entk_best.loc[label, "direction"])])[name]
               for label in chosen_labels}
 directions["random"] = torch.randn(param.shape, generator=torch.Generator().manual_seed(seed))
 scored = np.arange(len(data))

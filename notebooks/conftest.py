@@ -18,4 +18,6 @@ os.environ.setdefault("TQDM_MININTERVAL", "30")
 # Notebook 04 re-runs notebooks 01 and 02 for five seeds each (about half an hour): too long
 # for nbval. tests/test_notebooks.py runs it through papermill with two seeds and the quick
 # profiles instead.
-collect_ignore = ["04_seeds.ipynb"]
+# Notebook 06 at its defaults (the offline Gemma, ten minutes) likewise: it has no output for
+# nbval to compare, and tests/test_notebooks.py runs it with its quick profile on a tiny model.
+collect_ignore = ["04_seeds.ipynb", "06_your_model.ipynb"]

@@ -163,3 +163,29 @@ def test_causal_notebook_quick_profile(tmp_path):
     assert whole.loc["Fourier family sum", "accuracy"] < 3 / p
     top = table[(table.setting == "MLP") & (table.test == "ablate top k") & (table.k == 16)].set_index("method")
     assert top.loc["random", "accuracy"] > 0.9
+
+
+@pytest.mark.notebook
+def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
+    """Notebook 06 on a model folder as a researcher would bring it: a random tiny Llama and a
+    tokenizer trained offline, written by save_pretrained; the default text."""
+    from tiny_models import save_tiny_llama
+
+    from entk_utils import language
+
+    folder = save_tiny_llama(tmp_path / "model", language.read_stories()[:300])
+    params = profile("06_your_model", "quick")
+    out = execute("06_your_model", tmp_path, **params, model_source=str(folder))
+    for name in ("fig_your_model_spectrum.png", "fig_your_model_features.png", "table_your_model_directions.csv",
+                 "table_your_model_contexts.csv", "summary_your_model.csv"):
+        assert (out / name).stat().st_size > 0, name
+    directions = pd.read_csv(out / "table_your_model_directions.csv")
+    n_eigs = params["n_eigs"]
+    assert directions.groupby("method").direction.apply(list).to_dict() == {m: list(range(n_eigs)) for m in ("entk", "pca")}
+    entk = directions[directions.method == "entk"]
+    assert (entk["eigenvalue or variance"] > 0).all() and entk["eigenvalue or variance"].is_monotonic_decreasing
+    assert ((directions.auroc >= 0.5) & (directions.auroc <= 1) & directions.p_holm.between(0, 1)).all()
+    contexts = pd.read_csv(out / "table_your_model_contexts.csv")
+    assert len(contexts) == n_eigs * params["top_contexts"] and contexts.context.str.endswith("]").all()
+    summary = pd.read_csv(out / "summary_your_model.csv").set_index("method")
+    assert list(summary.index) == ["entk", "pca"] and (summary.N == params["n_contexts"]).all()

@@ -18,6 +18,7 @@ VALIDATORS = {
     "04_seeds": (lambda values: parameters.check_seeds_notebook(values, notebook=NOTEBOOKS / "04_seeds.py"),
                  parameters.SEEDS_NOTEBOOK),
     "05_causal": (parameters.check_causal_notebook, parameters.CAUSAL_NOTEBOOK),
+    "06_your_model": (parameters.check_your_model_notebook, parameters.YOUR_MODEL_NOTEBOOK),
 }
 
 
@@ -102,7 +103,7 @@ def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, profile", runs(["03_gemma_tinystories"]), ids=lambda x: getattr(x, "stem", x))
+@pytest.mark.parametrize("name, profile", runs(["03_gemma_tinystories", "06_your_model"]), ids=lambda x: getattr(x, "stem", x))
 def test_the_gemma_defaults_and_profiles_pass_against_the_offline_model(name, profile, monkeypatch, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "gemma-profiles-cache"  # shared: the GGUF is assembled once
     check_run(name, profile, monkeypatch, cache_dir=str(cache), model_source="gguf")
@@ -276,3 +277,55 @@ def test_gemma_notebook_checks_the_stories_file_first(gemma_values, tmp_path, co
 def test_seeds_notebook_values(bad, message):
     with pytest.raises(ValueError, match=message):
         VALIDATORS["04_seeds"][0]({**defaults("04_seeds"), **bad})
+
+
+# ---------------------------------------------------------------- notebook 06, from a config alone
+@pytest.fixture
+def your_model_values(tmp_path):
+    """Notebook 06's defaults against a local folder holding only a tiny Llama config."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "llama"
+    transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                             num_attention_heads=2, max_position_embeddings=TINY_CONTEXT).save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("A first paragraph.\n\nA second one.\n")
+    return {**defaults("06_your_model"), "model_source": str(folder), "text_path": str(text), "context_len": 40,
+            "cache_dir": str(tmp_path / "cache")}
+
+
+def test_your_model_notebook_values_pass(your_model_values):
+    parameters.check_your_model_notebook(your_model_values)
+    parameters.check_your_model_notebook(your_model_values, weights=["model.layers.1.mlp", "model.norm.weight"])
+
+
+YOUR_MODEL_CASES = [
+    (dict(n_contexts=15), "n_contexts=15: must be an integer >= 16 \\(twice min_positives"),
+    (dict(n_eigs=31), "n_eigs=31: must be an integer in \\[1, 30\\] \\(at most lanczos_steps and n_contexts"),
+    (dict(n_eigs=17), "n_eigs=17: must be an integer <= 16 \\(the model's hidden size\\)"),
+    (dict(context_len=TINY_CONTEXT + 1), f"context_len={TINY_CONTEXT + 1}: must be an integer <= {TINY_CONTEXT} "
+                                         f"\\(the model reads {TINY_CONTEXT} tokens\\)"),
+    (dict(weights="model.layers.1.mlp"), "weights='model.layers.1.mlp': must be None or a non-empty list"),
+    (dict(weights=["model.layers.1.mlp", "model.layers.1.mlp"]), "must be None or a non-empty list of distinct"),
+    (dict(weights=["model.layers.1.mlpp"]), "weights: model .* has no parameter or module 'model.layers.1.mlpp'; "
+                                            "did you mean 'model.layers.1.mlp'"),
+    (dict(text_path="/no/such/file.txt"), "text_path='/no/such/file.txt': must be None or an existing text file"),
+    (dict(model_source="not a model"), "model_source='not a model': must be one of 'auto', 'hub', 'gguf', an existing"),
+    (dict(min_positives=0), "min_positives=0: must be an integer >= 1"),
+    (dict(top_contexts=0), "top_contexts=0"),
+    (dict(n_permutations=0), "n_permutations=0"),
+    (dict(device="gpu"), "device='gpu'"),
+]
+
+
+@pytest.mark.parametrize("bad, message", YOUR_MODEL_CASES, ids=[m.split(":")[0] for _, m in YOUR_MODEL_CASES])
+def test_your_model_notebook_values(your_model_values, bad, message):
+    with pytest.raises(ValueError, match=message):
+        parameters.check_your_model_notebook({**your_model_values, **bad})
+
+
+def test_your_model_notebook_checks_the_text_before_the_model(your_model_values, tmp_path):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ValueError, match="text file .*latin1.txt is not UTF-8 text: .* at byte offset 3"):
+        parameters.check_your_model_notebook({**your_model_values, "text_path": str(text), "model_source": "gguf"})
+    assert not (tmp_path / "cache").exists()  # the model was not looked at

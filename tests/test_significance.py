@@ -9,6 +9,7 @@ from entk_utils.significance import (
     auroc_matrix,
     average_precision_matrix,
     best_direction_metrics,
+    best_label_test,
     bonferroni,
     bootstrap_macro,
     holm,
@@ -252,3 +253,48 @@ def test_clear_value_errors():
         mean_abs_cosine(S, y, top=4)
     with pytest.raises(ValueError, match="constant"):
         mean_abs_cosine(S, np.ones(20), top=3)
+
+
+# ----------------------------------------------------------------------------- best label per direction
+
+
+def test_best_label_test_matches_a_loop_over_shuffles():
+    """The label, AUROC and p-value of each column equal a plain loop: for every shuffle of
+    the contexts, the best |AUROC - 1/2| over all labels (scikit-learn's AUROC)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    Y = (rng.random((3, 30)) < 0.4).astype(int)
+    S = rng.standard_normal((30, 2))
+    S[:, 0] += 1.5 * Y[2]
+    S[:5, 1] = S[0, 1]  # ties
+    result = best_label_test(S, Y, n_permutations=200, seed=7, batch_size=64)
+    for j in range(2):
+        aurocs = [roc_auc_score(y, S[:, j]) for y in Y]
+        best = int(np.argmax(np.abs(np.array(aurocs) - 0.5)))
+        assert result.label[j] == best
+        assert result.auroc[j] == pytest.approx(max(aurocs[best], 1 - aurocs[best]))
+        assert result.sign[j] == (1 if aurocs[best] >= 0.5 else -1)
+        observed = abs(aurocs[best] - 0.5)
+        shuffles = np.random.default_rng(7)
+        null = []
+        for start in range(0, 200, 64):
+            k = min(64, 200 - start)
+            for order in np.argsort(shuffles.random((k, 30)), axis=1):
+                null.append(max(abs(roc_auc_score(y, S[order, j]) - 0.5) for y in Y))
+        assert result.p_value[j] == pytest.approx((1 + sum(v >= observed - 1e-12 for v in null)) / 201)
+    assert result.p_value[0] < 0.01 < result.p_value[1]
+
+
+def test_best_label_test_is_uniform_under_the_null():
+    rng = np.random.default_rng(0)
+    Y = (rng.random((4, 40)) < 0.5).astype(int)
+    p = best_label_test(rng.standard_normal((40, 200)), Y, n_permutations=199, seed=1).p_value
+    assert 0.03 < np.mean(p <= 0.05) < 0.08 and 0.4 < np.mean(p) < 0.6
+
+
+def test_best_label_test_rejects_bad_input():
+    with pytest.raises(ValueError, match="only one class"):
+        best_label_test(np.ones((4, 1)) * np.arange(4)[:, None], np.ones((1, 4)))
+    with pytest.raises(ValueError, match="n_permutations and batch_size must be >= 1"):
+        best_label_test(np.arange(4.0), np.array([0, 1, 0, 1]), n_permutations=0)

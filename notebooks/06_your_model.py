@@ -1,0 +1,209 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -papermill,-execution
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -papermill,-widgets
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6 · Your own model: which features do its eNTK directions pick out?
+#
+# *The method of "Feature Identification via the Empirical NTK" (arXiv 2510.00468),
+# packaged for any causal language model.*
+#
+# Notebook 03 follows the paper on Gemma-3-270M. This one is for a researcher who brings
+# a model of their own, any weights of it and any text: it finds the top eigendirections of
+# the eNTK restricted to those weights, shows the contexts each direction responds to most,
+# names a direction after the grammatical feature of the next word that it separates best
+# (where a permutation test says the match is more than chance), and sets it all beside the
+# same number of principal components of the model's activations.
+#
+# **Pointing it at your model.** Every knob is a parameter of the cell below, so papermill
+# can set them without editing the notebook, e.g.
+#
+# ```bash
+# .venv/bin/papermill --cwd notebooks -k python3 notebooks/06_your_model.ipynb my_run.ipynb \
+#     -p model_source /path/to/a/save_pretrained/folder \
+#     -y 'weights: [model.layers.10.self_attn.o_proj.weight, model.layers.10.mlp]' \
+#     -p text_path /path/to/text.txt -p out_dir my_figures
+# ```
+#
+# `model_source` is a folder written by `save_pretrained` (with its tokenizer), a `.gguf`
+# file, a Hugging Face Hub id (downloaded), or the default: the offline Gemma-3-270M (a
+# Q4_K_M quantisation dequantised to float32, a slightly perturbed Gemma). `weights` are
+# parameter or module names as `model.named_parameters()` / `named_modules()` spell them,
+# in one layer or several; their kernel is that of their union. The text is any UTF-8 file
+# (stories separated by `<|endoftext|>` lines, or paragraphs separated by blank lines).
+#
+# **Scale.** The defaults run on a 2-core CPU in about ten minutes; the eNTK costs one
+# VJP and one JVP per Lanczos step, through the layers from the lowest analysed weight up.
+
+# %% tags=["parameters"]
+seed = 0
+model_source = "gguf"    # "auto" | "hub" | "gguf" | a local folder or .gguf file | a Hub id
+weights = None           # None: attention output projection + MLP block of the second-to-last layer
+text_path = None         # None: $ENTK_TINYSTORIES or the TinyStories sample; or any UTF-8 text file
+n_contexts = 128         # windows of text, each ending just before a word
+context_len = 48         # tokens per window
+n_eigs = 10              # eNTK directions, and as many principal components
+lanczos_steps = 30
+min_positives = 8        # a feature of the next word needs this many positives (and negatives)
+n_permutations = 1000    # shuffles per permutation test
+top_contexts = 4         # strongest contexts shown per direction
+device = "cpu"
+out_dir = None           # None: $ENTK_OUT_DIR or the scratch folder ../.cache/out
+cache_dir = None         # None: $ENTK_CACHE_DIR or ../.cache
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from entk_utils import language, operators, parameters, plotting, probe, session
+
+out_dir, cache_dir = session.start(out_dir, cache_dir)
+parameters.check_your_model_notebook(globals())  # every parameter, before any work: one line per problem
+torch.manual_seed(seed)
+lm = probe.load_model(model_source, device=device, cache_dir=cache_dir)
+weights = weights or probe.default_weights(lm.model)
+analysed = operators.resolve_weights(lm.model, weights)
+print(f"model: {lm.description}")
+print(f"weights: {len(analysed)} tensors, {sum(w.numel() for w in analysed.values()):,} parameters")
+pd.DataFrame({"weight": list(analysed), "shape": [tuple(w.shape) for w in analysed.values()]})
+
+# %% [markdown]
+# ## The contexts and their features
+#
+# A context is a window of `context_len` tokens that ends just before a word of the text;
+# spaCy tags that next word in its sentence. Its part of speech and morphological features
+# (`Number=Sing`, `Tense=Past`, …) are the candidate features: each with at least
+# `min_positives` contexts on either side becomes a binary label. The model's own
+# prediction of the next token is shown beside the real one; unlike notebook 03 we do not
+# keep only contexts where it agrees, since your model may be untrained or specialised.
+
+# %%
+nlp = language.load_spacy()
+documents = probe.read_documents(language.stories_path(text_path))
+data = probe.cached_text_contexts(cache_dir, documents, lm, nlp, n_contexts=n_contexts, context_len=context_len,
+                                  seed=seed)
+labels, kinds = probe.feature_labels(data.upos, data.morph, min_positives)
+print(f"N = {len(data)} contexts from {data.report['tagged']} of {len(documents)} documents; "
+      f"{labels.shape[1]} features with >= {min_positives} positives and negatives: {', '.join(labels.columns)}")
+pd.DataFrame({"context (end; last token in brackets)": [probe.context_tail(lm.tokenizer, ids.tolist())
+                                                        for ids in data.input_ids[:6]],
+              "next word": data.words[:6], "its tag": data.upos[:6], "model predicts": data.generated[:6]})
+
+# %% [markdown]
+# ## The eNTK of the chosen weights
+#
+# For N contexts the operator is `K~ = (I ⊗ A) J Jᵀ (I ⊗ A)` with `J` the Jacobian of the
+# final hidden states `h` (the unembedding's input at each context's last token) with
+# respect to the chosen weights, and `A = (UᵀU)^½` from the unembedding `U`: `K~` has the
+# nonzero spectrum of the full-vocabulary logit eNTK without forming a single logit (for a
+# model that caps its logits, `metric="logits"` folds the cap's derivative in, per context).
+# It is never formed: each product is one VJP and one JVP. How much of the model each
+# product runs is chosen when the operator is built and checked there against the model's
+# own forward pass; the line below says which path was taken.
+
+# %%
+op = operators.entk_operator(lm.model, data.input_ids, weights, metric="logits")
+print(f"K~ is {op.shape[0]} x {op.shape[1]}; forward path: {op.strategy.describe()}")
+key = language.hash_text(repr((data.input_ids.tolist(), lm.description, lm.fingerprint)))
+eig = operators.cached_eigenpairs(cache_dir, lm.model, data.input_ids, weights, n_eigs, name="entk-eigs-your-model",
+                                  steps=lanczos_steps, seed=seed, metric="logits", key=key)
+evals = eig["evals"].numpy()
+entk_s, shares = language.entk_scores(eig["evecs"].numpy(), len(data))
+print(f"{n_eigs} eigenpairs by Lanczos ({lanczos_steps} steps) in {eig['seconds'] / 60:.1f} min; largest relative "
+      f"residual {float((eig['residuals'] / eig['evals']).max()):.1e}")
+fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
+ax.semilogy(np.arange(len(evals)), evals, "o-", ms=4)
+ax.set(xlabel="eigenvalue index", ylabel="eigenvalue", title="Top eNTK eigenvalues of the chosen weights")
+plotting.save_figure(fig, "fig_your_model_spectrum", out_dir)
+plt.show()
+
+# %% [markdown]
+# Each eigenvector is an `N × d` array (a change of every context's output); its top
+# singular component gives one signed score per context, and the share of the eigenvector
+# that this one component explains says how well a single direction in hidden space
+# describes it. The baseline, at the same budget: the top principal components of the
+# residual stream after the highest analysed layer, at the same token.
+
+# %%
+layer = probe.highest_layer(lm.model, list(analysed))
+activations = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
+scores = {"entk": entk_s, "pca": language.pca_scores(activations, n_eigs)}
+named = {method: probe.name_directions(s, labels, n_permutations=n_permutations, seed=seed)
+         for method, s in scores.items()}
+aurocs = {method: probe.oriented_auroc(s, labels) for method, s in scores.items()}
+directions = pd.concat([table.assign(method=method) for method, table in named.items()], ignore_index=True)
+directions["eigenvalue or variance"] = np.concatenate([evals, scores["pca"].var(axis=0)])
+directions["top singular share"] = np.concatenate([shares, np.full(n_eigs, np.nan)])
+plotting.save_table(directions, "table_your_model_directions", out_dir)
+print(f"top singular share of the eNTK eigenvectors: median {np.median(shares):.2f}; PCA at layer {layer}")
+directions[directions.method == "entk"].drop(columns="method")
+
+# %% [markdown]
+# ## What the top directions respond to
+#
+# For each eNTK direction, the contexts it scores highest, oriented so that its
+# best-matching feature sits at the high end (eigenvector signs are arbitrary). The last
+# token of each context is in brackets; then the word the text continues with, its tag,
+# and what the model predicts. A direction is *named* after its feature only where the
+# permutation test (contexts shuffled 1,000 times, the best of all features chosen on
+# every shuffle, Holm-corrected over the directions) puts the match below 5%; otherwise
+# its name is `-`, and its feature is only the closest candidate.
+
+# %%
+contexts = probe.strongest_contexts(entk_s, data, lm.tokenizer, named["entk"], top=top_contexts)
+plotting.save_table(contexts, "table_your_model_contexts", out_dir)
+pd.set_option("display.max_colwidth", 90)
+contexts.drop(columns="rank").set_index(["direction", "name"])
+
+# %% [markdown]
+# ## Naming directions, beside PCA
+#
+# The AUROC of every direction for every feature (oriented, so 0.5 is chance and 1 a
+# perfect split), for the eNTK and for as many principal components; a box marks each
+# direction's name where the test allows one.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * labels.shape[1] + 1.6), layout="constrained", sharey=True)
+for ax, (method, auroc) in zip(axes, aurocs.items()):
+    image = ax.imshow(auroc, vmin=0.5, vmax=1, cmap="viridis", aspect="auto")
+    for d in named[method][named[method].named].itertuples():
+        ax.add_patch(plt.Rectangle((d.direction - 0.5, labels.columns.get_loc(d.feature) - 0.5), 1, 1, fill=False,
+                                   ec="red", lw=1.5))
+    ax.set(title=f"{method}: AUROC per feature", xlabel="direction", xticks=range(n_eigs))
+    ax.grid(False)
+axes[0].set_yticks(range(labels.shape[1]), labels.columns, fontsize=8)
+fig.colorbar(image, ax=axes, shrink=0.8, label="AUROC (oriented)")
+plotting.save_figure(fig, "fig_your_model_features", out_dir)
+plt.show()
+
+# %% [markdown]
+# In numbers: how many of the `n_eigs` directions each method gets named, how many
+# distinct features those names cover, and the best AUROC each method reaches for each
+# feature over all its directions (chosen on all contexts, so both are optimistic by the
+# same amount: compare the two columns, not either with 0.5).
+
+# %%
+best = pd.DataFrame({method: auroc.max(axis=1) for method, auroc in aurocs.items()})
+summary = pd.DataFrame({method: {"directions named": int(t.named.sum()), "distinct features named":
+                                 t[t.named].feature.nunique(), "mean best AUROC over features": best[method].mean()}
+                        for method, t in named.items()}).T
+summary = summary.assign(N=len(data), features=labels.shape[1], directions=n_eigs, weights=", ".join(weights),
+                         model=lm.description.split(":")[0])
+plotting.save_table(summary.reset_index(names="method"), "summary_your_model", out_dir)
+print(summary.drop(columns=["weights", "model"]).to_string())
+best.round(3).T
