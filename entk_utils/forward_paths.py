@@ -19,10 +19,11 @@ The paths differ in how much of the model each call runs (:data:`TRUNCATE`):
   finished before that module replaced by its recorded output (or by zeros where an autograd
   probe shows the output reaches nothing: it only fed the recorded input).
 
-Both truncated paths also compute position-wise modules (linear maps, norms, activations)
-only at the output positions where an autograd probe shows that nothing else of their
-output reaches ``h``; in practice, most of the last layer (its keys and values stay
-everywhere). Attention itself is always the model's own code.
+Both truncated paths run the last layer at the output positions only, through the model's
+key-value cache interface: a first call of the layer on every position stops at its cache
+update and keeps the keys and values (the modules whose outputs do not reach them, such as
+the query projection, return zeros); a second call on the output positions reads them from a
+cache. Every module and all attention code are the model's own.
 
 :func:`choose_path` builds the path for a ``truncate`` mode and verifies it against the full
 model on a probe batch (values and a JVP); a shortcut that does not reproduce the model falls
@@ -302,6 +303,14 @@ def _map_tensors(fn, obj):
     return _map_leaves(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, obj)
 
 
+def _tensors(obj) -> list[torch.Tensor]:
+    """The tensors in ``obj`` (through tuples, lists and dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    return [t for item in items for t in _tensors(item)]
+
+
 def _map_leaves(fn, obj):
     """``obj`` with ``fn`` applied to every leaf (through tuples, lists and dicts)."""
     if isinstance(obj, (tuple, list)):
@@ -311,18 +320,100 @@ def _map_leaves(fn, obj):
     return fn(obj)
 
 
-def _rows_only(forward: Callable, rows: torch.Tensor) -> Callable:
-    """A position-wise module's forward computed at the output rows only: (n, T, ...) in,
-    (n, T, ...) out with zeros elsewhere (for inputs of another shape, the plain forward)."""
-    batch = torch.arange(len(rows), device=rows.device)
+def _zeros(spec, n: int, device):
+    """Materialise a spec of :func:`_spec`: zeros (taking no memory) with batch size ``n``."""
+    return _map_leaves(lambda x: torch.zeros((), dtype=x.dtype, device=device).expand(n, *x.shape)
+                       if isinstance(x, _Zeros) else x, spec)
 
-    def restricted(x, *args, **kwargs):
-        if not isinstance(x, torch.Tensor) or x.ndim < 3 or x.shape[0] != len(rows):
-            return forward(x, *args, **kwargs)
-        y = forward(x[batch, rows].unsqueeze(1), *args, **kwargs)
-        return y.new_zeros((*x.shape[:2], *y.shape[2:])).index_put((batch, rows), y[:, 0])
 
-    return restricted
+@dataclass(frozen=True)
+class _Zeros:
+    """Stands for a module output that is replayed as zeros: its shape without the batch."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+def _spec(output):
+    """``output`` with each tensor replaced by a :class:`_Zeros` of its shape (less the batch)."""
+    return _map_tensors(lambda x: _Zeros(x.shape[1:], x.dtype), output)
+
+
+def _idle(spec, n: int, device) -> Callable:
+    """A forward that returns zeros shaped like ``spec``, whatever it is given."""
+    return lambda *args, **kwargs: _zeros(spec, n, device)
+
+
+def _replay(outputs: list) -> Callable:
+    """A forward that returns the recorded ``outputs`` one call after another."""
+    calls = iter(outputs)
+    return lambda *args, **kwargs: next(calls)
+
+
+# --------------------------------------------------------------------------- the last layer at the output rows
+CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past", "past_key_value")  # a layer's key-value cache argument
+
+
+class _KeysReached(Exception):
+    def __init__(self, keys, values):
+        super().__init__("the cache update was reached")
+        self.keys, self.values = keys, values
+
+
+class _Collect:
+    """A key-value cache that stops the layer at its update, carrying the keys and values."""
+
+    def update(self, keys, values, *args, **kwargs):
+        raise _KeysReached(keys, values)
+
+
+class _Replay:
+    """A key-value cache that answers every update with the given keys and values."""
+
+    def __init__(self, keys, values):
+        self.keys, self.values = keys, values
+
+    def update(self, keys, values, *args, **kwargs):
+        return self.keys, self.values
+
+
+def _with_cache(layer: nn.Module, args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
+    """A layer's (args, kwargs) with its key-value cache argument set to ``cache``;
+    :class:`NotApplicable` if its forward takes none (:data:`CACHE_ARGUMENTS`)."""
+    import inspect
+
+    signature = inspect.signature(layer.forward)
+    name = next((a for a in CACHE_ARGUMENTS if a in signature.parameters), None)
+    if name is None:
+        raise NotApplicable(f"{type(layer).__name__} takes no key-value cache argument")
+    bound = signature.bind_partial(*args, **kwargs)
+    bound.arguments[name] = cache
+    return bound.args, bound.kwargs
+
+
+def _at_rows(obj, rows: torch.Tensor, t: int):
+    """The per-position tensors in a layer's arguments at the output rows only: (n or 1, T,
+    ...) -> (n, 1, ...), and (n or 1, h, T, T) masks -> (n, h, 1, T) (their query rows)."""
+    n = len(rows)
+    batch = torch.arange(n, device=rows.device)
+
+    def pick(x):
+        if x.ndim == 4 and x.shape[-2:] == (t, t) and x.shape[0] in (1, n):
+            return x.expand(n, *x.shape[1:])[batch, :, rows].unsqueeze(2)
+        if x.ndim >= 2 and x.shape[1] == t and x.shape[0] in (1, n):
+            return x.expand(n, *x.shape[1:])[batch, rows].unsqueeze(1)
+        return x
+
+    return _map_tensors(pick, obj)
+
+
+def _masked_or_last(args: tuple, kwargs: dict, rows: torch.Tensor) -> bool:
+    """Whether a layer called on the output rows alone sees the right keys: every row is the
+    last position, or the layer gets a (.., T, T) attention mask (without one, attention is
+    causal by position, which a single query row does not convey)."""
+    t = (args[0] if args else kwargs["hidden_states"]).shape[1]
+    masked = any(x.ndim == 4 and x.shape[-2:] == (t, t) for x in _tensors((args, kwargs)))
+    return masked or bool((rows == t - 1).all())
 
 
 # --------------------------------------------------------------------------- the paths
@@ -339,7 +430,7 @@ class ForwardPath:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return self.name
+        return f"{self.name} path"
 
 
 class FullModel(ForwardPath):
@@ -365,6 +456,10 @@ class Trace:
     calls: dict[nn.Module, list[tuple[int, int]]]
     reached: int
 
+    def first_entry(self, module: nn.Module) -> int | None:
+        calls = self.calls.get(module)
+        return min(enter for enter, _ in calls) if calls else None
+
 
 @torch.no_grad()
 def trace(anatomy: Anatomy, inputs: dict) -> Trace:
@@ -388,21 +483,28 @@ def trace(anatomy: Anatomy, inputs: dict) -> Trace:
 
 class FromLayer(ForwardPath):
     """From decoder layer ``start`` up, its inputs (and the other layers' arguments) recorded;
-    ``tail`` maps the last layer's output to the output embedding's input; ``restricted``
-    modules run at the output positions only."""
+    ``tail`` maps the last layer's output to the output embedding's input.
+
+    With ``keys_idle`` set (a dict; None: off), the last layer computes at the output rows
+    only, by its own code in two calls: the first, on every position with a key-value cache
+    that stops it at its update, yields the keys and values (the modules in ``keys_idle``,
+    whose outputs do not reach them, e.g. the query projection, return zeros of their
+    shapes); the second runs the layer on the output rows, its attention reading those keys
+    and values from a cache.
+    """
 
     name = "layer"
 
     def __init__(self, anatomy: Anatomy, start: int, tail: list[nn.Module]):
         self.anatomy, self.start, self.tail = anatomy, start, tail
-        self.restricted: list[nn.Module] = []
+        self.keys_idle: dict[nn.Module, object] | None = None
 
     def describe(self) -> str:
-        names = self.anatomy.names()
-        only = f"; at the output positions only: {', '.join(names[m] for m in self.restricted)}" if self.restricted else ""
-        return f"{self.name} path ({self._origin(names)}{only})"
+        rows = "; the last layer at the output positions, its keys and values from every position" \
+            if self.keys_idle is not None else ""
+        return f"{self.name} path ({self._origin()}{rows})"
 
-    def _origin(self, names) -> str:
+    def _origin(self) -> str:
         return f"from layer {self.start}"
 
     def _recorders(self, record: dict) -> list:
@@ -416,40 +518,71 @@ class FromLayer(ForwardPath):
         return [self.anatomy.layers[i].register_forward_pre_hook(make(i), with_kwargs=True)
                 for i in range(self.start, len(self.anatomy.layers))]
 
+    @torch.no_grad()
     def _recorded_forward(self, inputs: dict, handles: list) -> None:
         with _hooks(handles), math_attention():
             run_to_output(self.anatomy, inputs)
 
-    @torch.no_grad()
     def record(self, inputs):
         record = {}
         self._recorded_forward(inputs, self._recorders(record))
         return record
 
     def _replacements(self, record, rows) -> dict:
-        return {m: _rows_only(m.forward, rows) for m in self.restricted}
+        """Module forwards replaced while the layers run (none here)."""
+        return {}
 
     def hidden(self, record, inputs, rows):
-        layers = self.anatomy.layers
+        layers, last = self.anatomy.layers, len(self.anatomy.layers) - 1
         with _forwards(self._replacements(record, rows)):
-            args, kwargs = record[self.start]
-            h = _first(layers[self.start](*args, **kwargs))
-            for i in range(self.start + 1, len(layers)):
-                args, kwargs = _with_hidden(*record[i], h)
+            h = None
+            for i in range(self.start, last + 1):
+                args, kwargs = record[i] if i == self.start else _with_hidden(*record[i], h)
+                if i == last and self.keys_idle is not None and _masked_or_last(args, kwargs, rows):
+                    return self._tail(_first(self._last_at_rows(args, kwargs, rows))[:, 0])
                 h = _first(layers[i](*args, **kwargs))
-            out = h[torch.arange(len(rows), device=rows.device), rows].unsqueeze(1)
-            for module in self.tail:
-                out = _first(module(out))
+        return self._tail(h[torch.arange(len(rows), device=rows.device), rows])
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, d) last-layer outputs at the output rows -> the output embedding's inputs."""
+        out = h.unsqueeze(1)
+        for module in self.tail:
+            out = _first(module(out))
         return out[:, 0]
 
-    def candidates(self) -> list[nn.Module]:
-        """Modules that may run at the output positions only, if :func:`_analyse` allows: the
-        submodules of the layers from ``start`` up."""
-        return [m for layer in self.anatomy.layers[self.start:] for m in layer.modules() if m is not layer]
+    def _keys_and_values(self, args: tuple, kwargs: dict, idle: dict) -> tuple:
+        """The last layer's keys and values at every position: its own code, run on the full
+        input up to its key-value update (modules in ``idle`` replaced)."""
+        layer = self.anatomy.layers[-1]
+        args, kwargs = _with_cache(layer, args, kwargs, _Collect())
+        try:
+            with _forwards(idle):
+                layer(*args, **kwargs)
+        except _KeysReached as reached:
+            return reached.keys, reached.values
+        raise NotApplicable(f"{type(layer).__name__} never updated its key-value cache")
 
-    def watched(self) -> list[nn.Module]:
-        """Modules whose outputs :func:`_analyse` follows."""
-        return self.candidates()
+    def _last_at_rows(self, args: tuple, kwargs: dict, rows: torch.Tensor):
+        """The last layer's output (n, 1, d) at the output rows."""
+        layer = self.anatomy.layers[-1]
+        n, device = len(rows), rows.device
+        keys, values = self._keys_and_values(args, kwargs, {m: _idle(spec, n, device) for m, spec in self.keys_idle.items()})
+        t = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        args, kwargs = _with_cache(layer, *_at_rows((args, kwargs), rows, t), _Replay(keys, values))
+        return layer(*args, **kwargs)
+
+    def analyse(self, inputs: dict, rows: torch.Tensor, at_rows: bool) -> None:
+        """Prepare the path on the probe batch: with ``at_rows``, find the last layer's modules
+        whose outputs do not reach its keys and values (:func:`_unreached`)."""
+        self.keys_idle = None
+        if at_rows:
+            last = len(self.anatomy.layers) - 1
+            args, kwargs = FromLayer(self.anatomy, last, self.tail).record(inputs)[last]
+            self.keys_idle = _unreached(lambda: self._keys_and_values(args, kwargs, {}),
+                                        [m for m in self.anatomy.layers[-1].modules() if m is not self.anatomy.layers[-1]])
+
+    def can_run_last_at_rows(self) -> bool:
+        return True
 
 
 def _with_hidden(args: tuple, kwargs: dict, h) -> tuple[tuple, dict]:
@@ -460,19 +593,11 @@ def _with_hidden(args: tuple, kwargs: dict, h) -> tuple[tuple, dict]:
     return args, {**kwargs, "hidden_states": h}
 
 
-@dataclass(frozen=True)
-class _Zeros:
-    """Stands for a recorded tensor that is replayed as zeros."""
-
-    shape: torch.Size
-    dtype: torch.dtype
-
-
 class FromModule(FromLayer):
     """From the input of ``first``, the first analysed module called in layer ``start``: that
     input is recorded, and so are the outputs of ``constants`` (the layer's submodules that
-    finished before ``first`` started); those in ``dead`` (outputs that only fed the recorded
-    input) replay zeros instead."""
+    finished before ``first`` started); those in ``dead`` (whose outputs only fed the
+    recorded input) return zeros of their shapes instead."""
 
     name = "module"
 
@@ -480,72 +605,77 @@ class FromModule(FromLayer):
                  constants: list[nn.Module]):
         super().__init__(anatomy, start, tail)
         self.first, self.constants = first, constants
-        self.dead: list[nn.Module] = []
+        self.dead: dict[nn.Module, object] = {}
 
-    def _origin(self, names) -> str:
-        return f"from the input of {names[self.first]}"
+    def _origin(self) -> str:
+        return f"from the input of {self.anatomy.names()[self.first]}"
 
-    @torch.no_grad()
     def record(self, inputs):
-        record = {"outputs": {m: [] for m in self.constants}}
+        record = {"outputs": {m: [] for m in self.constants if m not in self.dead}}
 
         def keep_input(module, args, kwargs):
             record["first"] = (args, kwargs)
 
         def keep_output(module, args, output):
-            dead = module in self.dead
-            record["outputs"][module].append(_map_tensors(lambda x: _Zeros(x.shape, x.dtype), output) if dead else output)
+            record["outputs"][module].append(output)
 
         handles = self._recorders(record) + [self.first.register_forward_pre_hook(keep_input, with_kwargs=True)]
-        self._recorded_forward(inputs, handles + [m.register_forward_hook(keep_output) for m in self.constants])
+        self._recorded_forward(inputs, handles + [m.register_forward_hook(keep_output) for m in record["outputs"]])
         return record
 
     def _replacements(self, record, rows):
-        replacements = super()._replacements(record, rows)
-        for module in self.constants:
-            replacements[module] = _replay(record["outputs"][module], rows.device)
-        return replacements
+        replay = {m: _replay(outputs) for m, outputs in record["outputs"].items()}
+        return {**replay, **{m: _idle(spec, len(rows), rows.device) for m, spec in self.dead.items()}}
 
     def hidden(self, record, inputs, rows):
         substitute = self.first.register_forward_pre_hook(lambda module, args, kwargs: record["first"], with_kwargs=True)
         with _hooks([substitute]):
             return super().hidden(record, inputs, rows)
 
-    def candidates(self):
-        """As :meth:`FromLayer.candidates`, less the constants, what they hold (never called)
-        and what holds them or ``first`` (those run on recorded full-length tensors)."""
-        replayed = {sub for m in self.constants for sub in m.modules()}
-        targets = replayed | {self.first}
-        holders = {m for m in self.anatomy.layers[self.start].modules()
-                   if any(sub in targets for sub in m.modules() if sub is not m)}
-        return [m for m in super().candidates() if m not in replayed and m not in holders]
+    def analyse(self, inputs, rows, at_rows):
+        """As :meth:`FromLayer.analyse`, after finding the constants whose outputs reach ``h``
+        nowhere (they only fed the recorded input)."""
+        self.dead, self.keys_idle = {}, None
+        record = self.record(inputs)
+        self.dead = _unreached(lambda: (self.hidden(record, inputs, rows),), self.constants)
+        super().analyse(inputs, rows, at_rows)
 
-    def watched(self):
-        return self.candidates() + self.constants
+    def can_run_last_at_rows(self) -> bool:
+        return self.start < len(self.anatomy.layers) - 1  # the last layer's constants are full-length
 
 
-def _replay(outputs: list, device) -> Callable:
-    """A forward that returns the recorded ``outputs`` one call after another."""
-    calls = iter(outputs)
+def _unreached(run: Callable[[], tuple], modules: list[nn.Module], seed: int = 0) -> dict[nn.Module, object]:
+    """``{module: output spec}`` for the ``modules`` called by ``run()`` none of whose outputs
+    reach its result (a tuple of tensors): no gradient flows back to them from a random
+    projection of the result (zeros added to each output by hooks carry the gradient)."""
+    probes: dict[nn.Module, list] = {m: [] for m in modules}
+    specs = {}
 
-    def materialise(x):  # zeros that take no memory (every element is the same one)
-        return torch.zeros((), dtype=x.dtype, device=device).expand(x.shape) if isinstance(x, _Zeros) else x
+    def watch(module, args, output):
+        specs.setdefault(module, _spec(output))
 
-    def forward(*args, **kwargs):
-        return _map_leaves(materialise, next(calls))
+        def add(x):
+            if not x.is_floating_point():
+                return x
+            z = torch.zeros_like(x, requires_grad=True)
+            probes[module].append(z)
+            return x + z
+        return _map_tensors(add, output)
 
-    return forward
+    generator = torch.Generator().manual_seed(seed)
+    with _hooks([m.register_forward_hook(watch) for m in modules]), torch.enable_grad(), math_attention():
+        result = [r for r in run() if r.requires_grad]
+        zs = [z for found in probes.values() for z in found]
+        total = sum((r * torch.randn(r.shape, generator=generator, dtype=torch.float64).to(r)).sum() for r in result)
+        grads = torch.autograd.grad(total, zs, allow_unused=True) if result and zs else [None] * len(zs)
+    reached = {id(z) for z, g in zip(zs, grads) if g is not None}
+    return {m: specs[m] for m, found in probes.items() if found and not any(id(z) in reached for z in found)}
 
 
 # --------------------------------------------------------------------------- building a path
 def _owner(model: nn.Module, name: str) -> nn.Module:
     """The module that holds parameter ``name``."""
     return model.get_submodule(name.rpartition(".")[0])
-
-
-def _first_entry(tr: Trace, module: nn.Module) -> int | None:
-    calls = tr.calls.get(module)
-    return min(enter for enter, _ in calls) if calls else None
 
 
 def _traced_tail(anatomy: Anatomy, tr: Trace) -> list[nn.Module]:
@@ -556,7 +686,7 @@ def _traced_tail(anatomy: Anatomy, tr: Trace) -> list[nn.Module]:
     inside = [m for m, calls in tr.calls.items()
               if all(last_exit < enter and exit_ < tr.reached for enter, exit_ in calls)]
     inner = {sub for m in inside for sub in m.modules() if sub is not m}
-    return sorted((m for m in inside if m not in inner), key=lambda m: _first_entry(tr, m))
+    return sorted((m for m in inside if m not in inner), key=tr.first_entry)
 
 
 def layer_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromLayer:
@@ -570,8 +700,8 @@ def layer_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromLayer:
     layers = anatomy.layers
     if any(len(tr.calls.get(layers[i], ())) != 1 for i in range(start, len(layers))):
         raise NotApplicable(f"the decoder layers from {start} up are not each called once per forward pass")
-    layer_entry = _first_entry(tr, layers[start])
-    early = [name for name in names if (_first_entry(tr, _owner(anatomy.model, name)) or layer_entry) < layer_entry]
+    layer_entry = tr.first_entry(layers[start])
+    early = [name for name in names if (tr.first_entry(_owner(anatomy.model, name)) or layer_entry) < layer_entry]
     if early:
         raise NotApplicable(f"{', '.join(early)} {'is' if len(early) == 1 else 'are'} also used before layer {start}")
     return FromLayer(anatomy, start, _traced_tail(anatomy, tr))
@@ -587,12 +717,12 @@ def module_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromModule
     called = [m for m in owners if m in tr.calls]
     if not called:
         raise NotApplicable(f"no module holding the weights in layer {base.start} is called")
-    first = min(called, key=lambda m: _first_entry(tr, m))
+    first = min(called, key=tr.first_entry)
     if first is layer:
         raise NotApplicable(f"a weight belongs to decoder layer {base.start} itself, not to one of its modules")
     if len(tr.calls[first]) != 1:
         raise NotApplicable(f"{anatomy.names()[first]} is called {len(tr.calls[first])} times per forward pass")
-    begins = _first_entry(tr, first)
+    begins = tr.first_entry(first)
     done = [m for m in layer.modules() if m is not layer and m in tr.calls
             and all(exit_ < begins for _, exit_ in tr.calls[m])]
     inner = {sub for m in done for sub in m.modules() if sub is not m}
@@ -603,63 +733,6 @@ BUILDERS = {"module": module_path, "layer": layer_path}
 
 
 # --------------------------------------------------------------------------- probes
-def _analyse(path: FromLayer, record, inputs: dict, rows: torch.Tensor, seed: int = 0) -> None:
-    """Set ``path.restricted`` and, on a :class:`FromModule`, ``path.dead``, from the gradient
-    of a random projection of ``h`` (on the probe batch ``inputs``) w.r.t. every input and
-    output of the watched modules (zeros added to them by hooks).
-
-    A candidate is restricted to the output rows where, on every call, neither the gradient
-    of its output nor that of its first input (the part that flows through this module) is
-    nonzero at any other row: the module then acts on each position alone as far as ``h``
-    can tell, and only its output rows reach ``h``. Only the outermost such modules are kept
-    (an MLP block rather than its linear maps). A constant is dead where no output of it
-    reaches ``h`` at all.
-    """
-    n, t = inputs["input_ids"].shape
-    outputs: dict[nn.Module, list] = {m: [] for m in path.watched()}
-    firsts: dict[nn.Module, list] = {m: [] for m in outputs}
-
-    def probe(store):
-        def add(x):
-            if not x.is_floating_point():
-                return x
-            z = torch.zeros_like(x, requires_grad=True)
-            store.append(z)
-            return x + z
-        return add
-
-    def watch_input(module, args):
-        if args and isinstance(args[0], torch.Tensor) and args[0].shape[:2] == (n, t):
-            return (probe(firsts[module])(args[0]), *args[1:])
-        firsts[module].append(None)  # not a call on hidden states: never restricted
-        return None
-
-    def watch_output(module, args, output):
-        return _map_tensors(probe(outputs[module]), output)
-
-    handles = [m.register_forward_pre_hook(watch_input) for m in outputs] + \
-              [m.register_forward_hook(watch_output) for m in outputs]
-    with _hooks(handles), torch.enable_grad(), math_attention():
-        h = path.hidden(record, inputs, rows)
-        zs = [z for store in (*outputs.values(), *firsts.values()) for z in store if z is not None]
-        r = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(h)
-        grads = torch.autograd.grad((h * r).sum(), zs, allow_unused=True) if h.requires_grad and zs else [None] * len(zs)
-    grad_of = dict(zip(map(id, zs), grads))
-    elsewhere = torch.ones(n, t, dtype=torch.bool, device=rows.device)
-    elsewhere[torch.arange(n, device=rows.device), rows] = False
-
-    def rows_only(z):
-        g = grad_of[id(z)]
-        return g is None or (g.ndim >= 2 and g.shape[:2] == (n, t) and not g[elsewhere].any())
-
-    fits = {m for m in path.candidates() if firsts[m] and None not in firsts[m]
-            and all(map(rows_only, firsts[m])) and all(map(rows_only, outputs[m]))}
-    inner = {sub for m in fits for sub in m.modules() if sub is not m}
-    path.restricted = [m for m in path.candidates() if m in fits and m not in inner]
-    if isinstance(path, FromModule):
-        path.dead = [m for m in path.constants if all(grad_of[id(z)] is None for z in outputs[m])]
-
-
 def _tolerance(dtype: torch.dtype) -> float:
     """Largest relative difference accepted between a shortcut and the full model: rounding
     differs where matrix shapes do (and some models norm in float32 whatever their dtype)."""
@@ -687,10 +760,11 @@ class _Probe:
     direction: dict
     reference: tuple
 
-    def failure(self, path: FromLayer) -> str | None:
-        """Why ``path`` (analysed on the probe batch first) does not reproduce the full model
-        there, or None if it does."""
+    def failure(self, path: FromLayer, at_rows: bool) -> str | None:
+        """Why ``path`` (prepared with or without the last layer at the output rows) does not
+        reproduce the full model on the probe batch, or None if it does."""
         try:
+            path.analyse(self.inputs, self.rows, at_rows)
             value, derivative = _value_and_jvp(self.anatomy, path, self.weights, self.direction,
                                                path.record(self.inputs), self.inputs, self.rows)
         except Exception as err:  # noqa: BLE001 - a shortcut that cannot run on this model falls back
@@ -701,22 +775,6 @@ class _Probe:
                     f"(largest relative difference {difference:.1e})")
         return None
 
-    def passes(self, path: FromLayer, failures: list[str]) -> bool:
-        """Analyse ``path`` and probe it, with its modules restricted to the output rows and
-        then without; keep the first variant that passes. Failures are appended."""
-        try:
-            _analyse(path, path.record(self.inputs), self.inputs, self.rows)
-        except Exception as err:  # noqa: BLE001
-            failures.append(f"the {path.describe()} fails on a probe ({type(err).__name__}: {err})")
-            return False
-        for restricted in ([path.restricted, []] if path.restricted else [[]]):
-            path.restricted = restricted
-            failure = self.failure(path)
-            if failure is None:
-                return True
-            failures.append(failure)
-        return False
-
 
 def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.Tensor], truncate: str,
                 seed: int = 0) -> ForwardPath:
@@ -726,8 +784,8 @@ def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.T
 
     ``"auto"`` takes the first of ``"module"``, ``"layer"``, ``"full"`` that applies and passes
     (a failed probe is a warning); ``"layer"`` / ``"module"`` raise ``ValueError`` where they
-    cannot apply or fail the probe. Restricting modules to the output positions is tried
-    first and dropped, with a warning, if only that fails.
+    cannot apply or fail the probe. Running the last layer at the output positions only is
+    tried first and dropped, with a warning, if only that fails.
     """
     full = FullModel(anatomy)
     if truncate == "full":
@@ -748,10 +806,13 @@ def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.T
                 continue
             instead = "'layer' or 'full'" if mode == "module" else "'full'"
             raise ValueError(f"truncate={truncate!r} cannot apply: {err}; use truncate={instead}") from None
-        if probe.passes(path, failures):
-            if failures:
-                warnings.warn("; ".join(failures) + f"; using the {path.describe()}", stacklevel=3)
-            return path
+        for at_rows in (True, False) if path.can_run_last_at_rows() else (False,):
+            failure = probe.failure(path, at_rows)
+            if failure is None:
+                if failures:
+                    warnings.warn("; ".join(failures) + f"; using the {path.describe()}", stacklevel=3)
+                return path
+            failures.append(failure)
         if truncate != "auto":
             raise ValueError(f"truncate={truncate!r}: {failures[-1]}; use truncate='full'")
     if failures:
