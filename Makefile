@@ -11,7 +11,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-browser chromium sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
+.PHONY: env figures test test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full clean
 
 env: $(STAMP)
 
@@ -79,6 +79,17 @@ gemma-n1024: $(STAMP)
 	mkdir -p paper_figures/gemma_n1024_layer16
 	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
 	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
+	$(PY) -m entk_utils.report
+
+# Notebook 04 with its paper profile: 10 Transformer seeds under each split policy and a 7 x 4
+# split x init grid (a few hours on a 2-core CPU, resumable); its tables and figures go to
+# paper_figures/seeds_paper/, the executed notebook beside them.
+seeds-paper: $(STAMP)
+	$(PY) -m entk_utils.parameters check-profile notebooks/04_seeds.ipynb notebooks/profiles/04_seeds.paper.yaml
+	mkdir -p paper_figures/seeds_paper
+	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/04_seeds.paper.yaml \
+	  notebooks/04_seeds.ipynb paper_figures/seeds_paper/04_seeds.ipynb
+	$(PY) -m entk_utils.report --strip-widgets paper_figures/seeds_paper/04_seeds.ipynb > /dev/null
 	$(PY) -m entk_utils.report
 
 benchmark: $(STAMP)
