@@ -7,8 +7,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from torch.func import functional_call, jacrev  # noqa: E402
 
-from entk_utils.eigen import top_eigenpairs  # noqa: E402
-from entk_utils.operators import layer_entk_operator, unembedding_metric  # noqa: E402
+from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
+from entk_utils.kernels.operators import layer_entk_operator, unembedding_metric  # noqa: E402
 
 N_CTX, T, LAYER = 5, 7, 1
 

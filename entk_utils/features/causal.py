@@ -13,11 +13,11 @@ interventions ask how much the model's function depends on their span:
   (:func:`projection_gradient`). :func:`perturbation_curve` steps ``theta - eps * d`` along
   unit-norm directions ``d`` (without touching the model) and reports how the loss grows.
 
-Both work for the two modular-addition models of :mod:`entk_utils.modular`:
-:class:`~entk_utils.modular.GromovMLP` reads (N, 2p) one-hot pairs and returns (N, p)
-logits; :class:`~entk_utils.modular.OneLayerTransformer` reads (N, 3) tokens and returns
-(N, p + 1) logits at the last position, of which the first ``p`` (the residues) are scored,
-as in training (:func:`model_logits`).
+Both take any model mapping a batch of inputs (N, ...) to outputs (N, C'); the first
+``n_scored`` outputs (default: all) are the logits that are scored, as in training (the
+Transformer of the modular settings has one output per token and scores the ``p`` residues:
+:func:`model_logits`). :func:`next_token_shift` does the weight-space test for a causal
+language model.
 """
 
 from __future__ import annotations
@@ -26,28 +26,24 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.special
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .alignment import orthonormal_basis
-from .modular import GromovMLP, OneLayerTransformer
-
-SUPPORTED_MODELS = (GromovMLP, OneLayerTransformer)
+from ..io.checks import index_array
+from .geometry import orthonormal_basis
 
 
 # --------------------------------------------------------------------------- model outputs
-def model_logits(model: nn.Module, inputs: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
-                 ) -> torch.Tensor:
+def model_logits(model: nn.Module, inputs: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
+                 n_scored: int | None = None) -> torch.Tensor:
     """The logits (N, C) that are scored, optionally with substituted parameters.
 
-    model : a :class:`~entk_utils.modular.GromovMLP` (inputs (N, 2p) one-hot pairs, C = p),
-        a :class:`~entk_utils.modular.OneLayerTransformer` (inputs (N, 3) tokens; its output
-        (N, p + 1) is cut to the ``p`` answer logits, C = p, as training scores it), or any
-        other module returning (N, C), used as is.
+    model : maps inputs (N, ...) to outputs (N, C'); the first ``n_scored`` (default: all)
+        are kept, C = n_scored (e.g. the ``p`` answer logits of the modular Transformer, as
+        training scores them).
     params : ``{name: tensor}`` replacing some or all parameters for this call only
         (``torch.func.functional_call``); the module itself is never modified.
 
@@ -56,41 +52,15 @@ def model_logits(model: nn.Module, inputs: torch.Tensor, params: Mapping[str, to
     if not isinstance(inputs, torch.Tensor):
         raise ValueError(f"inputs must be a torch.Tensor of shape (N, ...), got {type(inputs).__name__}")
     out = model(inputs) if params is None else functional_call(model, dict(params), (inputs,))
-    if isinstance(model, OneLayerTransformer):
-        out = out[..., : model.p]
     if out.ndim != 2:
         raise ValueError(f"the model must return (N, C) logits, got shape {tuple(out.shape)}")
+    if n_scored is not None:
+        if not 1 <= n_scored <= out.shape[1]:
+            raise ValueError(f"n_scored must lie in 1..{out.shape[1]} (the model's outputs), got {n_scored}")
+        out = out[:, :n_scored]
     return out
 
 
-def hidden_activations(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The hidden layer (N, h) of a modular-addition model over ``inputs``, detached.
-
-    * :class:`~entk_utils.modular.GromovMLP`: the ``width`` units after the ``x**2``
-      nonlinearity (the input of ``fc2``), inputs (N, 2p).
-    * :class:`~entk_utils.modular.OneLayerTransformer`: the ``d_mlp`` ReLU activations at
-      the last position (``forward(tokens, return_mlp=True)``), inputs (N, 3).
-
-    Any other model raises ``ValueError``.
-    """
-    if isinstance(model, GromovMLP):
-        captured = []
-        handle = model.fc2.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
-        try:
-            with torch.no_grad():
-                model(inputs)
-        finally:
-            handle.remove()
-        return captured[0].detach()
-    if isinstance(model, OneLayerTransformer):
-        with torch.no_grad():
-            _, mlp = model(inputs, return_mlp=True)
-        return mlp.detach()
-    names = ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
-    raise ValueError(f"hidden_activations does not know {type(model).__name__}; supported models: {names}")
-
-
-# --------------------------------------------------------------------------- helpers
 def _as_matrix(x, name: str) -> np.ndarray:
     """``x`` (array or tensor) as a float64 numpy array with two dimensions."""
     if isinstance(x, torch.Tensor):
@@ -101,23 +71,6 @@ def _as_matrix(x, name: str) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"{name} must be an (N, k) matrix, got shape {x.shape}")
     return x
-
-
-def _as_index(idx, n: int, name: str = "eval_idx") -> np.ndarray:
-    """Integer index array into ``range(n)``; ``None`` means all of it."""
-    if idx is None:
-        return np.arange(n)
-    idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
-    if idx.dtype == bool:
-        if idx.shape != (n,):
-            raise ValueError(f"a boolean {name} must have shape ({n},), got {idx.shape}")
-        idx = np.flatnonzero(idx)
-    idx = idx.astype(np.int64).reshape(-1)
-    if idx.size == 0:
-        raise ValueError(f"{name} is empty")
-    if idx.min() < -n or idx.max() >= n:
-        raise ValueError(f"{name} holds indices outside 0..{n - 1}")
-    return idx
 
 
 def _as_targets(targets, n: int) -> np.ndarray:
@@ -131,7 +84,7 @@ def classification_metrics(logits, targets) -> dict[str, float]:
     """Accuracy, cross-entropy and MSE (against one-hot) of (n, C) logits on (n,) targets.
 
     ``loss_mse`` is the mean over all ``n * C`` entries, as ``torch.nn.functional.mse_loss``
-    and the training loop of :mod:`entk_utils.modular` compute it.
+    and the training loop of :mod:`entk_utils.settings.modular` compute it.
     """
     z = _as_matrix(logits, "logits")
     t = np.asarray(targets).reshape(-1).astype(np.int64)
@@ -172,7 +125,7 @@ def ablate_outputs(logits, basis) -> np.ndarray:
 
     logits : (N, C) model outputs over all N inputs (array or tensor).
     basis : (N, k) functions over the same inputs, in any scaling; redundant columns are
-        fine (only their span counts, via :func:`~entk_utils.alignment.orthonormal_basis`).
+        fine (only their span counts, via :func:`~entk_utils.features.geometry.orthonormal_basis`).
 
     Returns the (N, C) float64 array ``F - Q Q^T F`` with ``Q`` an orthonormal basis of
     span(basis): every column is orthogonal to the basis, and ablating twice changes
@@ -207,7 +160,7 @@ def ablation_curve(logits, targets, eval_idx, directions: Mapping[str, object], 
     F = _as_matrix(logits, "logits")
     n = F.shape[0]
     t = _as_targets(targets, n)
-    idx = _as_index(eval_idx, n)
+    idx = index_array(eval_idx, n, "eval_idx")
     ks = sorted({0, *(int(k) for k in ks)})
     if not directions:
         raise ValueError("directions is empty; pass {method name: (N, K) directions}")
@@ -229,46 +182,6 @@ def ablation_curve(logits, targets, eval_idx, directions: Mapping[str, object], 
     return pd.DataFrame(rows, columns=["method", "k", "accuracy", "loss_ce", "loss_mse"])
 
 
-# --------------------------------------------------------------------------- baselines
-def _fix_signs(U: np.ndarray) -> np.ndarray:
-    """Flip columns so that each one's largest-magnitude entry is positive (deterministic)."""
-    flip = np.sign(U[np.abs(U).argmax(0), np.arange(U.shape[1])])
-    return U * np.where(flip == 0, 1.0, flip)
-
-
-def pca_directions(activations, k: int) -> np.ndarray:
-    """The top ``k`` principal components of the activations as functions over the inputs.
-
-    activations : (N, h), e.g. :func:`hidden_activations` over all inputs.
-
-    Returns (N, k) orthonormal columns: the left singular vectors of the centred activation
-    matrix (the PCA scores divided by their norm), by descending variance; signs fixed so
-    that each column's largest-magnitude entry is positive.
-    """
-    X = _as_matrix(activations, "activations")
-    n, h = X.shape
-    k = int(k)
-    if not 1 <= k <= min(n, h):
-        raise ValueError(f"k must lie in 1..{min(n, h)} (= min(N, h) for activations of shape {X.shape}), got {k}")
-    U, s, _ = scipy.linalg.svd(X - X.mean(0), full_matrices=False)
-    if s[0] == 0:
-        raise ValueError("the activations are constant over the inputs: no principal components")
-    return _fix_signs(U[:, :k])
-
-
-def random_directions(n: int, k: int, seed: int = 0) -> np.ndarray:
-    """(n, k) orthonormal columns spanning a uniformly random k-dimensional subspace.
-
-    QR of a Gaussian matrix drawn with ``numpy.random.default_rng(seed)``, signs fixed by
-    the diagonal of R so the basis itself is Haar-distributed.
-    """
-    n, k = int(n), int(k)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must lie in 1..n={n}, got {k}")
-    Q, R = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))
-    return Q * np.where(np.diag(R) < 0, -1.0, 1.0)
-
-
 # --------------------------------------------------------------------------- weight space
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -277,14 +190,14 @@ def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return params
 
 
-def projection_objective(model: nn.Module, inputs: torch.Tensor, V, params: Mapping[str, torch.Tensor] | None = None
-                         ) -> torch.Tensor:
+def projection_objective(model: nn.Module, inputs: torch.Tensor, V, params: Mapping[str, torch.Tensor] | None = None,
+                         n_scored: int | None = None) -> torch.Tensor:
     """``1/2 ||Q^T F||_F^2``: half the squared size of the logits ``F`` (N, C) inside
     span(V), with ``Q`` (N, r) an orthonormal basis of the (N, k) functions ``V``.
 
     A scalar tensor, differentiable in ``params`` (see :func:`model_logits`).
     """
-    F = model_logits(model, inputs, params)
+    F = model_logits(model, inputs, params, n_scored)
     B = _as_matrix(V, "V")
     if B.shape[0] != F.shape[0]:
         raise ValueError(f"V has {B.shape[0]} rows but there are {F.shape[0]} inputs")
@@ -294,7 +207,8 @@ def projection_objective(model: nn.Module, inputs: torch.Tensor, V, params: Mapp
     return 0.5 * (Q.T @ F).pow(2).sum()
 
 
-def projection_gradient(model: nn.Module, inputs: torch.Tensor, V) -> dict[str, torch.Tensor]:
+def projection_gradient(model: nn.Module, inputs: torch.Tensor, V, n_scored: int | None = None
+                        ) -> dict[str, torch.Tensor]:
     """The weight direction that grows the model's outputs inside span(V) fastest.
 
     ``g = d/dtheta 1/2 ||Q^T F(theta)||_F^2`` over all trainable parameters, with ``F``
@@ -304,7 +218,7 @@ def projection_gradient(model: nn.Module, inputs: torch.Tensor, V) -> dict[str, 
     parameters nor their ``.grad`` are touched.
     """
     params = {name: p.detach().clone().requires_grad_(True) for name, p in _trainable(model).items()}
-    objective = projection_objective(model, inputs, V, params)
+    objective = projection_objective(model, inputs, V, params, n_scored)
     grads = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
     return {name: (torch.zeros_like(p) if g is None else g.detach()) for (name, p), g in zip(params.items(), grads)}
 
@@ -350,7 +264,7 @@ def _unit_direction(model: nn.Module, direction: Mapping[str, torch.Tensor], nam
 
 def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx,
                        directions: Mapping[str, Mapping[str, torch.Tensor]], norms: Sequence[float],
-                       *, progress: bool = False) -> pd.DataFrame:
+                       *, n_scored: int | None = None, progress: bool = False) -> pd.DataFrame:
     """Loss and accuracy after moving the weights ``theta - eps * d`` along unit directions.
 
     inputs : (N, ...) all inputs; targets : (N,) their classes; eval_idx : indices (or an
@@ -359,6 +273,7 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx
         or :func:`random_weight_direction`; each is rescaled to unit total Frobenius norm, so
         methods are compared at equal step length. Parameters a direction leaves out stay put.
     norms : step lengths ``eps >= 0``.
+    n_scored : how many leading outputs are the scored logits (:func:`model_logits`).
 
     The model is evaluated with ``torch.func.functional_call``: its parameters are never
     changed. Returns a tidy DataFrame with columns ``method, norm, accuracy, loss_ce,
@@ -373,13 +288,13 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx
     units = {method: _unit_direction(model, d, method) for method, d in directions.items()}
     n = len(inputs)
     t = _as_targets(targets, n)
-    idx = _as_index(eval_idx, n)
+    idx = index_array(eval_idx, n, "eval_idx")
     x = inputs[torch.as_tensor(idx, device=inputs.device)]
     theta = {name: p.detach() for name, p in _trainable(model).items()}
 
     def evaluate(params):
         with torch.no_grad():
-            return classification_metrics(model_logits(model, x, params), t[idx])
+            return classification_metrics(model_logits(model, x, params, n_scored), t[idx])
 
     base = evaluate(theta)
     rows = []
@@ -395,49 +310,49 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx
 
 
 # --------------------------------------------------------------------------- language models
-def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parameter,
+def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parameter | str,
                      directions: Mapping[str, torch.Tensor], norms: Sequence[float], *, chunk_size: int = 32,
                      progress: bool = False) -> dict[str, np.ndarray]:
     """How far moving one weight of a causal LM moves its next-token distributions.
 
     model : a Hugging Face causal LM; input_ids : (N, T) contexts; param : one of the
-    model's parameters (e.g. ``layers[16].mlp.down_proj.weight``); directions :
-    ``{name: tensor of the parameter's shape}``, each rescaled to unit Frobenius norm;
-    norms : step lengths ``eps``.
+    model's parameters, or its full name (e.g. ``model.layers.16.mlp.down_proj.weight``);
+    directions : ``{name: tensor of the parameter's shape}``, each rescaled to unit Frobenius
+    norm; norms : step lengths ``eps``.
 
-    For each direction and ``eps`` the weight is set to ``theta + eps * d`` and the
-    next-token distribution at the last position of every context is compared with the
-    original one. Returns ``{name: (len(norms), N)}`` of ``KL(p_original || p_moved)`` in
-    nats. The weight is restored afterwards, also on error.
+    For each direction and ``eps`` the model is evaluated with the weight ``theta + eps * d``
+    (``torch.func.functional_call``: the model itself is never changed) and the next-token
+    distribution at the last position of every context is compared with the original one.
+    Returns ``{name: (len(norms), N)}`` of ``KL(p_original || p_moved)`` in nats.
     """
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    key = param if isinstance(param, str) else name_of.get(id(param))
+    weights = dict(model.named_parameters())
+    if key not in weights:
+        raise ValueError(f"param must be one of the model's parameters or its name, got {param!r}")
+    theta = weights[key].detach()
     units = {}
     for name, d in directions.items():
-        d = d.detach().to(param.device, param.dtype)
-        if d.shape != param.shape:
-            raise ValueError(f"direction {name!r} has shape {tuple(d.shape)}, the parameter {tuple(param.shape)}")
+        d = d.detach().to(theta.device, theta.dtype)
+        if d.shape != theta.shape:
+            raise ValueError(f"direction {name!r} has shape {tuple(d.shape)}, the parameter {tuple(theta.shape)}")
         size = torch.linalg.norm(d)
         if not torch.isfinite(size) or size == 0:
             raise ValueError(f"direction {name!r} must be finite and non-zero")
         units[name] = d / size
-    original = param.detach().clone()
-    ids = input_ids.to(param.device)
+    ids = input_ids.to(theta.device)
 
-    def log_probs():
+    def log_probs(weight):
         with torch.no_grad():
             # logits_to_keep=1: only the last position goes through the (large) unembedding
-            return torch.cat([torch.log_softmax(model(input_ids=ids[i:i + chunk_size], logits_to_keep=1).logits[:, -1]
-                                                .double(), -1) for i in range(0, len(ids), chunk_size)])
+            return torch.cat([torch.log_softmax(functional_call(model, {key: weight}, args=(), kwargs={
+                "input_ids": ids[i:i + chunk_size], "logits_to_keep": 1}).logits[:, -1].double(), -1)
+                for i in range(0, len(ids), chunk_size)])
 
-    base = log_probs()
+    base = log_probs(theta)
     out = {name: np.empty((len(norms), len(ids))) for name in units}
     jobs = [(name, row, float(eps)) for name in units for row, eps in enumerate(norms)]
-    try:
-        for name, row, eps in tqdm(jobs, desc="moving the weight", disable=not progress):
-            with torch.no_grad():
-                param.copy_(original + eps * units[name])
-            moved = log_probs()
-            out[name][row] = (base.exp() * (base - moved)).sum(-1).cpu().numpy()
-    finally:
-        with torch.no_grad():
-            param.copy_(original)
+    for name, row, eps in tqdm(jobs, desc="moving the weight", disable=not progress):
+        moved = log_probs(theta + eps * units[name])
+        out[name][row] = (base.exp() * (base - moved)).sum(-1).cpu().numpy()
     return out

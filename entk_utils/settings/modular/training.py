@@ -1,17 +1,14 @@
-"""Modular addition: the dataset, the Gromov (2023) MLP and a training loop with checkpoints.
+"""Training on modular addition with checkpoints, accuracy curves and a cache.
 
-The task is ``(a, b) -> (a + b) mod p`` over all ``p * p`` pairs. The MLP is the one of
-Gromov, "Grokking modular arithmetic" (2023), as the eNTK paper's code runs it: input
-``concat(one_hot(a), one_hot(b))``, a bias-free linear layer scaled by ``1/sqrt(2p)``, the
-activation ``x**2`` and a bias-free readout scaled by ``1/width``, all weights ``N(0, 1)``.
+:func:`train` is the loop (AdamW, full batch or shuffled minibatches); :func:`train_gromov_mlp`
+and :func:`train_transformer` run each paper recipe on its data and split and cache the run
+in ``cache_dir``, keyed by every argument and by the code that trains (:func:`training_code`).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,113 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checks
-from .cache import cached
-
-
-def check_modulus(p: int) -> int:
-    """Return ``p`` if it is an odd prime, else raise ``ValueError`` saying why."""
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
-        raise ValueError(f"modulus p must be an odd prime integer, got {p!r}")
-    p = int(p)
-    if p < 3 or p % 2 == 0 or any(p % d == 0 for d in range(3, math.isqrt(p) + 1, 2)):
-        raise ValueError(f"modulus p must be an odd prime (3, 5, 7, 11, ...), got {p}")
-    return p
-
-
-def modular_addition_pairs(p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All pairs of Z_p and their sums.
-
-    Returns
-    -------
-    pairs : (p*p, 2) long tensor, row ``a * p + b`` holds ``(a, b)``.
-    labels : (p*p,) long tensor, ``(a + b) mod p``.
-    """
-    p = check_modulus(p)
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    pairs = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
-    return pairs, (pairs[:, 0] + pairs[:, 1]) % p
-
-
-def one_hot_pairs(pairs: torch.Tensor, p: int) -> torch.Tensor:
-    """(N, 2) pairs -> (N, 2p) float inputs ``concat(one_hot(a), one_hot(b))``."""
-    return torch.cat([F.one_hot(pairs[:, 0], p), F.one_hot(pairs[:, 1], p)], dim=1).float()
-
-
-SPLITS = ("paper", "seeded")
-
-
-def _check_split_size(n: int, train_frac: float) -> None:
-    if not 0.0 < train_frac < 1.0:
-        raise ValueError(f"train_frac must lie strictly between 0 and 1, got {train_frac}")
-    if n < 2:
-        raise ValueError(f"need at least 2 examples to split, got n={n}")
-
-
-def train_test_split(n: int, train_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random split of ``range(n)`` into sorted train and test index arrays.
-
-    ``round(train_frac * n)`` indices go to train; the permutation is drawn with
-    ``numpy.random.default_rng(seed)``: a different split for every seed.
-    """
-    _check_split_size(n, train_frac)
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = min(max(int(round(train_frac * n)), 1), n - 1)
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
-
-
-def paper_split(n: int, train_frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """The eNTK paper's fixed split of ``range(n)``, the same for every seed.
-
-    The authors' Transformer code lists the ``p * p`` examples in row-major order (index
-    ``a * p + b``), shuffles the list with Python's ``random.seed(0); random.shuffle``, and
-    trains on the first ``int(train_frac * n)``. A local ``random.Random(0)`` draws the same
-    permutation without touching the global generator. Both arrays keep the shuffled order
-    (the order the authors' training list has); as sets they are the authors' split.
-    """
-    _check_split_size(n, train_frac)
-    order = list(range(n))
-    random.Random(0).shuffle(order)
-    n_train = min(max(int(train_frac * n), 1), n - 1)
-    return np.asarray(order[:n_train]), np.asarray(order[n_train:])
-
-
-def split_indices(n: int, train_frac: float, split: str, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices of ``range(n)`` under a split policy.
-
-    split : ``"paper"`` (:func:`paper_split`: the authors' one fixed split, ``split_seed``
-        is ignored) or ``"seeded"`` (:func:`train_test_split` with ``split_seed``).
-    """
-    if split == "paper":
-        return paper_split(n, train_frac)
-    if split == "seeded":
-        return train_test_split(n, train_frac, split_seed)
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-class GromovMLP(nn.Module):
-    """The 1-hidden-layer MLP of Gromov (2023): ``W2 (W1 x / sqrt(2p))**2 / width``.
-
-    Input (N, 2p) one-hot pairs; output (N, p) logits. ``fc1`` and ``fc2`` are plain
-    bias-free ``nn.Linear`` layers (so the fast eNTK path applies); the scalings are
-    applied outside them.
-    """
-
-    def __init__(self, p: int, width: int = 512):
-        super().__init__()
-        self.init_args = dict(p=p, width=width)
-        self.p = check_modulus(p)
-        if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}")
-        self.width = int(width)
-        self.fc1 = nn.Linear(2 * p, width, bias=False)
-        self.fc2 = nn.Linear(width, p, bias=False)
-        for layer in (self.fc1, self.fc2):
-            nn.init.normal_(layer.weight, mean=0.0, std=1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x) / math.sqrt(2 * self.p)
-        return self.fc2(h**2) / self.width
+from ...io import checks
+from ...io.cache import cached
+from ...io.checks import check_modulus
+from .data import SPLITS, modular_addition_pairs, one_hot_pairs, paper_split, split_indices, train_test_split, transformer_tokens
+from .models import TRANSFORMER_INITS, GromovMLP, OneLayerTransformer, _seeded, paper_transformer_init
 
 
 @dataclass
@@ -249,22 +144,6 @@ def train(
     return TrainResult(history=pd.DataFrame(rows), checkpoints=checkpoints)
 
 
-def reinitialised(model: nn.Module, seed: int) -> nn.Module:
-    """A fresh, untrained model of the same architecture and size, initialised under ``seed``
-    (on the same device, eval mode): the kernel "with the data but not the learned features"."""
-    if not hasattr(model, "init_args"):
-        raise ValueError(f"{type(model).__name__} does not record its constructor arguments (init_args)")
-    fresh = _seeded(lambda: type(model)(**model.init_args), seed)
-    return fresh.to(next(model.parameters()).device).eval()
-
-
-def model_at(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model`` with the given checkpoint loaded, in eval mode."""
-    clone = copy.deepcopy(model)
-    clone.load_state_dict(state_dict)
-    return clone.eval()
-
-
 @dataclass
 class ModularRun:
     """A trained modular-addition model with its data: what the notebooks analyse.
@@ -308,7 +187,7 @@ def train_gromov_mlp(
     in ``cache_dir`` (keyed by every argument that changes it) so re-running a notebook does
     not retrain.
     """
-    checks.mlp_arguments(p=p, width=width, steps=steps, seed=seed, split=split, split_seed=split_seed,
+    check_mlp_arguments(p=p, width=width, steps=steps, seed=seed, split=split, split_seed=split_seed,
                          train_frac=train_frac, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every,
                          device=device, cache_dir=cache_dir)
     p = check_modulus(p)
@@ -337,116 +216,12 @@ def _cached_run(name, key, model, p, pairs, labels, inputs, train_idx, test_idx,
     return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(train_kwargs["device"]).eval())
 
 
-def _seeded(make, seed: int):
-    """Build a module under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
-
-
 def training_code() -> tuple:
     """What a cached training run depends on besides its arguments and its model class: the
     training loop, the data and split functions and the seeded construction (looked up when
     called, so the cache follows the code this process runs)."""
     return (train, _loss, _evaluate, TrainResult, modular_addition_pairs, one_hot_pairs, split_indices, paper_split,
             train_test_split, _seeded)
-
-
-class OneLayerTransformer(nn.Module):
-    """The 1-layer Transformer of the grokking literature (Nanda et al. 2023), as the eNTK
-    paper's code runs it on modular addition.
-
-    Tokens ``(a, b, "=")`` with ``"=" = p``, vocabulary ``p + 1``; learned token and
-    position embeddings; ``n_heads`` causal attention heads; a ReLU MLP; no LayerNorm and no
-    biases; an untied unembedding read at the last position. Input (N, 3) token ids, output
-    (N, p + 1) logits.
-
-    Every weight is an ``nn.Linear`` or ``nn.Embedding`` named as in the paper (``W_E``,
-    ``W_pos``, ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``W_in``, ``W_out``, ``W_U``), so each has
-    a fast layerwise eNTK. ``W_Q``, ``W_K``, ``W_V`` hold all heads: their weight is the
-    paper's ``(heads, d_head, d_model)`` tensor reshaped to ``(heads * d_head, d_model)``.
-    Initialisation: ``W_E``, ``W_pos``, ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``W_out`` ~
-    N(0, 1/d_model); ``W_in`` ~ N(0, 1/d_mlp); ``W_U`` ~ N(0, 1/d_vocab).
-    """
-
-    WEIGHTS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U")
-
-    def __init__(self, p: int = 29, d_model: int = 64, n_heads: int = 4, d_mlp: int = 256, n_ctx: int = 3):
-        super().__init__()
-        self.init_args = dict(p=p, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, n_ctx=n_ctx)
-        self.p = check_modulus(p)
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        self.d_vocab, self.n_heads, self.d_head = p + 1, n_heads, d_model // n_heads
-        self.W_E = nn.Embedding(self.d_vocab, d_model)
-        self.W_pos = nn.Embedding(n_ctx, d_model)
-        self.W_Q = nn.Linear(d_model, d_model, bias=False)
-        self.W_K = nn.Linear(d_model, d_model, bias=False)
-        self.W_V = nn.Linear(d_model, d_model, bias=False)
-        self.W_O = nn.Linear(d_model, d_model, bias=False)
-        self.W_in = nn.Linear(d_model, d_mlp, bias=False)
-        self.W_out = nn.Linear(d_mlp, d_model, bias=False)
-        self.W_U = nn.Linear(d_model, self.d_vocab, bias=False)
-        std = {"W_in": d_mlp**-0.5, "W_U": self.d_vocab**-0.5}
-        for name in self.WEIGHTS:
-            nn.init.normal_(getattr(self, name).weight, std=std.get(name, d_model**-0.5))
-        self.register_buffer("causal_mask", torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool)), persistent=False)
-
-    def attention_pattern(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, heads, T, T) attention weights of residual stream ``x`` (N, T, d_model)."""
-        n, t, _ = x.shape
-        q = self.W_Q(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
-        k = self.W_K(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
-        return scores.masked_fill(~self.causal_mask[:t, :t], float("-inf")).softmax(-1)
-
-    def forward(self, tokens: torch.Tensor, return_mlp: bool = False):
-        n, t = tokens.shape
-        positions = torch.arange(t, device=tokens.device).expand(n, t)
-        x = self.W_E(tokens) + self.W_pos(positions)
-        v = self.W_V(x).view(n, t, self.n_heads, self.d_head).transpose(1, 2)
-        z = (self.attention_pattern(x) @ v).transpose(1, 2).reshape(n, t, -1)
-        x = x + self.W_O(z)
-        mlp = torch.relu(self.W_in(x))
-        x = x + self.W_out(mlp)
-        logits = self.W_U(x[:, -1])
-        return (logits, mlp[:, -1]) if return_mlp else logits
-
-
-TRANSFORMER_INITS = ("paper", "torch")
-
-
-@torch.no_grad()
-def paper_transformer_init(model: OneLayerTransformer, seed: int) -> OneLayerTransformer:
-    """Draw ``model``'s weights as the eNTK paper's code does, in place; returns ``model``.
-
-    ``torch.manual_seed(seed)``, then one ``torch.randn`` per weight in the order
-    ``W_E (vocab, d), W_pos (ctx, d), W_Q, W_K, W_V (heads, d_head, d), W_O (d, heads *
-    d_head), W_in (d, d_mlp), W_out (d_mlp, d), W_U (d, vocab)``, each divided by the
-    square root stated in :class:`OneLayerTransformer` and copied into our layout
-    (``W_in``, ``W_out`` and ``W_U`` are drawn as (in, out), the transpose of
-    ``nn.Linear.weight``). The global random state is restored afterwards. With the paper's
-    split, seed 2 then grows the paper's seed-2 network (key frequencies 1 and 12).
-    """
-    d_model, d_mlp, vocab = model.W_Q.in_features, model.W_in.out_features, model.d_vocab
-    shapes = {"W_E": (vocab, d_model), "W_pos": tuple(model.W_pos.weight.shape),
-              "W_Q": (model.n_heads, model.d_head, d_model), "W_K": (model.n_heads, model.d_head, d_model),
-              "W_V": (model.n_heads, model.d_head, d_model), "W_O": (d_model, d_model),
-              "W_in": (d_model, d_mlp), "W_out": (d_mlp, d_model), "W_U": (d_model, vocab)}
-    transposed = {"W_in", "W_out", "W_U"}
-    scale = {"W_in": d_mlp**-0.5, "W_U": vocab**-0.5}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for name in OneLayerTransformer.WEIGHTS:  # the authors' creation order
-            drawn = torch.randn(shapes[name]) * scale.get(name, d_model**-0.5)
-            drawn = drawn.T if name in transposed else drawn.reshape(getattr(model, name).weight.shape)
-            getattr(model, name).weight.copy_(drawn)
-    return model
-
-
-def transformer_tokens(pairs: torch.Tensor, p: int) -> torch.Tensor:
-    """(N, 2) pairs -> (N, 3) token ids ``(a, b, p)``, where ``p`` is the "=" token."""
-    return torch.cat([pairs, torch.full((len(pairs), 1), p, dtype=pairs.dtype)], dim=1)
 
 
 def train_transformer(
@@ -483,7 +258,7 @@ def train_transformer(
 
     Cached in ``cache_dir`` by every argument.
     """
-    checks.transformer_arguments(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
+    check_transformer_arguments(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
                                  train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                                  d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
                                  device=device, cache_dir=cache_dir)
@@ -503,3 +278,47 @@ def train_transformer(
                        epochs=epochs, lr=lr, weight_decay=weight_decay, loss="cross_entropy",
                        batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p, seed=seed,
                        device=device, progress=progress)
+
+
+# --------------------------------------------------------------------------- argument rules
+def check_data_split(*, train_frac: Any, split: Any, split_seed: Any, none_seed: str) -> None:
+    """``train_frac`` strictly between 0 and 1, ``split`` one of
+    :data:`~entk_utils.settings.modular.data.SPLITS`, ``split_seed`` an integer >= 0, or ``None`` where
+    that means something: always under ``split="paper"`` (which ignores it), under
+    ``"seeded"`` only where ``none_seed`` says what (e.g. "the seed"; ``""``: nowhere)."""
+    checks.real("train_frac", train_frac, minimum=0, maximum=1, low_open=True, high_open=True)
+    checks.one_of("split", split, SPLITS)
+    if split_seed is None and split == "seeded" and not none_seed:
+        raise checks.fail("split_seed", split_seed,
+                          "an integer >= 0 under split='seeded' (None would draw an unseeded split)")
+    checks.integer("split_seed", split_seed, minimum=0, allow_none=True)
+
+
+def check_mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split: Any, split_seed: Any, train_frac: Any, lr: Any,
+                  weight_decay: Any, checkpoint_every: Any, device: Any, cache_dir: Any = None,
+                  progress: Any = True) -> None:
+    """The rules for the arguments of :func:`train_gromov_mlp` (same names)."""
+    checks.check_modulus(p)
+    checks.integer("width", width, minimum=1)
+    checks.training(epochs=steps, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
+                    epochs_name="steps")
+    check_data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="")
+    checks.torch_device("device", device)
+    checks.folder("cache_dir", cache_dir)
+
+
+def check_transformer_arguments(*, p: Any, epochs: Any, seed: Any, split: Any, split_seed: Any, init: Any, train_frac: Any,
+                          lr: Any, weight_decay: Any, batch_size: Any, d_model: Any, n_heads: Any, d_mlp: Any,
+                          checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True) -> None:
+    """The rules for the arguments of :func:`train_transformer` (same names)."""
+    checks.check_modulus(p)
+    checks.training(epochs=epochs, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
+                    batch_size=batch_size)
+    check_data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="the seed")
+    checks.one_of("init", init, TRANSFORMER_INITS)
+    checks.integer("n_heads", n_heads, minimum=1)
+    if checks.integer("d_model", d_model, minimum=1) % n_heads:
+        raise checks.fail("d_model", d_model, f"a multiple of n_heads={n_heads}")
+    checks.integer("d_mlp", d_mlp, minimum=1)
+    checks.torch_device("device", device)
+    checks.folder("cache_dir", cache_dir)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from entk_utils import grokking
+from entk_utils.experiments import seed_sweep
 
 
 def history(acc, step=10):
@@ -11,27 +11,27 @@ def history(acc, step=10):
 
 def test_first_epoch_at_is_the_first_crossing_not_the_sustained_one():
     h = history([0.0, 0.5, 0.96, 0.90, 0.97])
-    assert grokking.first_epoch_at(h, 0.95) == 20
-    assert np.isnan(grokking.first_epoch_at(h, 0.99))
+    assert seed_sweep.first_epoch_at(h, 0.95) == 20
+    assert np.isnan(seed_sweep.first_epoch_at(h, 0.99))
     with pytest.raises(ValueError, match="level"):
-        grokking.first_epoch_at(h, 1.5)
+        seed_sweep.first_epoch_at(h, 1.5)
 
 
 def test_run_outcome_censors_runs_that_never_grok():
-    out = grokking.run_outcome(history([0.1, 0.4, 0.6]))
+    out = seed_sweep.run_outcome(history([0.1, 0.4, 0.6]))
     assert out["grokked"] is False and np.isnan(out["t95"]) and out["epochs"] == 20
     assert out["final_test_acc"] == pytest.approx(0.6)
 
 
 def test_fraction_grokked_counts_runs_by_epoch_and_never_the_censored():
-    frac = grokking.fraction_grokked([10, np.nan, 30], [0, 10, 29, 30, 1000])
+    frac = seed_sweep.fraction_grokked([10, np.nan, 30], [0, 10, 29, 30, 1000])
     np.testing.assert_allclose(frac, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
     with pytest.raises(ValueError, match="at least one run"):
-        grokking.fraction_grokked([], [0])
+        seed_sweep.fraction_grokked([], [0])
 
 
 def test_fraction_grokked_curves_one_curve_per_group():
-    curves = grokking.fraction_grokked_curves({
+    curves = seed_sweep.fraction_grokked_curves({
         "paper": {0: history([0, 1, 1]), 1: history([0, 0, 1])},
         "seeded": {0: history([0, 0, 0])},
     })
@@ -42,9 +42,9 @@ def test_fraction_grokked_curves_one_curve_per_group():
 
 def test_split_effect_detects_a_split_that_decides_and_not_one_that_does_not():
     decided = pd.DataFrame({"split": ["a"] * 6 + ["b"] * 6, "grokked": [True] * 6 + [False] * 6})
-    assert grokking.split_effect(decided, 2000)["p_value"] < 0.01
+    assert seed_sweep.split_effect(decided, 2000)["p_value"] < 0.01
     mixed = pd.DataFrame({"split": ["a", "b"] * 6, "grokked": [True, True, False, False] * 3})
-    result = grokking.split_effect(mixed, 2000)
+    result = seed_sweep.split_effect(mixed, 2000)
     assert result["statistic"] == 0 and result["p_value"] == 1
     assert result["per_split"] == {"a": 0.5, "b": 0.5} and result["runs"] == 12
 
@@ -52,14 +52,14 @@ def test_split_effect_detects_a_split_that_decides_and_not_one_that_does_not():
 def test_split_init_grid_trains_each_cell_once_and_caches(tmp_path):
     kwargs = dict(p=7, epochs=4, d_model=16, n_heads=4, d_mlp=32, batch_size=None, lr=1e-3, checkpoint_every=2,
                   train_frac=0.6)
-    grid = grokking.split_init_grid(["paper", 3], [0, 1], cache_dir=tmp_path, progress=False, **kwargs)
+    grid = seed_sweep.split_init_grid(["paper", 3], [0, 1], cache_dir=tmp_path, progress=False, **kwargs)
     assert grid[["split", "init_seed"]].values.tolist() == [["paper", 0], ["paper", 1], ["3", 0], ["3", 1]]
     assert set(grid.columns) >= {"final_test_acc", "t95", "grokked", "epochs"} and set(grid.epochs) == {4}
     assert len(list(tmp_path.glob("transformer-*.pt"))) == 4
-    again = grokking.split_init_grid(["paper", 3], [0, 1], cache_dir=tmp_path, progress=False, **kwargs)
+    again = seed_sweep.split_init_grid(["paper", 3], [0, 1], cache_dir=tmp_path, progress=False, **kwargs)
     pd.testing.assert_frame_equal(grid, again)
     with pytest.raises(ValueError, match="int or 'paper'"):
-        grokking.split_init_grid(["Paper"], [0], **kwargs)
+        seed_sweep.split_init_grid(["Paper"], [0], **kwargs)
 
 
 def fake_run(folder, seed, test_acc, peak, p=7):
@@ -86,13 +86,13 @@ def fake_run(folder, seed, test_acc, peak, p=7):
 def test_transformer_runs_table_and_reliability_summary_from_run_folders(tmp_path):
     runs = {0: fake_run(tmp_path / "seed0", 0, [0.0, 0.1, 0.5, 0.97, 0.99], peak=10),
             1: fake_run(tmp_path / "seed1", 1, [0.0, 0.1, 0.2, 0.3, 0.4], peak=30)}
-    table = grokking.transformer_runs_table(runs)
+    table = seed_sweep.transformer_runs_table(runs)
     assert table.seed.tolist() == [0, 1] and table["key frequencies"].tolist() == ["[1, 2] from W_E"] * 2
     assert table.grokked.tolist() == [True, False] and table.t95.iloc[0] == 30 and np.isnan(table.t95.iloc[1])
     assert table["sum percent"].astype(float).tolist() == [90.0, 90.0]
     # seed 0 leaves chance (2/7, for good) at epoch 20 and peaks at 10; seed 1 at 30 and peaks at 30
     assert table.gap.tolist() == [-10, 0]
-    summary = grokking.reliability_summary(table.assign(policy="paper")).set_index("runs")
+    summary = seed_sweep.reliability_summary(table.assign(policy="paper")).set_index("runs")
     assert summary.loc["all runs", "n"] == 2 and summary.loc["all runs", "grokked"] == 1
     assert summary.loc["grokked runs", "n"] == 1 and summary.loc["grokked runs", "mean gap peak - leaves_chance"] == -10
     assert summary.loc["all runs", "W_U vs axis_sum (% of family)"] == 50
@@ -101,10 +101,10 @@ def test_transformer_runs_table_and_reliability_summary_from_run_folders(tmp_pat
 def test_transformer_runs_table_refuses_to_mix_moduli(tmp_path):
     runs = {0: fake_run(tmp_path / "a", 0, [0, 1], peak=0, p=7), 1: fake_run(tmp_path / "b", 1, [0, 1], peak=0, p=11)}
     with pytest.raises(ValueError, match="different moduli"):
-        grokking.transformer_runs_table(runs)
+        seed_sweep.transformer_runs_table(runs)
 
 
 def test_training_arguments_keep_only_what_training_takes():
-    args = grokking.training_arguments({"p": 23, "epochs": 10, "null_draws": 200, "seed": 4, "split": "seeded",
+    args = seed_sweep.training_arguments({"p": 23, "epochs": 10, "null_draws": 200, "seed": 4, "split": "seeded",
                                         "init": "torch"})
     assert args == {"p": 23, "epochs": 10, "init": "torch"}

@@ -5,8 +5,8 @@ The generic checkers (:func:`integer`, :func:`real`, :func:`one_of`, :func:`inte
 :func:`reals`, :func:`folder`, :func:`torch_device`, :func:`known_names`) return the value in a
 plain form (``int``, ``float``, ``list``); the rule sets (:func:`training`,
 :func:`mlp_arguments`, :func:`transformer_arguments`) hold the rules for the training
-functions' arguments in one place, for :mod:`entk_utils.modular` and the notebooks'
-validators (:mod:`entk_utils.parameters`) alike.
+functions' arguments in one place, for :mod:`entk_utils.settings.modular` and the notebooks'
+validators (:mod:`entk_utils.experiments.parameters`) alike.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 
 def fail(name: str, value: Any, allowed: str) -> ValueError:
@@ -152,7 +154,7 @@ def known_names(names: Iterable[str], valid: Iterable[str], where: str) -> None:
 # --------------------------------------------------------------------------- rule sets
 def training(*, epochs: Any, lr: Any, weight_decay: Any, checkpoint_every: Any, seed: Any,
              batch_size: Any = None, epochs_name: str = "epochs") -> None:
-    """The rules for :func:`entk_utils.modular.train`'s schedule: ``epochs`` (called
+    """The rules for :func:`entk_utils.settings.modular.train`'s schedule: ``epochs`` (called
     ``epochs_name`` in the message, e.g. ``"steps"``) and ``checkpoint_every`` positive
     integers, ``lr`` a real > 0, ``weight_decay`` a real >= 0, ``seed`` an integer >= 0,
     ``batch_size`` a positive integer or ``None`` (full batch)."""
@@ -164,49 +166,33 @@ def training(*, epochs: Any, lr: Any, weight_decay: Any, checkpoint_every: Any, 
     integer("batch_size", batch_size, minimum=1, allow_none=True)
 
 
-def data_split(*, train_frac: Any, split: Any, split_seed: Any, none_seed: str) -> None:
-    """``train_frac`` strictly between 0 and 1, ``split`` one of
-    :data:`entk_utils.modular.SPLITS`, ``split_seed`` an integer >= 0, or ``None`` where
-    that means something: always under ``split="paper"`` (which ignores it), under
-    ``"seeded"`` only where ``none_seed`` says what (e.g. "the seed"; ``""``: nowhere)."""
-    from .modular import SPLITS
-
-    real("train_frac", train_frac, minimum=0, maximum=1, low_open=True, high_open=True)
-    one_of("split", split, SPLITS)
-    if split_seed is None and split == "seeded" and not none_seed:
-        raise fail("split_seed", split_seed, "an integer >= 0 under split='seeded' (None would draw an unseeded split)")
-    integer("split_seed", split_seed, minimum=0, allow_none=True)
+def check_modulus(p: int) -> int:
+    """Return ``p`` if it is an odd prime, else raise ``ValueError`` saying why."""
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+        raise ValueError(f"modulus p must be an odd prime integer, got {p!r}")
+    p = int(p)
+    if p < 3 or p % 2 == 0 or any(p % d == 0 for d in range(3, math.isqrt(p) + 1, 2)):
+        raise ValueError(f"modulus p must be an odd prime (3, 5, 7, 11, ...), got {p}")
+    return p
 
 
-def mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split: Any, split_seed: Any, train_frac: Any, lr: Any,
-                  weight_decay: Any, checkpoint_every: Any, device: Any, cache_dir: Any = None,
-                  progress: Any = True) -> None:
-    """The rules for the arguments of :func:`entk_utils.modular.train_gromov_mlp` (same names)."""
-    from .modular import check_modulus
-
-    check_modulus(p)
-    integer("width", width, minimum=1)
-    training(epochs=steps, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
-             epochs_name="steps")
-    data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="")
-    torch_device("device", device)
-    folder("cache_dir", cache_dir)
-
-
-def transformer_arguments(*, p: Any, epochs: Any, seed: Any, split: Any, split_seed: Any, init: Any, train_frac: Any,
-                          lr: Any, weight_decay: Any, batch_size: Any, d_model: Any, n_heads: Any, d_mlp: Any,
-                          checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True) -> None:
-    """The rules for the arguments of :func:`entk_utils.modular.train_transformer` (same names)."""
-    from .modular import TRANSFORMER_INITS, check_modulus
-
-    check_modulus(p)
-    training(epochs=epochs, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
-             batch_size=batch_size)
-    data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="the seed")
-    one_of("init", init, TRANSFORMER_INITS)
-    integer("n_heads", n_heads, minimum=1)
-    if integer("d_model", d_model, minimum=1) % n_heads:
-        raise fail("d_model", d_model, f"a multiple of n_heads={n_heads}")
-    integer("d_mlp", d_mlp, minimum=1)
-    torch_device("device", device)
-    folder("cache_dir", cache_dir)
+def index_array(idx: Any, n: int, name: str, *, min_size: int = 1) -> np.ndarray:
+    """``idx`` as a 1-D integer index array into ``range(n)``: ``None`` means all of it, a
+    boolean mask of length ``n`` its true positions; a tensor is read as an array. Raises
+    ``ValueError`` naming ``name`` for another shape, fewer than ``min_size`` indices or an
+    index outside ``0..n-1``."""
+    if idx is None:
+        return np.arange(n)
+    if hasattr(idx, "detach"):
+        idx = idx.detach().cpu().numpy()
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise ValueError(f"a boolean {name} must have shape ({n},), got {idx.shape}")
+        idx = np.flatnonzero(idx)
+    if idx.ndim != 1 or idx.size < min_size or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"{name} must be a 1-D array of at least {min_size} integer indices into range({n}), "
+                         f"got shape {idx.shape} and dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{name} has indices outside range({n}): min {idx.min()}, max {idx.max()}")
+    return idx.astype(np.int64)

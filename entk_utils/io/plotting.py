@@ -81,7 +81,7 @@ def plot_heatmap(ax, values, xlabels, ylabel: str, title: str, vmax: float = 1.0
 def plot_seed_band(ax, frame: pd.DataFrame, column: str, colour: str, x: str = "epoch"):
     """Mean over seeds of ``frame[column]`` against ``x``, with ±1 sd and min-max bands.
 
-    frame : long format, one row per (seed, x), e.g. :func:`entk_utils.sweep.gather`'s output.
+    frame : long format, one row per (seed, x), e.g. :func:`entk_utils.io.sweep.gather`'s output.
     """
     stats = frame.groupby(x)[column].agg(["mean", "std", "min", "max"])
     ax.plot(stats.index, stats["mean"], color=colour, label=f"{column} (mean)")
@@ -93,7 +93,7 @@ def plot_seed_band(ax, frame: pd.DataFrame, column: str, colour: str, x: str = "
 def plot_fraction_grokked(ax, curves: pd.DataFrame, colours: dict | None = None):
     """Fraction of runs grokked by each epoch, a step curve per group.
 
-    curves : :func:`entk_utils.grokking.fraction_grokked_curves`'s output (``group, epoch,
+    curves : :func:`entk_utils.experiments.seed_sweep.fraction_grokked_curves`'s output (``group, epoch,
     fraction, runs``).
     """
     for i, (group, c) in enumerate(curves.groupby("group", sort=False)):
@@ -133,7 +133,7 @@ def plot_grok_epochs(ax, table: pd.DataFrame, group: str, colours: dict | None =
 
 def plot_outcome_grid(ax, grid: pd.DataFrame, value: str = "final_test_acc"):
     """A (split, init seed) heatmap of ``grid[value]``, each cell annotated; the grid is
-    :func:`entk_utils.grokking.split_init_grid`'s output."""
+    :func:`entk_utils.experiments.seed_sweep.split_init_grid`'s output."""
     table = grid.pivot(index="split", columns="init_seed", values=value).loc[list(dict.fromkeys(grid.split))]
     im = ax.imshow(table.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for (r, c), v in np.ndenumerate(table.to_numpy()):
@@ -143,3 +143,46 @@ def plot_outcome_grid(ax, grid: pd.DataFrame, value: str = "final_test_acc"):
     ax.set(xlabel="init seed", ylabel="split (seed)")
     ax.grid(False)
     return im
+
+
+def plot_grokking(history: pd.DataFrame, curve: pd.DataFrame, column: str, derivative: str, *, onset: float,
+                  onset_label: str, null: np.ndarray, init_band: tuple[float, float], n_init: int, title: str,
+                  max_overlap: int, time: str = "step", log_time: bool = False,
+                  checkpoint_column: str | None = None):
+    """Figures 2 and 3: the alignment grows as the network generalises.
+
+    Left: train and test accuracy over ``history`` (``epoch, train_acc, test_acc``), with the
+    grokking ``onset`` and the peak of ``curve[derivative]`` marked. Right: the overlap
+    ``curve[column]`` against ``curve.epoch``, above the 1-99% band of the random-subspace
+    ``null`` draws and the ``init_band`` (mean ± sd of the eNTK at init over ``n_init``
+    seeds), with the derivative on a twin axis; ``checkpoint_column`` adds a second overlap
+    as dots. ``time`` names the x axis ("step", "epoch"); ``log_time`` makes it symmetric-log
+    from 0. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    peak = float(curve.epoch[curve[derivative].idxmax()])
+    fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    if log_time:
+        for ax in (ax_acc, ax_ov):
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(0, float(history.epoch.max()))
+    ax_acc.plot(history.epoch, history.train_acc, label="train")
+    ax_acc.plot(history.epoch, history.test_acc, label="test")
+    ax_acc.axvline(onset, color="C1", ls=":", lw=1, label=f"{onset_label} ({onset:.0f})")
+    ax_acc.axvline(peak, color="C3", ls=":", lw=1, label=f"peak d(overlap) ({peak:.0f})")
+    ax_acc.set(xlabel=time, ylabel="accuracy", title="accuracy")
+    ax_ov.axhspan(*np.quantile(null, [0.01, 0.99]), color="0.75", alpha=0.6, label="random subspaces (1-99%)")
+    ax_ov.axhspan(*init_band, color="C1", alpha=0.3, label=f"eNTK at init, {n_init} seeds (±1 sd)")
+    ax_ov.plot(curve.epoch, curve[column], "o-" if len(curve) <= 100 else "-", ms=3, label=column)
+    if checkpoint_column is not None:
+        ax_ov.plot(curve.epoch, curve[checkpoint_column], ".", ms=3, color="C2", label=checkpoint_column)
+    ax_ov.set(xlabel=time, ylabel=f"overlap (max {max_overlap})", title=title)
+    ax_d = ax_ov.twinx()
+    ax_d.plot(curve.epoch, curve[derivative], color="C3", lw=1, label=f"d overlap / d {time}")
+    ax_d.axvline(peak, color="C3", ls=":", lw=1)
+    ax_d.set_ylabel("derivative", color="C3")
+    ax_d.grid(False)
+    ax_acc.legend(fontsize=8)
+    ax_ov.legend(fontsize=8, loc="center left")
+    return fig

@@ -5,7 +5,7 @@ on, and one validator per notebook that checks every value before any work start
   cell tagged ``parameters``; :func:`check_parameter_names` rejects any other name, also
   inside the dict parameters a notebook passes on to another notebook or function
   (:data:`FORWARDED`). ``make figures PROFILE=...`` runs
-  ``python -m entk_utils.parameters check-profile NOTEBOOK YAML`` for every notebook first.
+  ``python -m entk_utils.experiments.parameters check-profile NOTEBOOK YAML`` for every notebook first.
 * ``check_*_notebook`` validate a notebook's values: call one right after the parameters
   cell (and after ``out_dir`` / ``cache_dir`` take their defaults), as
   ``parameters.check_mlp_notebook(globals())``. Each raises one ``ValueError`` (or
@@ -16,7 +16,6 @@ on, and one validator per notebook that checks every value before any work start
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import os
 import sys
@@ -24,7 +23,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import checks, language, modular
+from ..io import checks
+from ..io.notebooks import check_declared, declared_parameters
+from ..settings import language, modular
+from ..settings.modular.training import check_mlp_arguments, check_transformer_arguments
 
 # Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
 # inputs, notebook 02 on this many: p*p must be at least as large.
@@ -44,37 +46,10 @@ FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
 
 
 # --------------------------------------------------------------------------- names
-def parameters_cell(notebook: str | os.PathLike) -> str:
-    """The source of ``notebook``'s cell tagged ``parameters`` (``.ipynb`` or jupytext ``.py``)."""
-    import jupytext
-
-    path = Path(notebook)
-    if not path.is_file():
-        raise FileNotFoundError(f"no notebook {path}")
-    cells = [c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", [])]
-    if len(cells) != 1:
-        raise ValueError(f"notebook {path} has {len(cells)} cells tagged 'parameters'; papermill needs one")
-    return cells[0].source
 
 
-def declared_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
-    """``{name: default}`` for every name assigned at the top level of the notebook's
-    parameters cell, in order; a default that is not a literal is given as its source text.
 
-    (The cell's code is parsed, not run. ``papermill.inspect_notebook`` is not used: it
-    skips lines whose comment holds an ``=``.)
-    """
-    source = parameters_cell(notebook)
-    out = {}
-    for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        for target in targets:
-            if isinstance(target, ast.Name) and node.value is not None:
-                try:
-                    out[target.id] = ast.literal_eval(node.value)
-                except ValueError:
-                    out[target.id] = ast.get_source_segment(source, node.value)
-    return out
+
 
 
 def _valid_names(target: str | Callable, notebook: Path, set_by_caller: tuple[str, ...]) -> set[str]:
@@ -110,7 +85,7 @@ def check_parameter_names(notebook: str | os.PathLike, parameters: Mapping[str, 
     declare, or a dict parameter passed on to another notebook or function holds a name
     that one does not take; the message lists the valid names."""
     notebook = Path(notebook)
-    checks.known_names(parameters, declared_parameters(notebook), f"notebook {notebook.name}")
+    check_declared(notebook, parameters)
     for name, value in parameters.items():
         check_forwarded(notebook, name, value)
 
@@ -132,9 +107,9 @@ def check_profile(notebook: str | os.PathLike, profile: str | os.PathLike) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m entk_utils.parameters check-profile NOTEBOOK YAML``: exit 0 if the
+    """``python -m entk_utils.experiments.parameters check-profile NOTEBOOK YAML``: exit 0 if the
     profile's names are the notebook's, else print the error and exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m entk_utils.parameters", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m entk_utils.experiments.parameters", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check-profile", help="check that a YAML profile names only the notebook's parameters")
     check.add_argument("notebook")
@@ -174,11 +149,11 @@ MLP_NOTEBOOK = ("p", "width", "steps", "lr", "weight_decay", "train_frac", "seed
 
 def check_mlp_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 01 (the MLP): those of
-    :func:`~entk_utils.modular.train_gromov_mlp`, ``p*p`` at least
+    :func:`~entk_utils.settings.modular.train_gromov_mlp`, ``p*p`` at least
     :data:`MLP_KERNEL_CHECK_INPUTS`, ``null_draws >= 1``, ``init_seeds`` a non-empty list of
     integers >= 0, ``out_dir`` / ``cache_dir`` folders or None."""
     v = _gather(values, kwargs, MLP_NOTEBOOK, "01")
-    checks.mlp_arguments(**{k: v[k] for k in v if k not in ("null_draws", "init_seeds", "out_dir")})
+    check_mlp_arguments(**{k: v[k] for k in v if k not in ("null_draws", "init_seeds", "out_dir")})
     _check_modulus_feasible(v["p"], MLP_KERNEL_CHECK_INPUTS, "01")
     _check_common(v)
 
@@ -197,10 +172,10 @@ TRANSFORMER_NOTEBOOK = ("p", "epochs", "seed", "split", "split_seed", "init", "t
 
 def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 02 (the Transformer): those of
-    :func:`~entk_utils.modular.train_transformer`, ``p*p`` at least
+    :func:`~entk_utils.settings.modular.train_transformer`, ``p*p`` at least
     :data:`TRANSFORMER_KERNEL_CHECK_INPUTS`, ``n_eigs`` in ``[3, p*p]``, and as for 01."""
     v = _gather(values, kwargs, TRANSFORMER_NOTEBOOK, "02")
-    checks.transformer_arguments(**{k: v[k] for k in v if k not in ("n_eigs", "null_draws", "init_seeds", "out_dir")})
+    check_transformer_arguments(**{k: v[k] for k in v if k not in ("n_eigs", "null_draws", "init_seeds", "out_dir")})
     _check_modulus_feasible(v["p"], TRANSFORMER_KERNEL_CHECK_INPUTS, "02")
     checks.integer("n_eigs", v["n_eigs"], minimum=MIN_SPECTRUM, maximum=v["p"] ** 2)
     _check_common(v)
@@ -214,9 +189,9 @@ GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lancz
 def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 03 (Gemma on TinyStories), cheapest first:
     counts and seeds; then the stories file (readable, UTF-8, at least one
-    ``<|endoftext|>`` separator: :func:`~entk_utils.language.read_stories`); then, from the
+    ``<|endoftext|>`` separator: :func:`~entk_utils.settings.language.read_stories`); then, from the
     model's config or GGUF metadata without loading its weights
-    (:func:`~entk_utils.language.model_shape`), ``layers`` a non-empty list of distinct
+    (:func:`~entk_utils.settings.language.model_shape`), ``layers`` a non-empty list of distinct
     layer indices of the model, ``context_len`` plus the generated tokens within its
     context, ``n_eigs`` within the hidden size."""
     v = _gather(values, kwargs, GEMMA_NOTEBOOK, "03")
@@ -270,7 +245,7 @@ def _check_training_dict(notebook: str, name: str, value: Any, rules: Callable, 
 def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 05 (the causal tests): ``mlp_parameters`` /
     ``transformer_parameters`` dicts of arguments of
-    :func:`~entk_utils.modular.train_gromov_mlp` / :func:`~entk_utils.modular.train_transformer`
+    :func:`~entk_utils.settings.modular.train_gromov_mlp` / :func:`~entk_utils.settings.modular.train_transformer`
     (names and values; ``cache_dir`` and ``device`` come from the notebook), ``n_directions
     >= 1``, ``relative_norms`` a non-empty list of reals >= 0, ``seed``, ``device``,
     ``out_dir``, ``cache_dir``."""
@@ -279,10 +254,10 @@ def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: 
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])
-    _check_training_dict("05_causal", "mlp_parameters", v["mlp_parameters"], checks.mlp_arguments,
+    _check_training_dict("05_causal", "mlp_parameters", v["mlp_parameters"], check_mlp_arguments,
                          v["device"], v["cache_dir"])
     _check_training_dict("05_causal", "transformer_parameters", v["transformer_parameters"],
-                         checks.transformer_arguments, v["device"], v["cache_dir"])
+                         check_transformer_arguments, v["device"], v["cache_dir"])
     checks.integer("n_directions", v["n_directions"], minimum=1)
     checks.reals("relative_norms", v["relative_norms"], minimum=0)
 
@@ -309,7 +284,7 @@ def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: s
                          **kwargs: Any) -> None:
     """Validate the parameters of notebook 04 (the seed sweep) before any run starts:
     ``seeds`` / ``transformer_seeds`` non-empty lists of distinct integers >= 0,
-    ``split_policies`` distinct entries of :data:`~entk_utils.modular.SPLITS`,
+    ``split_policies`` distinct entries of :data:`~entk_utils.settings.modular.SPLITS`,
     ``mlp_parameters`` / ``transformer_parameters`` dicts of notebook 01 / 02 parameters
     (names, and the values each run will get, checked by that notebook's validator),
     ``grid_splits`` distinct entries each ``"paper"`` or a split seed >= 0,

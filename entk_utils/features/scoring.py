@@ -1,4 +1,4 @@
-"""Significance of one-vs-rest direction scores against binary labels.
+"""Scoring directions against binary labels, one-vs-rest.
 
 ``scores`` is an (N, m) array throughout: a signed score per context (row) for each of m
 candidate directions (column), e.g. projections on eNTK eigenvectors, PCA components or
@@ -8,12 +8,10 @@ per label, or per shuffled copy of one label.
 :func:`auroc_matrix` and :func:`average_precision_matrix` give the same values as
 scikit-learn's ``roc_auc_score`` and ``average_precision_score`` (tied scores included)
 for all B x m pairs at once, which makes permutation tests with thousands of shuffled label
-vectors cheap. On top of them: choosing the best (direction, sign) on one half and
-scoring it on the other, as :func:`entk_utils.alignment.score_directions` does
-(:func:`best_direction_metrics`); a permutation test of the difference between two
-methods (:func:`permutation_test`); multiple-comparison corrections (:func:`bonferroni`,
-:func:`holm`); a bootstrap of macro metrics (:func:`bootstrap_macro`); and the mean
-|cosine| between score columns and labels (:func:`mean_abs_cosine`).
+vectors cheap. The best (direction, sign) per label is chosen on one half of the contexts
+and scored on the other, by one rule (:func:`choose_directions`) used by both
+:func:`score_directions` (the table, with scikit-learn's metrics) and
+:func:`best_direction_metrics` (vectorised, for the tests in :mod:`.significance`).
 """
 
 from __future__ import annotations
@@ -21,11 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 
-# |null| counts as "at least as extreme" as |observed| within this absolute tolerance, so
-# that a shuffle reproducing the observed value up to rounding is counted.
-_P_VALUE_ATOL = 1e-12
+from ..io.checks import index_array
 
 
 # ----------------------------------------------------------------------------- checks
@@ -70,21 +67,6 @@ def _positives(Y: np.ndarray, where: str = "") -> np.ndarray:
         raise ValueError(f"label row(s) {bad[:10].tolist()} have only one class{where}; "
                          "AUROC and AP need both positives and negatives")
     return Y.sum(axis=1)
-
-
-def _as_index(idx, n: int, name: str) -> np.ndarray:
-    """1-D integer indices into range(n); a boolean mask of length n is converted."""
-    idx = np.asarray(idx)
-    if idx.dtype == bool:
-        if idx.shape != (n,):
-            raise ValueError(f"boolean {name} must have shape ({n},), got {idx.shape}")
-        idx = np.flatnonzero(idx)
-    if idx.ndim != 1 or idx.size < 2 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D array of at least 2 integer indices into range({n}), "
-                         f"got shape {idx.shape} and dtype {idx.dtype}")
-    if idx.min() < 0 or idx.max() >= n:
-        raise ValueError(f"{name} has indices outside range({n}): min {idx.min()}, max {idx.max()}")
-    return idx
 
 
 # ----------------------------------------------------------------------------- core metrics
@@ -228,15 +210,15 @@ class BestDirections:
     def chosen_scores(self, scores, idx) -> np.ndarray:
         """(B, len(idx)): ``sign[b] * scores[idx, direction[b]]``, the rows :func:`bootstrap_macro` takes."""
         S = _as_scores(scores)
-        idx = _as_index(idx, S.shape[0], "idx")
+        idx = index_array(idx, S.shape[0], "idx", min_size=2)
         return self.sign[:, None] * S[idx][:, self.direction].T
 
 
 def _choose(S_sel: np.ndarray, Y_sel: np.ndarray, n_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(direction, sign) per label row maximising AP on the select half.
 
-    Ties go to the larger direction index, then to sign +1: the order of Python's ``max``
-    over ``(ap, j, sign)`` tuples used by ``score_directions``.
+    Ties go to the larger direction index, then to sign +1 (the one rule of
+    :func:`score_directions` and :func:`best_direction_metrics`).
     """
     m = S_sel.shape[1]
     # candidates in order of preference among equal APs: (m-1, +1), (m-1, -1), (m-2, +1), ...
@@ -260,9 +242,8 @@ def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
 
     For each label row the candidates are the m columns of ``scores`` and their negations;
     the one with the highest average precision on the ``select`` contexts is chosen (ties:
-    larger column index, then sign +1, as in ``alignment.score_directions``; since the APs
-    here are summed in another order than scikit-learn's, two candidates equal to the last
-    bit can in rare cases be ordered differently). Its AP and AUROC are then measured on the
+    larger column index, then sign +1: :func:`_choose`, as in :func:`score_directions`). Its
+    AP and AUROC are then measured on the
     ``evaluate`` contexts.
 
     Parameters
@@ -270,7 +251,7 @@ def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
     scores : (N, m) array.
     Y : (B, N) binary label rows, or (N,) for one label.
     select, evaluate : integer indices (or boolean masks) of contexts, e.g. from
-        ``alignment.stratified_halves``.
+        :func:`stratified_halves`.
 
     Returns
     -------
@@ -280,208 +261,11 @@ def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
     S = _as_scores(scores)
     N = S.shape[0]
     Yb = _as_labels(Y, N)
-    select, evaluate = _as_index(select, N, "select"), _as_index(evaluate, N, "evaluate")
+    select, evaluate = index_array(select, N, "select", min_size=2), index_array(evaluate, N, "evaluate", min_size=2)
     _positives(Yb[:, select], " on the select contexts")
     _positives(Yb[:, evaluate], " on the evaluate contexts")
     direction, sign, values = _best(S, Yb, select, evaluate)
     return BestDirections(direction=direction, sign=sign, ap=values["ap"], auroc=values["auroc"])
-
-
-# ----------------------------------------------------------------------------- permutation test
-
-
-@dataclass(frozen=True)
-class PermutationResult:
-    """``observed`` difference, its ``null`` distribution (n_permutations,), the two-sided
-    ``p_value``, and ``n_redrawn``: shuffles discarded because a half had a single class."""
-
-    observed: float
-    null: np.ndarray
-    p_value: float
-    n_redrawn: int
-
-
-def permutation_test(scores_a, scores_b, y, select, evaluate, n_permutations: int = 1000, seed: int = 0,
-                     metric: str = "auroc", batch_size: int = 1000) -> PermutationResult:
-    """Do methods a and b differ in how well their best direction predicts label ``y``?
-
-    The statistic is ``metric_a - metric_b``, each method's (direction, sign) chosen by AP
-    on ``select`` and its ``metric`` ("auroc" or "ap") measured on ``evaluate``, exactly as
-    :func:`best_direction_metrics`. Its null distribution comes from shuffling ``y`` over
-    all N contexts (the same shuffle for both methods; ``select`` and ``evaluate`` stay
-    fixed), which repeats the selection step on every shuffle. Shuffles that leave a half
-    with a single class are discarded and redrawn (counted in ``n_redrawn``); the observed
-    labelling has both classes in both halves, so this conditions the null on an event the
-    data satisfy and the test stays exact.
-
-    Parameters
-    ----------
-    scores_a : (N, m_a) array; scores_b : (N, m_b) array.
-    y : (N,) binary labels.
-    select, evaluate : integer indices (or boolean masks) of contexts.
-    n_permutations : number of valid shuffles; seed : seeds ``np.random.default_rng``.
-    batch_size : shuffles evaluated at once (memory: a few (batch_size, N) arrays).
-
-    Returns
-    -------
-    :class:`PermutationResult`; two-sided ``p = (1 + #{|null| >= |observed|}) /
-    (1 + n_permutations)`` (with a 1e-12 tolerance for rounding), so ``p >= 1 /
-    (n_permutations + 1)``.
-    """
-    Sa, Sb = _as_scores(scores_a, "scores_a"), _as_scores(scores_b, "scores_b")
-    N = Sa.shape[0]
-    if Sb.shape[0] != N:
-        raise ValueError(f"scores_a and scores_b must have the same contexts (rows): {N} vs {Sb.shape[0]}")
-    if np.ndim(y) != 1:
-        raise ValueError(f"y must be a 1-D label vector of length {N}, got shape {np.shape(y)}")
-    y = _as_labels(y, N, "y")
-    if metric not in ("auroc", "ap"):
-        raise ValueError(f"metric must be 'auroc' or 'ap', got {metric!r}")
-    if int(n_permutations) < 1 or int(batch_size) < 1:
-        raise ValueError(f"n_permutations and batch_size must be >= 1, got {n_permutations} and {batch_size}")
-    select, evaluate = _as_index(select, N, "select"), _as_index(evaluate, N, "evaluate")
-    _positives(y[:, select], " on the select contexts")
-    _positives(y[:, evaluate], " on the evaluate contexts")
-
-    def statistic(Y):
-        return _best(Sa, Y, select, evaluate)[2][metric] - _best(Sb, Y, select, evaluate)[2][metric]
-
-    observed = float(statistic(y)[0])
-    rng = np.random.default_rng(seed)
-    null, n_done, n_redrawn = [], 0, 0
-    while n_done < n_permutations:
-        k = min(int(batch_size), n_permutations - n_done)
-        Y = rng.permuted(np.repeat(y, k, axis=0), axis=1)
-        valid = _has_both_classes(Y[:, select]) & _has_both_classes(Y[:, evaluate])
-        n_redrawn += int(k - valid.sum())
-        if n_redrawn > 10 * n_permutations + 100:
-            raise ValueError("most shuffles of y leave a half with a single class; y has too few "
-                             f"positives ({int(y.sum())}) or negatives for this split")
-        if valid.any():
-            null.append(statistic(Y[valid]))
-            n_done += int(valid.sum())
-    null = np.concatenate(null)
-    extreme = np.count_nonzero(np.abs(null) >= abs(observed) - _P_VALUE_ATOL)
-    return PermutationResult(observed=observed, null=null, p_value=(1 + extreme) / (1 + n_permutations),
-                             n_redrawn=n_redrawn)
-
-
-# ----------------------------------------------------------------------------- multiple comparisons
-
-
-def _as_pvalues(p) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if p.size == 0:
-        raise ValueError("p must hold at least one p-value")
-    bad = ~((p >= 0) & (p <= 1))  # NaN included
-    if np.any(bad):
-        raise ValueError(f"p-values must lie in [0, 1], got {p[bad][:5].tolist()}")
-    return p
-
-
-def bonferroni(p) -> np.ndarray:
-    """Bonferroni-adjusted p-values ``min(1, n p)``, same shape as ``p`` (all entries form one family)."""
-    p = _as_pvalues(p)
-    return np.minimum(p * p.size, 1.0)
-
-
-def holm(p) -> np.ndarray:
-    """Holm step-down adjusted p-values, same shape as ``p`` (all entries form one family).
-
-    With ``p_(1) <= ... <= p_(n)`` sorted, ``adj_(i) = min(1, max_{j <= i} (n - j + 1) p_(j))``;
-    the running max makes the adjusted values keep the order of the raw ones. Rejecting
-    where ``adj <= alpha`` controls the family-wise error rate at ``alpha``.
-    """
-    p = _as_pvalues(p)
-    flat = p.ravel()
-    n = flat.size
-    order = np.argsort(flat, kind="stable")
-    adjusted = np.minimum(np.maximum.accumulate((n - np.arange(n)) * flat[order]), 1.0)
-    out = np.empty(n)
-    out[order] = adjusted
-    return out.reshape(p.shape)
-
-
-# ----------------------------------------------------------------------------- bootstrap
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Macro (mean over labels) AUROC and AP on the given contexts, their bootstrap
-    distributions (n_boot,), percentile intervals ``(low, high)`` at ``level``, and
-    ``n_redrawn``: draws discarded because some label had a single class."""
-
-    auroc: float
-    ap: float
-    auroc_boot: np.ndarray
-    ap_boot: np.ndarray
-    auroc_ci: tuple[float, float]
-    ap_ci: tuple[float, float]
-    level: float
-    n_redrawn: int
-
-
-def bootstrap_macro(S, Y, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                    batch_size: int = 50) -> BootstrapResult:
-    """Bootstrap confidence intervals of macro AUROC and macro AP over labels.
-
-    Parameters
-    ----------
-    S : (L, n) the chosen score of each label on the n evaluate contexts (the best
-        direction times its sign), e.g. ``best.chosen_scores(scores, evaluate)``.
-    Y : (L, n) binary labels on the same contexts, e.g. ``labels[:, evaluate]``.
-    n_boot : number of bootstrap draws; seed : seeds ``np.random.default_rng``.
-    level : coverage of the percentile interval, in (0, 1).
-    batch_size : draws evaluated at once.
-
-    Each draw resamples the n contexts with replacement, the same resample for all labels,
-    and records the mean over labels of AUROC and of AP. A draw in which some label has a
-    single class is discarded and redrawn (counted in ``n_redrawn``). The choice of
-    directions is held fixed (it was made on other contexts).
-
-    Returns
-    -------
-    :class:`BootstrapResult`.
-    """
-    S = _as_scores(np.atleast_2d(S).T, "S").T  # (L, n), checked finite
-    Y = _as_labels(Y, S.shape[1])
-    if Y.shape != S.shape:
-        raise ValueError(f"S and Y must both be (L, n) with the same shape, got {S.shape} and {Y.shape}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    if int(n_boot) < 1 or int(batch_size) < 1:
-        raise ValueError(f"n_boot and batch_size must be >= 1, got {n_boot} and {batch_size}")
-    n_pos = _positives(Y)
-    L, n = S.shape
-    point = _row_metrics(S, Y, n_pos)
-    auroc, ap = float(point["auroc"].mean()), float(point["ap"].mean())
-
-    rng = np.random.default_rng(seed)
-    auroc_boot, ap_boot, n_done, n_redrawn = [], [], 0, 0
-    while n_done < n_boot:
-        k = min(int(batch_size), n_boot - n_done)
-        idx = rng.integers(0, n, size=(k, n))
-        Sb = S[:, idx].transpose(1, 0, 2).reshape(k * L, n)  # row d*L + l: draw d, label l
-        Yb = Y[:, idx].transpose(1, 0, 2).reshape(k * L, n)
-        valid = _has_both_classes(Yb).reshape(k, L).all(axis=1)
-        n_redrawn += int(k - valid.sum())
-        if n_redrawn > 10 * n_boot + 100:
-            raise ValueError("most bootstrap draws leave some label with a single class; "
-                             f"the rarest label has {int(min(n_pos.min(), n - n_pos.max()))} minority contexts")
-        if not valid.any():
-            continue
-        rows = np.repeat(valid, L)
-        Sb, Yb = Sb[rows], Yb[rows]
-        values = _row_metrics(Sb, Yb, Yb.sum(axis=1))
-        auroc_boot.append(values["auroc"].reshape(-1, L).mean(axis=1))
-        ap_boot.append(values["ap"].reshape(-1, L).mean(axis=1))
-        n_done += int(valid.sum())
-    auroc_boot, ap_boot = np.concatenate(auroc_boot), np.concatenate(ap_boot)
-    q = [(1 - level) / 2, (1 + level) / 2]
-    return BootstrapResult(auroc=auroc, ap=ap, auroc_boot=auroc_boot, ap_boot=ap_boot,
-                           auroc_ci=tuple(float(v) for v in np.quantile(auroc_boot, q)),
-                           ap_ci=tuple(float(v) for v in np.quantile(ap_boot, q)),
-                           level=level, n_redrawn=n_redrawn)
 
 
 # ----------------------------------------------------------------------------- cosine metric
@@ -524,3 +308,62 @@ def mean_abs_cosine(scores, Y, top: int = 10, reduce: str = "mean") -> np.ndarra
     cos = np.abs(Yc @ Sc) / (y_norm[:, None] * s_norm[None, :])
     out = cos.mean(axis=1) if reduce == "mean" else cos.max(axis=1)
     return float(out[0]) if np.ndim(Y) == 1 else out
+
+
+def stratified_halves(classes, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 50/50 split of ``range(N)`` stratified by ``classes`` (N,): (select, evaluate) indices."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(classes))
+    select, evaluate = train_test_split(idx, test_size=0.5, stratify=np.asarray(classes), random_state=seed)
+    return np.sort(select), np.sort(evaluate)
+
+
+def score_directions(scores, labels: pd.DataFrame, select, evaluate) -> pd.DataFrame:
+    """One-vs-rest scoring of candidate directions against binary labels.
+
+    scores : (N, m) a signed score per context for each of m directions; labels : (N, L)
+    binary DataFrame. For each label the (direction, sign) with the best average precision
+    on the ``select`` half is chosen (:func:`_choose`, the rule :func:`best_direction_metrics`
+    uses); on the held-out ``evaluate`` half we report scikit-learn's AP,
+    AUROC, precision at quota (among the k highest-scoring contexts, k = number of
+    positives) and enrichment (that precision over the base rate).
+
+    Returns one row per label: ``label, direction, sign, ap, auroc, precision_at_quota,
+    enrichment, base_rate``.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    S = np.asarray(scores, dtype=np.float64)
+    rows = []
+    for name in labels.columns:
+        y = labels[name].to_numpy()
+        y_sel, y_eval = y[select], y[evaluate]
+        if y_sel.min() == y_sel.max() or y_eval.min() == y_eval.max():
+            raise ValueError(f"label {name!r} has only one class in a half; raise min_positives or use more contexts")
+        Y_sel = y_sel[None].astype(np.float64)
+        direction, sign = _choose(S[select], Y_sel, Y_sel.sum(axis=1))
+        j, sign = int(direction[0]), int(sign[0])
+        s_eval = sign * S[evaluate, j]
+        k = int(y_eval.sum())
+        precision = y_eval[np.argsort(-s_eval, kind="stable")[:k]].mean()
+        base = y_eval.mean()
+        rows.append({"label": name, "direction": j, "sign": sign, "ap": average_precision_score(y_eval, s_eval),
+                     "auroc": roc_auc_score(y_eval, s_eval), "precision_at_quota": precision,
+                     "enrichment": precision / base, "base_rate": base})
+    return pd.DataFrame(rows)
+
+
+def with_best_layer(per_layer: pd.DataFrame, by: str = "auroc") -> tuple[pd.DataFrame, pd.Series]:
+    """Append, for each method, its rows at the layer with the best macro ``by``.
+
+    per_layer : rows of :func:`score_directions` with added columns ``layer`` (int) and
+    ``method``. Returns ``(table, best_layer)``: the table with ``layer`` as strings and
+    extra rows whose ``layer`` is ``"best"``, and ``{method: best layer}``.
+    """
+    macro = per_layer.groupby(["method", "layer"])[by].mean()
+    best_layer = macro.groupby(level="method").idxmax().map(lambda key: key[1])
+    best_rows = [per_layer[(per_layer.method == m) & (per_layer.layer == layer)].assign(layer="best")
+                 for m, layer in best_layer.items()]
+    table = pd.concat([per_layer.assign(layer=per_layer.layer.astype(str)), *best_rows], ignore_index=True)
+    return table, best_layer

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .modular import check_modulus
+from ..io.checks import check_modulus
 
 FAMILIES = ("a", "b", "sum", "diff", "2a", "2b", "axis_sum")
 
@@ -178,7 +178,7 @@ def transformer_spectra(model, tokens, pairs, p: int) -> dict[str, np.ndarray]:
     ``{"W_E": fourier_power of the token embedding over the residues,
     "MLP activations (a+b)": family_power of the last-position MLP activations in the a+b
     planes}``, in that order of preference for :func:`first_key_frequencies`. ``model`` is a
-    :class:`~entk_utils.modular.OneLayerTransformer`; tokens (N, 3), pairs (N, 2).
+    :class:`~entk_utils.settings.modular.OneLayerTransformer`; tokens (N, 3), pairs (N, 2).
     """
     import torch
 

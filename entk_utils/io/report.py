@@ -2,8 +2,8 @@
 
 The README holds marked regions ``<!-- BEGIN name -->`` ... ``<!-- END name -->``; each is
 replaced by the contents of a Markdown file (e.g. ``paper_figures/summary_mlp.md``), so no
-number in the README is typed by hand. Run ``python -m entk_utils.report`` (``make figures``
-and ``make benchmark`` do). ``python -m entk_utils.report --strip-widgets NB.ipynb ...`` removes
+number in the README is typed by hand. Run ``python -m entk_utils.io.report`` (``make figures``
+and ``make benchmark`` do). ``python -m entk_utils.io.report --strip-widgets NB.ipynb ...`` removes
 the progress-bar widgets from executed notebooks (``make figures`` does), whose saved text would
 be stale.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -10,10 +11,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .alignment import subspace_overlap
-from .eigen import top_eigenpairs
-from .kernels import entk
-from .modular import model_at
+from ..kernels.dense import entk
+from ..kernels.eigen import top_eigenpairs
+from .geometry import subspace_overlap
+
+
+def model_at(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` with the given checkpoint loaded, in eval mode."""
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state_dict)
+    return clone.eval()
 
 
 def overlap_over_training(
@@ -31,7 +38,7 @@ def overlap_over_training(
 
     For each ``{epoch: state_dict}`` the eNTK on ``inputs`` (N, ...) is computed (restricted
     to ``params``, e.g. one layer), its eigenvectors ``block = (start, stop)`` (in
-    descending order) are taken, and their :func:`~entk_utils.alignment.subspace_overlap`
+    descending order) are taken, and their :func:`~entk_utils.features.geometry.subspace_overlap`
     with each (N, d) feature matrix is recorded.
 
     ``features`` is a mapping ``{name: (N, d)}``, or a function of the checkpoint's model

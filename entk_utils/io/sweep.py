@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import checks
-from .parameters import check_parameter_names
+from .notebooks import check_declared
 
 DONE = "sweep_done.json"
 
@@ -77,7 +77,7 @@ def run_seeds(notebook, seeds, out_root, *, parameters: dict | None = None, seed
     if clash:
         raise ValueError(f"parameters {clash} are set by the sweep itself ({', '.join(set_here)}); leave them out")
     sweep_names = [*seed_parameters, "out_dir"] + (["cache_dir"] if cache_dir is not None else [])
-    check_parameter_names(notebook, {**parameters, **{name: None for name in sweep_names}})
+    check_declared(notebook, {**parameters, **{name: None for name in sweep_names}})
     out_root = Path(out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     runs = {}
@@ -129,32 +129,3 @@ def gather(runs: dict[int, Path], table: str) -> pd.DataFrame:
         frames.append(pd.read_csv(path).assign(seed=seed))
     out = pd.concat(frames, ignore_index=True)
     return out[["seed", *[c for c in out.columns if c != "seed"]]]
-
-
-def grokking_table(runs: dict[int, Path], curve: str, history: str, derivative_column: str,
-                   chance: float) -> pd.DataFrame:
-    """One row per seed: :func:`entk_utils.dynamics.grokking_times` of that run's curves.
-
-    curve / history : the names of the tables each run wrote (checkpoint curve with a
-    ``derivative_column``; per-epoch ``history``). Columns ``seed, peak, steepest_rise,
-    leaves_chance, half_way, train_99, final_test_acc``.
-    """
-    from .dynamics import grokking_times
-
-    rows = []
-    for seed, folder in runs.items():
-        c = pd.read_csv(Path(folder) / f"{curve}.csv")
-        h = pd.read_csv(Path(folder) / f"{history}.csv")
-        rows.append({"seed": seed, **grokking_times(c.epoch, c[derivative_column], h, chance),
-                     "final_test_acc": h.test_acc.iloc[-1]})
-    return pd.DataFrame(rows)
-
-
-def peak_onset_agreement(times: pd.DataFrame, onset: str) -> dict:
-    """How the derivative's peak and an onset (a column of :func:`grokking_table`) agree over
-    seeds: ``onset, seeds`` (with both defined), ``pearson_r`` (NaN below 3 seeds),
-    ``mean_gap`` and ``mean_abs_gap`` (peak minus onset)."""
-    ok = times[["peak", onset]].dropna()
-    gap = ok.peak - ok[onset]
-    r = ok.peak.corr(ok[onset]) if len(ok) > 2 else float("nan")
-    return {"onset": onset, "seeds": len(ok), "pearson_r": r, "mean_gap": gap.mean(), "mean_abs_gap": gap.abs().mean()}

@@ -1,26 +1,11 @@
+"""Subspace geometry: overlaps, principal angles, heatmaps, family ranges."""
+
 import numpy as np
-import pandas as pd
 import pytest
 
-from entk_utils.alignment import (
-    captured_fraction,
-    describe_nulls,
-    family_overlap_table,
-    family_ranges,
-    orthonormal_basis,
-    overlap_table,
-    overlaps_at_ranges,
-    parse_range,
-    random_overlap_null,
-    with_random_null,
-    with_reference_overlaps,
-    principal_cosines,
-    score_directions,
-    stratified_halves,
-    with_best_layer,
-    projection_heatmap,
-    subspace_overlap,
-)
+from entk_utils.features.geometry import (captured_fraction, family_overlap_table, family_ranges, orthonormal_basis,
+                                          overlap_table, overlaps_at_ranges, parse_range, principal_cosines,
+                                          projection_heatmap, subspace_overlap)
 
 
 def rotation_pair(theta):
@@ -58,14 +43,6 @@ def test_overlap_bounds_and_redundant_columns():
     assert subspace_overlap(A, orth) == pytest.approx(0, abs=1e-12)
 
 
-def test_random_subspace_overlap_matches_expectation():
-    """E[overlap] = k * l / N for uniformly random subspaces."""
-    rng = np.random.default_rng(2)
-    n, k, l = 60, 6, 10
-    draws = [subspace_overlap(rng.standard_normal((n, k)), rng.standard_normal((n, l))) for _ in range(400)]
-    assert np.mean(draws) == pytest.approx(k * l / n, rel=0.05)
-
-
 def test_projection_heatmap_is_phase_insensitive():
     n = 31
     t = 2 * np.pi * np.arange(n) / n
@@ -95,7 +72,7 @@ def test_overlap_table_columns_and_values():
     np.testing.assert_allclose(table.percent, [100, 100 / 3])
 
 
-def test_bad_inputs():
+def test_geometry_rejects_bad_inputs_with_clear_errors():
     with pytest.raises(ValueError, match="different spaces"):
         subspace_overlap(np.ones((3, 1)), np.ones((4, 1)))
     with pytest.raises(ValueError, match="zero subspace"):
@@ -120,76 +97,7 @@ def test_family_ranges_and_table_on_planted_eigenvectors():
     assert table.loc["c", "overlap"] == pytest.approx(0, abs=1e-12)
 
 
-def test_stratified_halves_keep_class_proportions():
-    classes = np.repeat(["a", "b", "c", "d"], 10)
-    select, evaluate = stratified_halves(classes, seed=0)
-    assert len(select) == len(evaluate) == 20 and not set(select) & set(evaluate)
-    for c in "abcd":
-        assert (classes[evaluate] == c).sum() == 5
-
-
-def test_score_directions_finds_the_planted_direction_and_sign():
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 40)
-    scores = rng.standard_normal((80, 5))
-    scores[:, 3] = -3.0 * y + 0.1 * rng.standard_normal(80)  # separates the label, with a minus sign
-    labels = pd.DataFrame({"planted": y, "noise": rng.integers(0, 2, 80)})
-    select, evaluate = stratified_halves(y, seed=0)
-    table = score_directions(scores, labels, select, evaluate).set_index("label")
-    assert table.loc["planted", "direction"] == 3 and table.loc["planted", "sign"] == -1
-    assert table.loc["planted", "auroc"] == 1.0 and table.loc["planted", "ap"] == 1.0
-    assert table.loc["planted", "precision_at_quota"] == 1.0
-    assert table.loc["planted", "enrichment"] == pytest.approx(1 / table.loc["planted", "base_rate"])
-    assert 0.2 < table.loc["noise", "auroc"] < 0.8
-    with pytest.raises(ValueError, match="only one class"):
-        score_directions(scores, pd.DataFrame({"const": np.zeros(80, int)}), select, evaluate)
-
-
-def test_with_best_layer_appends_the_best_rows():
-    per_layer = pd.DataFrame({"label": ["x", "y"] * 4, "method": ["entk"] * 4 + ["pca"] * 4,
-                              "layer": [0, 0, 1, 1] * 2, "auroc": [0.6, 0.7, 0.9, 0.8, 0.9, 0.9, 0.5, 0.5]})
-    table, best = with_best_layer(per_layer)
-    assert best.to_dict() == {"entk": 1, "pca": 0}
-    assert table[table.layer == "best"].groupby("method").auroc.mean().round(2).to_dict() == {"entk": 0.85, "pca": 0.9}
-    assert set(table.layer) == {"0", "1", "best"}
-
-
-def test_random_overlap_null_matches_the_closed_form_and_a_general_subspace():
-    n, k, d = 50, 7, 4
-    null = random_overlap_null(n, k, d, n_draws=2000, seed=0)
-    # E = k d / n; the standard error of the mean of 2000 draws is well under 2% of it here
-    assert null.mean() == pytest.approx(k * d / n, rel=0.04)
-    assert null.min() >= 0 and null.max() <= d
-    # the shortcut (the first d coordinates) has the law of any fixed d-dim subspace
-    rng = np.random.default_rng(1)
-    F = rng.standard_normal((n, d))
-    general = [subspace_overlap(rng.standard_normal((n, k)), F) for _ in range(2000)]
-    assert np.quantile(general, [0.25, 0.5, 0.9]) == pytest.approx(np.quantile(null, [0.25, 0.5, 0.9]), rel=0.1)
-    np.testing.assert_array_equal(null, random_overlap_null(n, k, d, n_draws=2000, seed=0))
-    with pytest.raises(ValueError, match="need 1 <= k, d <= n"):
-        random_overlap_null(5, 6, 1)
-
-
-def test_with_random_null_separates_a_planted_family_from_a_random_one():
-    n = 40
-    eye = np.eye(n)
-    F = eye[:, :4]
-    vectors = np.column_stack([F + 0.05 * np.random.default_rng(0).standard_normal((n, 4)), eye[:, 10:20]])
-    table = overlap_table(vectors, {0: (0, 4), 1: (4, 14)}, {"f": F})
-    table = with_random_null(table, n, n_draws=500, seed=0)
-    np.testing.assert_allclose(table.null_mean, [4 * 4 / n, 10 * 4 / n])
-    planted, unrelated = table.iloc[0], table.iloc[1]
-    assert planted.null_p == pytest.approx(1 / 501) and planted.overlap > planted.null_q99
-    assert unrelated.overlap == pytest.approx(0, abs=1e-12) and unrelated.null_p == 1.0
-
-
-def test_with_reference_overlaps_and_parse_range():
-    table = pd.DataFrame({"family": ["a", "b"], "overlap": [3.0, 1.0]})
-    refs = [pd.DataFrame({"family": ["a", "b"], "overlap": [0.1 * s, 0.2]}) for s in range(3)]
-    out = with_reference_overlaps(table, refs, on=["family"])
-    np.testing.assert_allclose(out.init_mean, [0.1, 0.2])
-    np.testing.assert_allclose(out.init_max, [0.2, 0.2])
-    np.testing.assert_allclose(out.init_std, [0.1, 0.0], atol=1e-12)
+def test_parse_range_reads_inclusive_ranges_as_slices():
     assert parse_range("5-8") == (5, 9) and parse_range("0-0") == (0, 1)
 
 
@@ -201,9 +109,3 @@ def test_overlaps_at_ranges_scores_other_vectors_on_given_ranges():
     # reversed vectors: range 0-1 now holds e7, e6 (none of f); range 5-6 holds e2, e1 (none of g)
     np.testing.assert_allclose(out.overlap, [0.0, 0.0])
     np.testing.assert_allclose(overlaps_at_ranges(eye, {"f": (0, 3)}, families).overlap, [2.0])
-
-
-def test_describe_nulls():
-    row = pd.Series({"null_mean": 1.864, "null_p": 1 / 1001, "init_mean": 1.994, "init_std": 0.0612})
-    assert describe_nulls(row) == "random 1.86 (p 0.001); init 1.99 ± 0.06"
-    assert describe_nulls(row, digits=3) == "random 1.864 (p 0.001); init 1.994 ± 0.061"
