@@ -24,6 +24,8 @@ SECTIONS = {
     "gemma-n1024-summary": "paper_figures/gemma_n1024_layer16/summary_gemma.md",
     "gemma-n1024-causal": "paper_figures/gemma_n1024_layer16/table4_causal_gemma.md",
     "seeds-summary": "paper_figures/summary_seeds.md",
+    "seeds-paper-summary": "paper_figures/seeds_paper/summary_seeds.md",
+    "seeds-paper-reliability": "paper_figures/seeds_paper/table_seeds_transformer_overlaps.md",
     "causal-summary": "paper_figures/summary_causal.md",
     "bench-entk": "benchmarks/results/bench_entk.md",
     "bench-operators": "benchmarks/results/bench_operators.md",
