@@ -1,5 +1,6 @@
 # make figures : create/reuse .venv, execute every notebook with papermill, write paper_figures/
 # make test    : create/reuse .venv, run the whole test suite (unit + notebook + browser tests)
+# make test-fast : the unit tests only (no notebook, browser or slow test)
 # make test-browser : only the tests that drive JupyterLab in headless Chromium
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-browser chromium sync gemma-n1024 benchmark benchmark-gemma benchmark-gemma-full clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full clean
 
 env: $(STAMP)
 
@@ -35,7 +36,7 @@ figures: $(STAMP)
 	$(if $(PROFILE),$(if $(filter $(PROFILE),$(PROFILES)),,$(error no notebooks/profiles/*.$(PROFILE).yaml; profiles: $(PROFILES))))
 	@[ -z "$(PROFILE)" ] || for nb in $(NOTEBOOKS); do \
 	  prof=notebooks/profiles/$$(basename $$nb .ipynb).$(PROFILE).yaml; \
-	  [ ! -f $$prof ] || $(PY) -m entk_utils.parameters check-profile $$nb $$prof || exit 1; \
+	  [ ! -f $$prof ] || $(PY) -m entk_utils.experiments.parameters check-profile $$nb $$prof || exit 1; \
 	done
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); prof=notebooks/profiles/$$name.$(PROFILE).yaml; \
@@ -43,7 +44,7 @@ figures: $(STAMP)
 	    echo "== $$name"; \
 	    $(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/$$name.py || exit 1; \
 	    ENTK_OUT_DIR=../paper_figures $(PY) -m papermill --cwd notebooks -k python3 $$nb notebooks/.$$name.run.ipynb && mv notebooks/.$$name.run.ipynb $$nb || exit 1; \
-	    $(PY) -m entk_utils.report --strip-widgets $$nb > /dev/null || exit 1; \
+	    $(PY) -m entk_utils.io.report --strip-widgets $$nb > /dev/null || exit 1; \
 	    $(VENV)/bin/jupytext --sync --quiet $$nb || exit 1; \
 	  else \
 	    args=""; [ -f $$prof ] && args="-f $$prof"; mkdir -p .cache/executed; \
@@ -51,11 +52,18 @@ figures: $(STAMP)
 	    ENTK_OUT_DIR=../.cache/out/$(PROFILE) $(PY) -m papermill --cwd notebooks -k python3 $$args $$nb .cache/executed/$$name.$(PROFILE).ipynb || exit 1; \
 	  fi; \
 	done
-	@[ -n "$(PROFILE)" ] || $(PY) -m entk_utils.report
+	@[ -n "$(PROFILE)" ] || $(PY) -m entk_utils.io.report
 	@echo "figures and tables written to paper_figures/"
 
+# Every notebook runs once: nbval re-executes the committed notebooks with their defaults
+# (comparing the cells marked NBVAL_CHECK_OUTPUT); tests/test_notebooks.py runs 04 and 06,
+# which nbval skips, with their quick profiles.
 test: $(STAMP) chromium
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+# Unit tests only (no notebook, browser or slow test): a couple of minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not notebook and not browser and not slow" -p no:cacheprovider
 
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest tests -m browser -p no:cacheprovider
@@ -75,11 +83,22 @@ sync: $(STAMP)
 # Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU); its
 # tables and figures go to paper_figures/gemma_n1024_layer16/, the executed notebook beside them.
 gemma-n1024: $(STAMP)
-	$(PY) -m entk_utils.parameters check-profile notebooks/03_gemma_tinystories.ipynb notebooks/profiles/03_gemma_tinystories.paper16.yaml
+	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/03_gemma_tinystories.ipynb notebooks/profiles/03_gemma_tinystories.paper16.yaml
 	mkdir -p paper_figures/gemma_n1024_layer16
 	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
 	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
-	$(PY) -m entk_utils.report
+	$(PY) -m entk_utils.io.report
+
+# Notebook 04 with its paper profile: 10 Transformer seeds under each split policy and a 7 x 4
+# split x init grid (a few hours on a 2-core CPU, resumable); its tables and figures go to
+# paper_figures/seeds_paper/, the executed notebook beside them.
+seeds-paper: $(STAMP)
+	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/04_seeds.ipynb notebooks/profiles/04_seeds.paper.yaml
+	mkdir -p paper_figures/seeds_paper
+	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/04_seeds.paper.yaml \
+	  notebooks/04_seeds.ipynb paper_figures/seeds_paper/04_seeds.ipynb
+	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/seeds_paper/04_seeds.ipynb > /dev/null
+	$(PY) -m entk_utils.io.report
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_entk.py

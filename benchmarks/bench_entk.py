@@ -46,11 +46,12 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from entk_utils.dynamics import overlap_over_training
-from entk_utils.fourier import feature_family, first_key_frequencies, transformer_spectra
+from entk_utils.features.dynamics import overlap_over_training
+from entk_utils.features.fourier import feature_family, first_key_frequencies, transformer_spectra
 from entk_utils.kernels import entk, layerwise_entk
-from entk_utils.modular import OneLayerTransformer, model_at, train_gromov_mlp, train_transformer
-from entk_utils.report import update_readme
+from entk_utils.settings.modular import OneLayerTransformer, train_gromov_mlp, train_transformer
+from entk_utils.features.dynamics import model_at
+from entk_utils.io.report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_entk.md"
 PEER, REFERENCE = "torch.func `vmap(jacrev)` + einsum", "project `method=\"reference\"`"

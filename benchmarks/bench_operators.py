@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entk_utils.eigen import lanczos
-from entk_utils.language import load_gemma
-from entk_utils.operators import layer_entk_operator, unembedding_metric
-from entk_utils.report import update_readme
+from entk_utils.kernels.eigen import lanczos
+from entk_utils.settings.language import load_gemma
+from entk_utils.kernels.operators import layer_entk_operator, unembedding_metric
+from entk_utils.io.report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_operators.md"
 EIGS_RESULTS = RESULTS.with_name("bench_operators_eigs.md")

@@ -58,7 +58,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, dynamics, eigen, experiments, fourier, kernels, modular, parameters, plotting, session
+from entk_utils import kernels
+from entk_utils.experiments import mlp, parameters
+from entk_utils.features import geometry, nulls
+from entk_utils.io import plotting, session
+from entk_utils.kernels import eigen
+from entk_utils.settings import modular
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_mlp_notebook(globals())  # every parameter, before any work: one line per problem
@@ -98,11 +103,9 @@ print(history.iloc[[0, len(history) // 4, len(history) // 2, -1]].to_string(inde
 
 # %%
 K = kernels.entk(run.model, run.inputs, reduce="trace")
-subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), parameters.MLP_KERNEL_CHECK_INPUTS,
-                                                          replace=False))
-K_ref = kernels.entk(run.model, run.inputs[subset], reduce="trace", method="reference")
-rel_err = ((K[subset][:, subset] - K_ref).norm() / K_ref.norm()).item()
-print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on {len(subset)} inputs: relative error {rel_err:.1e}")
+rel_err = kernels.dense.reference_error(run.model, run.inputs, K, n_check=parameters.MLP_KERNEL_CHECK_INPUTS, seed=seed)
+print(f"kernel {tuple(K.shape)}; fast vs torch.func reference on {parameters.MLP_KERNEL_CHECK_INPUTS} inputs: "
+      f"relative error {rel_err:.1e}")
 
 # %% [markdown]
 # ## Figure 1 · The spectrum and its cliffs
@@ -135,7 +138,7 @@ plt.show()
 
 # %%
 constant = np.ones((len(evecs), 1))
-print(f"overlap of the top eigenvector with the constant function: {alignment.subspace_overlap(evecs[:, :1], constant):.3f}")
+print(f"overlap of the top eigenvector with the constant function: {geometry.subspace_overlap(evecs[:, :1], constant):.3f}")
 
 # %% [markdown]
 # ## Table 1 · What the cliffs span
@@ -147,11 +150,8 @@ print(f"overlap of the top eigenvector with the constant function: {alignment.su
 # eigenvectors contain the whole family.
 
 # %%
-pairs = run.pairs.numpy()
-families = {name: fourier.feature_family(pairs, p, name) for name in ("a", "b", "sum", "diff")}
-labels = {i: blk for i, blk in enumerate(blocks)}
-table1 = alignment.overlap_table(evecs, labels, families)
-pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overlap")[list(families)]
+table1 = mlp.table1(run, evecs, blocks, null_draws=null_draws, seed=seed, init_seeds=init_seeds)
+pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overlap")[list(mlp.FAMILIES)]
 pivot.columns.name = f"overlap (max {p - 1})"
 pivot.round(2)
 
@@ -172,12 +172,6 @@ pivot.round(2)
 #   learned.
 
 # %%
-table1 = alignment.with_random_null(table1, len(run.inputs), n_draws=null_draws, seed=seed)
-init_tables = []
-for init_seed in init_seeds:
-    _, init_vecs = eigen.top_eigenpairs(kernels.entk(modular.reinitialised(run.model, init_seed), run.inputs))
-    init_tables.append(alignment.overlap_table(init_vecs, labels, families))
-table1 = alignment.with_reference_overlaps(table1, init_tables, on=["cliff", "family"])
 plotting.save_table(table1, "table1_mlp_overlaps", out_dir)
 table1[["cliff", "eigvecs", "family", "overlap", "null_mean", "null_q99", "null_p", "init_mean", "init_std", "init_max"]]
 
@@ -211,13 +205,11 @@ print(table1[columns].round({"overlap": 2, "percent": 1, "null_mean": 2, "null_p
 # and 25.21/28 (90.0%) for `diff`, and the first cliff spanning `a` and `b`.
 
 # %%
-paper = {"sum": 26.47, "diff": 25.21}
-fourier_block = int(table1.loc[table1.family == "sum"].sort_values("overlap").iloc[-1].cliff)
-ours = table1[(table1.cliff == fourier_block) & table1.family.isin(list(paper))].set_index("family").overlap
-nulls = table1[table1.cliff == fourier_block].set_index("family")
-for name, ref in paper.items():
-    row = nulls.loc[name]
-    print(f"second cliff vs {name:>4}: ours {ours[name]:.2f}/{p - 1} ({100 * ours[name] / (p - 1):.1f}%), "
+fourier_block = mlp.fourier_block(table1)
+second = table1[table1.cliff == fourier_block].set_index("family")
+for name in ("sum", "diff"):
+    row, ref = second.loc[name], mlp.PAPER[name]
+    print(f"second cliff vs {name:>4}: ours {row.overlap:.2f}/{p - 1} ({100 * row.overlap / (p - 1):.1f}%), "
           f"paper {ref:.2f}/28 ({100 * ref / 28:.1f}%); random subspaces {row.null_mean:.2f} "
           f"(99th percentile {row.null_q99:.2f}), eNTK at init {row.init_mean:.2f} ± {row.init_std:.2f}")
 
@@ -241,8 +233,8 @@ other = modular.train_gromov_mlp(
     p, width, steps, seed=seed, split=other_split, split_seed=split_seed, train_frac=train_frac, lr=lr,
     weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device, progress=False,
 )
-by_split = pd.DataFrame({s: experiments.mlp_fourier_block_overlaps(r) for s, r in {split: run, other_split: other}.items()})
-by_split.assign(paper=pd.Series({"sum": 26.47, "diff": 25.21}))
+by_split = pd.DataFrame({s: mlp.fourier_block_overlaps(r) for s, r in {split: run, other_split: other}.items()})
+by_split.assign(paper=pd.Series({name: mlp.PAPER[name] for name in ("sum", "diff")}))
 
 # %% [markdown]
 # At p = 29 the Transformer code's split lands further from the paper's 26.47 and 25.21
@@ -261,29 +253,7 @@ by_split.assign(paper=pd.Series({"sum": 26.47, "diff": 25.21}))
 # eigenvector and each frequency plane, rows sorted by their strongest column.
 
 # %%
-freqs = fourier.check_frequencies(None, p)
-planes = {name: fourier.frequency_planes(pairs, p, name) for name in families}
-all_planes = [plane for name in families for plane in planes[name]]
-plane_labels = [f"{name} {k}" for name in families for k in freqs]
-cliff_ids = [i for i, (a, b) in enumerate(blocks) if b - a > 1]
-fig, axes = plt.subplots(2, len(cliff_ids), figsize=(6 * len(cliff_ids), 8), squeeze=False,
-                         gridspec_kw={"height_ratios": [1, 3]}, layout="constrained")
-for col, i in enumerate(cliff_ids):
-    start, stop = blocks[i]
-    span = evecs[:, start:stop]
-    captured = np.array([alignment.captured_fraction(span, planes[name]) for name in families])
-    plotting.plot_heatmap(axes[0, col], captured, [str(k) for k in freqs], "family",
-                          f"block {i} (eigenvectors {start}-{stop - 1})\nfraction of each frequency plane inside the block")
-    axes[0, col].set_yticks(range(len(families)), list(families))
-    axes[0, col].set_xlabel("frequency k")
-    heat = alignment.projection_heatmap(span, all_planes)
-    heat = heat[np.lexsort((-heat.max(1), heat.argmax(1)))]
-    im = plotting.plot_heatmap(axes[1, col], heat, [], f"eigenvector of block {i} (sorted)",
-                               "its eigenvectors one by one:\n|cos| to each frequency plane")
-    axes[1, col].set_xticks([(j + 0.5) * len(freqs) - 0.5 for j in range(len(families))], list(families))
-    for j in range(1, len(families)):
-        axes[1, col].axvline(j * len(freqs) - 0.5, color="w", lw=1)
-fig.colorbar(im, ax=axes.ravel().tolist(), label="fraction / |cos|", shrink=0.5)
+fig = mlp.heatmaps(run, evecs, blocks)
 plotting.save_figure(fig, "fig_mlp_heatmaps", out_dir)
 plt.show()
 
@@ -299,13 +269,7 @@ plt.show()
 # near 1 would mean that the eigenvectors themselves are pure `a` / pure `b`.
 
 # %%
-family_share = alignment.projection_heatmap(evecs, list(families.values())) ** 2
-for i in cliff_ids:
-    start, stop = blocks[i]
-    share = family_share[start:stop]
-    counts = pd.Series(np.array(list(families))[share.argmax(1)]).value_counts().to_dict()
-    print(f"block {i}: median share of an eigenvector in its strongest family {np.median(share.max(1)):.2f}; "
-          f"strongest family counts {counts}")
+mlp.eigenvector_shares(run, evecs, blocks).round(2)
 
 # %% [markdown]
 # ## Figure 2 · The alignment grows fastest when the network groks
@@ -316,44 +280,26 @@ for i in cliff_ids:
 
 # %%
 block = blocks[fourier_block]
-curve = dynamics.overlap_over_training(
-    run.model, run.result.checkpoints, run.inputs, block, {k: families[k] for k in ("sum", "diff")}
-)
-curve["d_sum"] = dynamics.derivative(curve.epoch, curve["sum"])
-peak_step = int(curve.epoch[curve.d_sum.idxmax()])
-test_rise_step = int(dynamics.steepest_rise(history.epoch, history.test_acc))
-train_done_step = int(history.epoch[history.train_acc >= 0.99].iloc[0])
-print(f"derivative of the sum-overlap peaks at step {peak_step}")
-print(f"test accuracy rises fastest at step {test_rise_step}; train accuracy reaches 99% at step {train_done_step}")
+curve = mlp.grokking_curve(run, block)
+steps_at = mlp.grokking_steps(history, curve)
+print(f"derivative of the sum-overlap peaks at step {steps_at['peak']}")
+print(f"test accuracy rises fastest at step {steps_at['steepest_rise']}; "
+      f"train accuracy reaches 99% at step {steps_at['train_99']}")
 
 # %%
-fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8))
-ax_acc.plot(history.epoch, history.train_acc, label="train")
-ax_acc.plot(history.epoch, history.test_acc, label="test")
-ax_acc.axvline(test_rise_step, color="C1", ls=":", lw=1, label=f"steepest test rise ({test_rise_step})")
-ax_acc.axvline(peak_step, color="C3", ls=":", lw=1, label=f"peak d(overlap) ({peak_step})")
-ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy")
-ax_acc.legend()
-null = alignment.random_overlap_null(len(run.inputs), block[1] - block[0], p - 1, null_draws, seed)
-at_init = table1[(table1.cliff == fourier_block) & (table1.family == "sum")].iloc[0]
-ax_ov.axhspan(*np.quantile(null, [0.01, 0.99]), color="0.75", alpha=0.6, label="random subspaces (1-99%)")
-ax_ov.axhspan(at_init.init_mean - at_init.init_std, at_init.init_mean + at_init.init_std, color="C1", alpha=0.3,
-              label=f"eNTK at init, {len(init_seeds)} seeds (±1 sd)")
-ax_ov.plot(curve.epoch, curve["sum"], "o-", ms=3, label="overlap with sum")
-ax_ov.set(xlabel="step", ylabel=f"overlap (max {p - 1})", title=f"eigenvectors {block[0]}-{block[1] - 1} vs sum")
-ax_d = ax_ov.twinx()
-ax_d.plot(curve.epoch, curve.d_sum, color="C3", label="d overlap / d step")
-ax_d.axvline(peak_step, color="C3", ls=":", lw=1)
-ax_d.set_ylabel("derivative", color="C3")
-ax_d.grid(False)
-ax_ov.legend(loc="center right")
+null = nulls.random_overlap_null(len(run.inputs), block[1] - block[0], p - 1, null_draws, seed)
+at_init = second.loc["sum"]
+fig = plotting.plot_grokking(history, curve, "sum", "d_sum", onset=steps_at["steepest_rise"],
+                             onset_label="steepest test rise", null=null, n_init=len(init_seeds),
+                             init_band=(at_init.init_mean - at_init.init_std, at_init.init_mean + at_init.init_std),
+                             max_overlap=p - 1, title=f"eigenvectors {block[0]}-{block[1] - 1} vs sum")
+plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
+plt.show()
 # the curves and the run's settings, for the seed sweep of notebook 04
 plotting.save_table(curve, "curves_mlp", out_dir, markdown=False)
 plotting.save_table(history, "history_mlp", out_dir, markdown=False)
-plotting.save_table(pd.DataFrame([dict(p=p, steps=steps, seed=seed, split=split, split_seed=split_seed,
-                                       train_frac=train_frac)]), "run_mlp", out_dir, markdown=False)
-plotting.save_figure(fig, "fig2_mlp_grokking", out_dir)
-plt.show()
+_ = plotting.save_table(pd.DataFrame([dict(p=p, steps=steps, seed=seed, split=split, split_seed=split_seed,
+                                           train_frac=train_frac)]), "run_mlp", out_dir, markdown=False)
 
 # %% [markdown]
 # Train accuracy saturates early; test accuracy stays near zero and then jumps. The
@@ -370,17 +316,6 @@ plt.show()
 # paper's code:
 
 # %%
-def chance(family):
-    return alignment.describe_nulls(nulls.loc[family], digits=2)
-
-
-summary = pd.DataFrame([
-    ("cliff positions", ", ".join(map(str, cliffs.tolist())), "", "1, 57, 113"),
-    ("second cliff vs sum", f"{ours['sum']:.2f} / {p - 1}", chance("sum"), "26.47 / 28"),
-    ("second cliff vs diff", f"{ours['diff']:.2f} / {p - 1}", chance("diff"), "25.21 / 28"),
-    ("step of peak d(overlap)/d(step)", str(peak_step), "", "~70-80"),
-    ("step of steepest test-accuracy rise", str(test_rise_step), "", "~70-80 (sharp rise)"),
-    ("step train accuracy reaches 99%", str(train_done_step), "", "~40"),
-], columns=["quantity", "this run", "nulls: random subspaces, eNTK at init", "paper (code, p=29)"])
+summary = mlp.summary(run, cliffs, table1, steps_at)
 plotting.save_table(summary, "summary_mlp", out_dir)
 summary

@@ -56,11 +56,15 @@ cache_dir = None        # None: $ENTK_CACHE_DIR or ../.cache
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, dynamics, eigen, fourier, kernels, modular, parameters, plotting, session
+from entk_utils import kernels
+from entk_utils.experiments import parameters, transformer
+from entk_utils.features import dynamics, fourier, nulls
+from entk_utils.io import plotting, session
+from entk_utils.kernels import eigen
+from entk_utils.settings import modular
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_transformer_notebook(globals())  # every parameter, before any work: one line per problem
@@ -150,15 +154,11 @@ plt.show()
 # plain `torch.func` Jacobians on a subset of inputs:
 
 # %%
-weights = list(modular.OneLayerTransformer.WEIGHTS)
-layer_K = kernels.layerwise_entk(model, run.inputs, weights, reduce="mean")
-layer_K["full"] = sum(layer_K.values())
-subset = torch.from_numpy(np.random.default_rng(seed).choice(len(run.inputs), parameters.TRANSFORMER_KERNEL_CHECK_INPUTS,
-                                                          replace=False))
-reference = kernels.layerwise_entk(model, run.inputs[subset], weights, reduce="mean", method="reference")
-worst = max(((layer_K[w][subset][:, subset] - reference[w]).norm() / reference[w].norm()).item() for w in weights)
-print(f"{len(weights)} layerwise kernels of shape {tuple(layer_K['W_U'].shape)}; "
-      f"largest relative difference from the torch.func reference on {len(subset)} inputs: {worst:.1e}")
+layer_K = transformer.layer_kernels(model, run.inputs)
+worst = kernels.dense.reference_error(model, run.inputs, layer_K, reduce="mean",
+                                      n_check=parameters.TRANSFORMER_KERNEL_CHECK_INPUTS, seed=seed)
+print(f"{len(transformer.WEIGHTS)} layerwise kernels of shape {tuple(layer_K['W_U'].shape)}; largest relative "
+      f"difference from the torch.func reference on {parameters.TRANSFORMER_KERNEL_CHECK_INPUTS} inputs: {worst:.1e}")
 
 # %% [markdown]
 # ### The spectra
@@ -190,11 +190,9 @@ plt.show()
 # eigenvectors (`assigned = False`).
 
 # %%
-families = {name: fourier.feature_family(pairs, p, name, keys) for name in ("sum", "axis_sum")}
-table2 = pd.concat(
-    [alignment.family_overlap_table(vecs, families).assign(weight=name) for name, (_, vecs) in eigenpairs.items()],
-    ignore_index=True,
-)[["weight", "family", "eigvecs", "overlap", "dim", "percent", "assigned", "n_vectors", "family_dim"]]
+table2 = transformer.table2(run, eigenpairs, keys, n_eigs=n_eigs, null_draws=null_draws, seed=seed,
+                            init_seeds=init_seeds)
+plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
 table2.assign(percent=table2.percent.round(1)).pivot(index="weight", columns="family", values=["eigvecs", "percent"]).loc[list(layer_K)]
 
 # %% [markdown]
@@ -207,17 +205,6 @@ table2.assign(percent=table2.percent.round(1)).pivot(index="weight", columns="fa
 # `init_max` over `init_seeds`).
 
 # %%
-init_tables = []
-for init_seed in init_seeds:
-    init_K = kernels.layerwise_entk(modular.reinitialised(model, init_seed), run.inputs, weights, reduce="mean")
-    init_K["full"] = sum(init_K.values())
-    for name, K in init_K.items():
-        ranges = table2[table2.weight == name].set_index("family").eigvecs
-        init_tables.append(alignment.overlaps_at_ranges(eigen.top_eigenpairs(K, n_eigs)[1], ranges, families)
-                           .assign(weight=name))
-table2 = alignment.with_random_null(table2, len(run.inputs), n_draws=null_draws, seed=seed)
-table2 = alignment.with_reference_overlaps(table2, init_tables, on=["weight", "family"])
-plotting.save_table(table2, "table2_transformer_overlaps", out_dir)
 table2[["weight", "family", "eigvecs", "overlap", "dim", "null_mean", "null_q99", "null_p", "init_mean", "init_std"]]
 
 # %% [markdown]
@@ -238,8 +225,8 @@ print(table2[columns].round({"overlap": 2, "percent": 1, "null_mean": 2, "null_p
 
 # %%
 w_u = table2[table2.weight == "W_U"].set_index("family")
-paper = {"sum": ("0-4", 3.965), "axis_sum": ("5-8", 3.940)}
-for name, (paper_range, paper_overlap) in paper.items():
+for name in transformer.FAMILIES:
+    paper_range, paper_overlap = transformer.PAPER[name]
     row = w_u.loc[name]
     print(f"W_U vs {name:>8}: ours eigenvectors {row.eigvecs}, {row.overlap:.3f}/{row.dim} ({row.percent:.1f}%); "
           f"paper eigenvectors {paper_range}, {paper_overlap:.3f}/4 ({100 * paper_overlap / 4:.1f}%); "
@@ -264,61 +251,31 @@ print(f"cliffs (>= 2x) in the W_U spectrum after eigenvalues {layer_cliffs['W_U'
 # at that checkpoint (where any stand out).
 
 # %%
-sum_range = tuple(int(x) for x in w_u.loc["sum", "eigvecs"].split("-"))
-block = (sum_range[0], sum_range[1] + 1)
-
-
-def features_at(snapshot):
-    """The sum family at the final keys and at the checkpoint's own keys (None if none stand out)."""
-    try:
-        _, own_keys = fourier.first_key_frequencies(fourier.transformer_spectra(snapshot, run.inputs, pairs, p))
-    except ValueError:
-        return {"final keys": families["sum"], "checkpoint keys": None}
-    return {"final keys": families["sum"], "checkpoint keys": fourier.feature_family(pairs, p, "sum", own_keys)}
-
-
-curve = dynamics.overlap_over_training(
-    model, run.result.checkpoints, run.inputs, block, features_at, params="W_U", reduce="mean"
-)
-curve["d_final"] = dynamics.derivative(curve.epoch, curve["final keys"])
-peak_epoch = int(curve.epoch[curve.d_final.idxmax()])
-on_grid = history[history.epoch.isin(curve.epoch)]
-steepest = int(dynamics.steepest_rise(on_grid.epoch, on_grid.test_acc))
-print(f"derivative of the W_U overlap with sum peaks at epoch {peak_epoch}")
-print(f"test accuracy leaves chance (stays > 2/p) at epoch {leaves_chance:.0f}; "
-      f"rises fastest (on the checkpoint grid) at epoch {steepest}; passes 50% at epoch {half_way:.0f}")
-differs = curve["checkpoint keys"].notna() & (curve["checkpoint keys"] - curve["final keys"]).abs().gt(1e-6)
-print(f"checkpoints where the checkpoint's own keys give a different overlap: {int(differs.sum())} of {len(curve)}")
+block = transformer.sum_block(table2)
+curve = transformer.grokking_curve(run, block, keys)
+epochs_at = transformer.grokking_epochs(history, curve, p)
+print(f"derivative of the W_U overlap with sum peaks at epoch {epochs_at['peak']}")
+print(f"test accuracy leaves chance (stays > 2/p) at epoch {epochs_at['leaves_chance']:.0f}; rises fastest (on the "
+      f"checkpoint grid) at epoch {epochs_at['steepest_rise']}; passes 50% at epoch {epochs_at['half_way']:.0f}")
+print(f"checkpoints where the checkpoint's own keys give a different overlap: {epochs_at['differing_checkpoints']} "
+      f"of {len(curve)}")
 
 # %%
-fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-ax_acc.plot(history.epoch, history.train_acc, label="train")
-ax_acc.plot(history.epoch, history.test_acc, label="test")
-ax_acc.axvline(leaves_chance, color="C1", ls=":", lw=1, label=f"test leaves chance ({leaves_chance:.0f})")
-ax_acc.axvline(peak_epoch, color="C3", ls=":", lw=1, label=f"peak d(overlap) ({peak_epoch})")
-ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", xscale="symlog", xlim=(0, epochs))
-ax_acc.legend(fontsize=8)
-null = alignment.random_overlap_null(len(run.inputs), block[1] - block[0], families["sum"].shape[1], null_draws, seed)
-ax_ov.axhspan(*np.quantile(null, [0.01, 0.99]), color="0.75", alpha=0.6, label="random subspaces (1-99%)")
-ax_ov.axhspan(w_u.loc["sum", "init_mean"] - w_u.loc["sum", "init_std"], w_u.loc["sum", "init_mean"] + w_u.loc["sum", "init_std"],
-              color="C1", alpha=0.3, label=f"eNTK at init, {len(init_seeds)} seeds (±1 sd)")
-ax_ov.plot(curve.epoch, curve["final keys"], "-", label=f"sum at final keys {keys.tolist()}")
-ax_ov.plot(curve.epoch, curve["checkpoint keys"], ".", ms=3, color="C2", label="sum at each checkpoint's keys")
-ax_ov.set(xlabel="epoch", ylabel=f"overlap (max {families['sum'].shape[1]})", xscale="symlog", xlim=(0, epochs),
-          title=f"W_U kernel, eigenvectors {block[0]}-{block[1] - 1} vs sum")
-ax_d = ax_ov.twinx()
-ax_d.plot(curve.epoch, curve.d_final, color="C3", lw=1, label="d overlap / d epoch")
-ax_d.axvline(peak_epoch, color="C3", ls=":", lw=1)
-ax_d.set_ylabel("derivative", color="C3")
-ax_d.grid(False)
-ax_ov.legend(fontsize=8, loc="center left")
+sum_row = table2[(table2.weight == "W_U") & (table2.family == "sum")].iloc[0]
+null = nulls.random_overlap_null(len(run.inputs), block[1] - block[0], sum_row.family_dim, null_draws, seed)
+fig = plotting.plot_grokking(history, curve, "final keys", "d_final", onset=epochs_at["leaves_chance"],
+                             onset_label="test leaves chance", null=null, n_init=len(init_seeds),
+                             init_band=(sum_row.init_mean - sum_row.init_std, sum_row.init_mean + sum_row.init_std),
+                             max_overlap=sum_row.family_dim, time="epoch", log_time=True,
+                             checkpoint_column="checkpoint keys",
+                             title=f"W_U kernel, eigenvectors {block[0]}-{block[1] - 1} vs sum at keys {keys.tolist()}")
+plotting.save_figure(fig, "fig3_transformer_grokking", out_dir)
+plt.show()
 # the curves and the run's settings, for the seed sweep of notebook 04
 plotting.save_table(curve, "curves_transformer", out_dir, markdown=False)
 plotting.save_table(history, "history_transformer", out_dir, markdown=False)
-plotting.save_table(pd.DataFrame([dict(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
-                                       train_frac=train_frac)]), "run_transformer", out_dir, markdown=False)
-plotting.save_figure(fig, "fig3_transformer_grokking", out_dir)
-plt.show()
+_ = plotting.save_table(pd.DataFrame([dict(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed,
+                                           init=init, train_frac=train_frac)]), "run_transformer", out_dir, markdown=False)
 
 # %% [markdown]
 # (Epochs on a symmetric-log axis: the interesting part is early.) The paper's code sees
@@ -330,21 +287,6 @@ plt.show()
 # ## Summary
 
 # %%
-def chance(family):
-    return alignment.describe_nulls(w_u.loc[family], digits=3)
-
-
-summary = pd.DataFrame([
-    ("key frequencies (seed-dependent)", f"{keys.tolist()} from {key_source}", "", "[1, 12] (seed 2)"),
-    ("W_U eigvecs vs sum", f"{w_u.loc['sum', 'eigvecs']}: {w_u.loc['sum', 'overlap']:.3f} / {w_u.loc['sum', 'dim']}",
-     chance("sum"), "0-4: 3.965 / 4"),
-    ("W_U eigvecs vs axis_sum",
-     f"{w_u.loc['axis_sum', 'eigvecs']}: {w_u.loc['axis_sum', 'overlap']:.3f} / {w_u.loc['axis_sum', 'dim']}",
-     chance("axis_sum"), "5-8: 3.940 / 4"),
-    ("epoch of peak d(overlap)/d(epoch)", str(peak_epoch), "", "~150"),
-    ("epoch test accuracy leaves chance", f"{leaves_chance:.0f}", "", "~150"),
-    ("epoch test accuracy passes 50%", f"{half_way:.0f}", "", "between ~150 and ~2000"),
-    ("final test accuracy", f"{history.test_acc.iloc[-1]:.3f}", "", "~1.0"),
-], columns=["quantity", f"this run (seed {seed})", "nulls: random subspaces, eNTK at init", "paper (code)"])
+summary = transformer.summary(table2, keys, key_source, epochs_at, history, seed)
 plotting.save_table(summary, "summary_transformer", out_dir)
 summary

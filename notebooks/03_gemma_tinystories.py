@@ -60,7 +60,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import alignment, causal, language, operators, parameters, plotting, session, significance
+from entk_utils.experiments import gemma, parameters
+from entk_utils.features import scoring
+from entk_utils.io import plotting, session
+from entk_utils.kernels import operators
+from entk_utils.settings import language
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_gemma_notebook(globals())  # every parameter, before any work: one line per problem
@@ -82,7 +86,7 @@ print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
 # %%
 nlp = language.load_spacy()
-data = language.cached_context_dataset(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag,
+data = gemma.cached_context_dataset(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag,
                                        context_len=context_len, seed=seed)
 print(f"N = {len(data)} contexts; {data.report['generated']} continuations generated "
       f"in {data.report['rounds']} round(s) over {data.report['stories']} stories")
@@ -108,36 +112,20 @@ examples.groupby("tag").head(1)
 
 # %%
 metric = operators.unembedding_metric(lm.model)
-check_ids = data.input_ids[:4]
-op_t = operators.layer_entk_operator(lm.model, check_ids, layers[0], metric=metric)
-op_f = operators.layer_entk_operator(lm.model, check_ids, layers[0], metric=metric, truncate=False)
-rng = np.random.default_rng(seed)
-u, v = rng.standard_normal((2, op_t.shape[0]))
-Ku, Kv = op_t.matvec(u), op_t.matvec(v)
-print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {abs(u @ Kv - Ku @ v) / abs(u @ Kv):.1e}; "
-      f"truncated vs full model: {np.linalg.norm(Ku - op_f.matvec(u)) / np.linalg.norm(Ku):.1e}")
+check = gemma.operator_check(lm.model, data.input_ids[:4], layers[0], metric, seed)
+print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {check['symmetry']:.1e}; "
+      f"truncated vs full model: {check['truncation']:.1e}")
 
 # %%
 key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description, lm.fingerprint)))
 classes = np.array(data.upos)
-select, evaluate = alignment.stratified_halves(classes, seed=seed)
-results, spectra, shares, entk_by_layer, scores_by, eigenvectors = [], {}, {}, {}, {}, {}
+select, evaluate = scoring.stratified_halves(classes, seed=seed)
+found = gemma.score_layers(lm, data, labels, kinds, layers, n_eigs=n_eigs, lanczos_steps=lanczos_steps, seed=seed,
+                           metric=metric, select=select, evaluate=evaluate, cache_dir=cache_dir, key=key)
 for layer in layers:
-    eig = operators.cached_layer_eigenpairs(cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps,
-                                            seed=seed, metric=metric, key=key)
-    spectra[layer] = eig["evals"].numpy()
-    entk_by_layer[layer], shares[layer] = language.entk_scores(eig["evecs"].numpy(), len(data))
-    entk_s = entk_by_layer[layer]
-    acts = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
-    for method, scores in {"entk": entk_s, "pca": language.pca_scores(acts, n_eigs),
-                           "random": language.random_scores(acts, n_eigs, seed=seed)}.items():
-        scores_by[method, layer] = scores
-        table = alignment.score_directions(scores, labels, select, evaluate)
-        results.append(table.assign(layer=layer, method=method, kind=table.label.map(kinds)))
-    eigenvectors[layer] = eig["evecs"].numpy()
-    print(f"layer {layer}: {n_eigs} eigenpairs in {eig['seconds'] / 60:.1f} min; top eigenvalues "
-          f"{np.round(spectra[layer][:3], 2).tolist()}; median top-singular share {np.median(shares[layer]):.2f}")
-per_layer = pd.concat(results, ignore_index=True)
+    print(f"layer {layer}: {n_eigs} eigenpairs in {found.seconds[layer] / 60:.1f} min; top eigenvalues "
+          f"{np.round(found.spectra[layer][:3], 2).tolist()}; median top-singular share "
+          f"{np.median(found.shares[layer]):.2f}")
 
 # %% [markdown]
 # ## Table 3 · How well each method's best direction picks out each label
@@ -148,7 +136,7 @@ per_layer = pd.concat(results, ignore_index=True)
 # layer per method (by macro AUROC).
 
 # %%
-table3, best_layer = alignment.with_best_layer(per_layer, by="auroc")
+table3, best_layer = scoring.with_best_layer(found.table, by="auroc")
 wide = table3[table3.layer == "best"].pivot(index=["kind", "label"], columns="method", values="auroc")[["entk", "pca", "random"]]
 wide.loc[("macro", "all labels"), :] = wide.mean()
 wide.round(3)
@@ -172,18 +160,9 @@ wide.round(3)
 #   between the top-10 score vectors and each (centred) label vector, i.e. |Pearson r|.
 
 # %%
-at_best = {method: scores_by[method, int(best_layer[method])] for method in ("entk", "pca", "random")}
-tests = {label: significance.permutation_test(at_best["entk"], at_best["pca"], labels[label].to_numpy(), select, evaluate,
-                                              n_permutations=n_permutations, seed=seed) for label in labels.columns}
-p_perm = pd.Series({label: t.p_value for label, t in tests.items()})
-pvalues = pd.DataFrame({"label": p_perm.index, "p_perm": p_perm.values, "p_bonferroni": significance.bonferroni(p_perm.values),
-                        "p_holm": significance.holm(p_perm.values),
-                        "auroc_difference": [t.observed for t in tests.values()]})
-table3 = table3.merge(pvalues.drop(columns="auroc_difference"), on="label", how="left")
-tested = (table3.layer == "best") & table3.method.isin(["entk", "pca"])
-table3.loc[~tested, ["p_perm", "p_bonferroni", "p_holm"]] = np.nan  # the tests compare the best-layer rows
-table3 = table3[["label", "kind", "layer", "method", "auroc", "ap", "p_perm", "p_bonferroni", "p_holm",
-                 "precision_at_quota", "enrichment", "base_rate", "direction", "sign"]]
+at_best = {method: found.scores[method, int(best_layer[method])] for method in gemma.METHODS}
+table3, pvalues = gemma.with_permutation_tests(table3, at_best, labels, select, evaluate,
+                                               n_permutations=n_permutations, seed=seed)
 plotting.save_table(table3, "table3_gemma_auroc", out_dir)
 survivors = pvalues[pvalues.p_bonferroni < 0.05]
 print(f"labels whose eNTK-PCA difference survives Bonferroni at 5%: "
@@ -191,13 +170,8 @@ print(f"labels whose eNTK-PCA difference survives Bonferroni at 5%: "
 pvalues.round(3)
 
 # %%
-Y = labels.T.to_numpy()
-intervals, cosines = {}, {}
-for method, scores in at_best.items():
-    chosen = significance.best_direction_metrics(scores, Y, select, evaluate)
-    intervals[method] = significance.bootstrap_macro(chosen.chosen_scores(scores, evaluate), Y[:, evaluate],
-                                                     n_boot=n_boot, seed=seed)
-    cosines[method] = significance.mean_abs_cosine(scores, Y, top=min(10, n_eigs))
+intervals, cosines = gemma.macro_intervals(at_best, labels, select, evaluate, n_boot=n_boot, seed=seed,
+                                           top=min(10, n_eigs))
 cosine_table = pd.DataFrame(cosines, index=labels.columns)
 cosine_table.loc["macro"] = cosine_table.mean()
 cosine_table.round(3).T
@@ -206,12 +180,7 @@ cosine_table.round(3).T
 # The macro averages with their intervals (this cell's output is checked by nbval):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-summary = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[["entk", "pca", "random"]]
-summary["auroc 95% CI"] = [f"{intervals[m].auroc_ci[0]:.2f}-{intervals[m].auroc_ci[1]:.2f}" for m in summary.index]
-summary["ap 95% CI"] = [f"{intervals[m].ap_ci[0]:.2f}-{intervals[m].ap_ci[1]:.2f}" for m in summary.index]
-summary["mean abs cosine, top 10"] = [cosines[m].mean() for m in summary.index]
-summary["best layer"] = best_layer
-summary["labels with eNTK vs PCA significant (Bonferroni 5%)"] = len(survivors)
+summary = gemma.summary(table3, intervals, cosines, best_layer, len(survivors))
 plotting.save_table(summary.reset_index().assign(N=len(data), labels=len(labels.columns)), "summary_gemma", out_dir)
 print(f"N = {len(data)}, {len(labels.columns)} labels, chance AP for a part of speech = {1 / 8:.3f}")
 print(summary.round(2).to_string())
@@ -225,22 +194,13 @@ print(summary.round(2).to_string())
 # of held-out positives. Run the paper profile before reading anything into the gap.
 
 # %%
-fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
-best = table3[table3.layer == "best"].pivot(index="label", columns="method", values="auroc")
-order = list(labels.columns)
-x = np.arange(len(order))
-for i, method in enumerate(["entk", "pca", "random"]):
-    ax.bar(x + (i - 1) * 0.27, best.loc[order, method], width=0.27, label=method)
-ax.axhline(0.5, color="k", lw=0.8, ls=":")
-ax.set_xticks(x, order, rotation=60, ha="right", fontsize=8)
-ax.set(ylabel="held-out AUROC", ylim=(0, 1), title=f"Best direction per label, best layer per method (N = {len(data)})")
-ax.legend()
+fig = gemma.auroc_figure(table3, labels, len(data))
 plotting.save_figure(fig, "fig_gemma_auroc", out_dir)
 plt.show()
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
-for layer, evals in spectra.items():
+for layer, evals in found.spectra.items():
     ax.semilogy(np.arange(len(evals)), evals, ".-", ms=4, label=f"layer {layer}")
 ax.set(xlabel="eigenvalue index", ylabel="eigenvalue", title="Top eNTK eigenvalues of down_proj (Lanczos)")
 ax.legend(fontsize=8)
@@ -256,13 +216,10 @@ plt.show()
 
 # %%
 layer = int(best_layer["entk"])
-entk_s = entk_by_layer[layer]
 for j in range(3):
-    s = entk_s[:, j] * np.sign(entk_s[np.argmax(np.abs(entk_s[:, j])), j])
-    top = np.argsort(-s)[:min(20, len(s))]
-    tags = pd.Series(classes[top]).value_counts().head(3).to_dict()
-    print(f"direction {j} (layer {layer}): most common next-word tags among its top {len(top)}: {tags}")
-    print("   next words:", ", ".join(repr(data.words[i]) for i in top[:10]))
+    top = gemma.top_contexts(found.scores["entk", layer], data, j)
+    print(f"direction {j} (layer {layer}): most common next-word tags among its top contexts: {top['tags']}")
+    print("   next words:", ", ".join(map(repr, top["words"])))
 
 # %% [markdown]
 # ## A causal test: does moving the weight along an eNTK direction act on its label?
@@ -276,41 +233,16 @@ for j in range(3):
 # labelled contexts should move more (selectivity > 1), and more than under a random step.
 
 # %%
-layer = int(best_layer["entk"])
 entk_best = table3[(table3.layer == "best") & (table3.method == "entk")].set_index("label")
 chosen_labels = entk_best.auroc.sort_values(ascending=False).index[:causal_labels]
-op = operators.layer_entk_operator(lm.model, data.input_ids, layer, metric=metric)
-(name, param), = operators.resolve_weights(lm.model, list(op.weights)).items()
-directions = {label: op.weight_direction(eigenvectors[layer][:, int(entk_best.loc[label, "direction"])])[name]
-              for label in chosen_labels}
-directions["random"] = torch.randn(param.shape, generator=torch.Generator().manual_seed(seed))
-scored = np.arange(len(data))
-if causal_contexts is not None and causal_contexts < len(data):
-    scored = np.sort(np.random.default_rng(seed).choice(len(data), causal_contexts, replace=False))
-weight_norm = float(param.detach().norm())
-shifts = causal.next_token_shift(lm.model, data.input_ids[scored], param, directions,
-                                 [r * weight_norm for r in relative_norms], progress=True)
-rows = []
-for label in chosen_labels:
-    positive = labels[label].to_numpy()[scored].astype(bool)
-    for name, kl in ((f"eNTK direction for {label}", shifts[label]), ("random weight direction", shifts["random"])):
-        for r, row in zip(relative_norms, kl):
-            rows.append({"label": label, "direction": name, "relative_norm": r, "kl_with_label": row[positive].mean(),
-                         "kl_without_label": row[~positive].mean(), "selectivity": row[positive].mean() / row[~positive].mean()})
-gemma_causal = pd.DataFrame(rows)
+gemma_causal = gemma.causal_shift(lm, data, labels, layer, entk_best, found.eigenvectors[layer], chosen_labels,
+                                  metric=metric, relative_norms=relative_norms, causal_contexts=causal_contexts,
+                                  seed=seed)
 plotting.save_table(gemma_causal, "table4_causal_gemma", out_dir)
 gemma_causal.round(4)
 
 # %%
-fig, axes = plt.subplots(1, len(chosen_labels), figsize=(4 * len(chosen_labels), 3.4), layout="constrained", squeeze=False)
-for ax, label in zip(axes[0], chosen_labels):
-    frame = gemma_causal[gemma_causal.label == label]
-    for (name, sub), colour in zip(frame.groupby("direction", sort=False), ("C3", "0.5")):
-        ax.plot(sub.relative_norm, sub.kl_with_label, "o-", color=colour, label=f"{name}: contexts with {label}")
-        ax.plot(sub.relative_norm, sub.kl_without_label, "o--", color=colour, label="… without")
-    ax.set(xscale="log", yscale="log", xlabel="step / norm of the weight", ylabel="mean KL of next-token distribution",
-           title=label)
-    ax.legend(fontsize=6)
+fig = gemma.causal_figure(gemma_causal)
 plotting.save_figure(fig, "fig4_causal_gemma", out_dir)
 plt.show()
 

@@ -48,10 +48,10 @@ runs_dir = None              # where each run's outputs go (None: <cache_dir>/se
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
-from entk_utils import grokking, parameters, plotting, session, sweep
+from entk_utils.experiments import parameters, seed_sweep
+from entk_utils.io import plotting, session, sweep
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_seeds_notebook(globals())  # every parameter, before any work: one line per problem
@@ -78,12 +78,7 @@ print(table1.groupby("seed").eigvecs.unique().map(list).to_string())
 # summarise its overlap over seeds, next to the two nulls of notebook 1.
 
 # %%
-best = table1.loc[table1.groupby(["seed", "family"]).overlap.idxmax()]
-mlp_overlaps = best.groupby("family", sort=False).agg(
-    eigvecs=("eigvecs", lambda r: ", ".join(sorted(set(r)))), mean=("overlap", "mean"), std=("overlap", "std"),
-    min=("overlap", "min"), max=("overlap", "max"), of=("dim", "max"), null_mean=("null_mean", "mean"),
-    init_mean=("init_mean", "mean"),
-).reset_index()
+mlp_overlaps = seed_sweep.mlp_overlaps(table1)
 plotting.save_table(mlp_overlaps, "table_seeds_mlp_overlaps", out_dir)
 mlp_overlaps.round(2)
 
@@ -94,12 +89,12 @@ mlp_overlaps.round(2)
 # test accuracy rises fastest and the step from which it stays above 50%.
 
 # %%
-mlp_times = sweep.grokking_table(mlp_runs, "curves_mlp", "history_mlp", "d_sum", 1 / p_mlp)
+mlp_times = seed_sweep.grokking_table(mlp_runs, "curves_mlp", "history_mlp", "d_sum", 1 / p_mlp)
 plotting.save_table(mlp_times, "table_seeds_mlp_timing", out_dir, floatfmt=".2f")
 mlp_times
 
 # %%
-mlp_agreement = pd.DataFrame([sweep.peak_onset_agreement(mlp_times, o) for o in ("steepest_rise", "half_way")])
+mlp_agreement = pd.DataFrame([seed_sweep.peak_onset_agreement(mlp_times, o) for o in ("steepest_rise", "half_way")])
 mlp_agreement.round(2)
 
 # %% [markdown]
@@ -107,20 +102,9 @@ mlp_agreement.round(2)
 # correlation is a rough number; the gap per seed (above) says more.
 
 # %%
-def seed_bands(runs, curve_name, history_name, overlap_column, ax_acc, ax_ov):
-    history = sweep.gather(runs, history_name)
-    plotting.plot_seed_band(ax_acc, history, "test_acc", "C1")
-    plotting.plot_seed_band(ax_acc, history, "train_acc", "C0")
-    plotting.plot_seed_band(ax_ov, sweep.gather(runs, curve_name), overlap_column, "C2")
-
-
-fig, (ax_acc, ax_ov) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-seed_bands(mlp_runs, "curves_mlp", "history_mlp", "sum", ax_acc, ax_ov)
-for peak in mlp_times.peak:
-    ax_ov.axvline(peak, color="C3", lw=0.8, ls=":")
-ax_acc.set(xlabel="step", ylabel="accuracy", title=f"MLP, {len(seeds)} seeds")
-ax_ov.set(xlabel="step", ylabel="overlap with sum", title="second-cliff overlap with sum (dotted: peaks of its derivative)")
-ax_acc.legend(fontsize=7)
+fig = seed_sweep.seed_band_figure({f"MLP, {len(seeds)} seeds": (sweep.gather(mlp_runs, "history_mlp"),
+                                                                 sweep.gather(mlp_runs, "curves_mlp"), mlp_times.peak)},
+                                  "sum", time="step")
 plotting.save_figure(fig, "fig2_mlp_grokking_seeds", out_dir)
 plt.show()
 
@@ -136,7 +120,7 @@ tf_runs = {policy: sweep.run_seeds("02_transformer_modular_addition.ipynb", tran
                                    runs_dir / "transformer" / policy, parameters={**transformer_parameters, "split": policy},
                                    cache_dir=cache_dir)
            for policy in split_policies}
-per_run = pd.concat([grokking.transformer_runs_table(runs).assign(policy=policy) for policy, runs in tf_runs.items()],
+per_run = pd.concat([seed_sweep.transformer_runs_table(runs).assign(policy=policy) for policy, runs in tf_runs.items()],
                     ignore_index=True)
 per_run = per_run[["policy", *[c for c in per_run.columns if c != "policy"]]]
 plotting.save_table(per_run, "table_seeds_transformer", out_dir, floatfmt=".2f")
@@ -154,7 +138,7 @@ per_run[["policy", "seed", "key frequencies", "sum percent", "axis_sum percent",
 # %%
 histories = {policy: {seed: h for seed, h in sweep.gather(runs, "history_transformer").groupby("seed")}
              for policy, runs in tf_runs.items()}
-curves = grokking.fraction_grokked_curves(histories)
+curves = seed_sweep.fraction_grokked_curves(histories)
 colours = {policy: f"C{i}" for i, policy in enumerate(split_policies)}
 fig, (ax_frac, ax_runs, ax_t95) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
 plotting.plot_fraction_grokked(ax_frac, curves, colours)
@@ -178,7 +162,7 @@ plt.show()
 # good, per policy, over all runs and over the grokked runs only.
 
 # %%
-reliability = grokking.reliability_summary(per_run, by="policy")
+reliability = seed_sweep.reliability_summary(per_run, by="policy")
 plotting.save_table(reliability, "table_seeds_transformer_overlaps", out_dir, floatfmt=".1f")
 reliability.round(1)
 
@@ -193,10 +177,10 @@ reliability.round(1)
 # matter") and compares the variance of the rows' grokked fractions.
 
 # %%
-grid = grokking.split_init_grid(grid_splits, grid_init_seeds, cache_dir=cache_dir,
-                                **grokking.training_arguments(transformer_parameters))
+grid = seed_sweep.split_init_grid(grid_splits, grid_init_seeds, cache_dir=cache_dir,
+                                **seed_sweep.training_arguments(transformer_parameters))
 plotting.save_table(grid, "table_split_init_grid", out_dir)
-effect = grokking.split_effect(grid)
+effect = seed_sweep.split_effect(grid)
 fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(grid_init_seeds), 0.9 + 0.5 * len(grid_splits)), layout="constrained")
 fig.colorbar(plotting.plot_outcome_grid(ax, grid), ax=ax, label="final test accuracy")
 ax.set_title(f"split x init: final test accuracy\n(split effect: permutation p = {effect['p_value']:.3f})", fontsize=9)
@@ -211,17 +195,11 @@ print(f"grokked per split: {effect['per_split']}; permutation p = {effect['p_val
 # at its own key frequencies (dotted: the derivative's peak per run).
 
 # %%
-fig, axes = plt.subplots(len(tf_runs), 2, figsize=(11, 3.4 * len(tf_runs)), layout="constrained", squeeze=False)
-for (policy, runs), (ax_acc, ax_ov) in zip(tf_runs.items(), axes):
-    seed_bands(runs, "curves_transformer", "history_transformer", "final keys", ax_acc, ax_ov)
-    for peak in per_run[per_run.policy == policy].peak:
-        ax_ov.axvline(peak, color="C3", lw=0.8, ls=":")
-    for ax in (ax_acc, ax_ov):
-        ax.set_xscale("symlog", linthresh=100)
-        ax.set(xlabel="epoch", xlim=(0, per_run.epochs.max()))
-    ax_acc.set(ylabel="accuracy", title=f"split={policy!r}, {len(runs)} seeds")
-    ax_ov.set(ylabel="overlap with sum (own keys)", title="W_U eigenvectors vs sum")
-    ax_acc.legend(fontsize=7)
+panels = {f"split={policy!r}, {len(runs)} seeds": (sweep.gather(runs, "history_transformer"),
+                                                  sweep.gather(runs, "curves_transformer"),
+                                                  per_run[per_run.policy == policy].peak)
+          for policy, runs in tf_runs.items()}
+fig = seed_sweep.seed_band_figure(panels, "final keys", time="epoch", log_time=True)
 plotting.save_figure(fig, "fig3_transformer_grokking_seeds", out_dir)
 plt.show()
 
@@ -229,40 +207,7 @@ plt.show()
 # ## Summary
 
 # %%
-def spread(frame, family):
-    row = frame.set_index("family").loc[family]
-    return f"{row['mean']:.2f} ± {row['std']:.2f} (min {row['min']:.2f}) of {row['of']:.0f}; random {row.null_mean:.2f}"
-
-
-def gaps(times, onset):
-    """Per seed, the derivative's peak minus the onset; then the correlation over seeds."""
-    per_seed = ", ".join(f"{int(r.seed)}: {r.peak - r[onset]:+.0f}" for _, r in times.iterrows())
-    r = sweep.peak_onset_agreement(times, onset)
-    return f"peak − {onset} per seed: {per_seed} (r = {r['pearson_r']:.2f} over {int(r['seeds'])} seeds)"
-
-
-def policy_row(policy):
-    runs = per_run[per_run.policy == policy]
-    rel = reliability.set_index(["policy", "runs"])
-    every, grokked = rel.loc[(policy, "all runs")], rel.loc[(policy, "grokked runs")]
-    return [
-        (f"Transformer, split={policy!r}: runs grokked (95% test accuracy)",
-         f"{int(every.grokked)} of {int(every.n)}; t95 median {every['median t95']:.0f} "
-         f"(per seed: {', '.join(f'{int(r.seed)}: ' + ('never' if np.isnan(r.t95) else f'{r.t95:.0f}') for _, r in runs.iterrows())})"),
-        (f"Transformer, split={policy!r}: W_U vs sum, all / grokked runs",
-         f"{every['W_U vs sum (% of family)']:.0f}% / {grokked['W_U vs sum (% of family)']:.0f}% of the family"),
-        (f"Transformer, split={policy!r}: peak − leaves_chance, all / grokked runs",
-         f"mean {every['mean gap peak - leaves_chance']:+.0f} / {grokked['mean gap peak - leaves_chance']:+.0f} epochs"),
-    ]
-
-
-summary = pd.DataFrame([
-    ("MLP: best block vs sum", spread(mlp_overlaps, "sum")),
-    ("MLP: best block vs diff", spread(mlp_overlaps, "diff")),
-    ("MLP: derivative peak vs onset", gaps(mlp_times, "steepest_rise")),
-    *[row for policy in split_policies for row in policy_row(policy)],
-    ("Transformer: split x init grid, grokked per split",
-     "; ".join(f"{s}: {v:.0%}" for s, v in effect["per_split"].items()) + f" (split effect p = {effect['p_value']:.3f})"),
-], columns=["quantity", f"MLP seeds {seeds}; Transformer seeds {transformer_seeds}"])
+summary = seed_sweep.summary(mlp_overlaps, mlp_times, per_run, reliability, effect,
+                             f"MLP seeds {seeds}; Transformer seeds {transformer_seeds}")
 plotting.save_table(summary, "summary_seeds", out_dir)
 summary

@@ -51,11 +51,13 @@ cache_dir = None             # trained models (None: $ENTK_CACHE_DIR or ../.cach
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
 
-from entk_utils import causal, eigen, fourier, kernels, modular, parameters, plotting, session
+from entk_utils import kernels
+from entk_utils.experiments import causal, parameters
+from entk_utils.features import fourier
+from entk_utils.io import plotting, session
+from entk_utils.kernels import eigen
+from entk_utils.settings import modular
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_causal_notebook(globals())  # every parameter, before any work: one line per problem
@@ -83,39 +85,17 @@ print(f"test accuracy of the trained model: {mlp.result.history.test_acc.iloc[-1
 # random) and the first `k` removed from all `p` logits; we score the test pairs.
 
 # %%
-def directions_for(run, evecs, k_max):
-    hidden = causal.hidden_activations(run.model, run.inputs).cpu().numpy()
-    return {
-        "eNTK": evecs[:, :k_max],
-        "PCA of hidden activations": causal.pca_directions(hidden, min(k_max, hidden.shape[1])),
-        "random": causal.random_directions(len(run.inputs), k_max, seed=seed),
-    }
-
-
-def ablations(run, evecs, k_max, extra_ks=()):
-    logits = causal.model_logits(run.model, run.inputs).detach().cpu().numpy()
-    ks = sorted({*(2**i for i in range(int(np.log2(k_max)) + 1)), *(k for k in extra_ks if k <= k_max)})
-    return causal.ablation_curve(logits, run.labels.numpy(), run.test_idx, directions_for(run, evecs, k_max), ks)
-
-
 k_max = min(n_directions, len(evecs))
-mlp_ablation = ablations(mlp, evecs, k_max, extra_ks=cliffs)
+mlp_ablation = causal.ablations(mlp, evecs, k_max, seed, extra_ks=cliffs)
 mlp_ablation.pivot(index="k", columns="method", values="accuracy")
 
 # %% [markdown]
 # And the blocks between the cliffs, and the Fourier families, each removed as a whole:
 
 # %%
-def ablate_whole(run, spans):
-    logits = causal.model_logits(run.model, run.inputs).detach().cpu().numpy()
-    rows = [causal.ablation_curve(logits, run.labels.numpy(), run.test_idx, {name: span}, [span.shape[1]]).iloc[-1]
-            for name, span in spans.items()]
-    return pd.DataFrame(rows).reset_index(drop=True)
-
-
 spans = {f"eNTK block {i} (eigenvectors {a}-{b - 1})": evecs[:, a:b] for i, (a, b) in enumerate(blocks[:3])}
 spans.update({f"Fourier family {name}": F for name, F in families.items()})
-mlp_blocks = ablate_whole(mlp, spans)
+mlp_blocks = causal.ablate_spans(mlp, spans)
 mlp_blocks
 
 # %% [markdown]
@@ -126,28 +106,9 @@ mlp_blocks
 # notebook 1; the PCA and random-function spans have the same dimension.
 
 # %%
-def weight_directions(run, span, label):
-    k = span.shape[1]
-    hidden = causal.hidden_activations(run.model, run.inputs).cpu().numpy()
-    functions = {
-        f"eNTK {label}": span,
-        f"PCA top {k}": causal.pca_directions(hidden, k),
-        f"random functions ({k})": causal.random_directions(len(run.inputs), k, seed=seed),
-    }
-    out = {name: causal.projection_gradient(run.model, run.inputs, V) for name, V in functions.items()}
-    out["random weights"] = causal.random_weight_direction(run.model, seed=seed)
-    return out
-
-
-def perturbations(run, span, label):
-    weight_norm = causal.direction_norm({n: q.detach() for n, q in run.model.named_parameters()})
-    curve = causal.perturbation_curve(run.model, run.inputs, run.labels.numpy(), run.test_idx,
-                                      weight_directions(run, span, label), [r * weight_norm for r in relative_norms])
-    return curve.assign(relative_norm=curve.norm / weight_norm)
-
-
 second = blocks[2] if len(blocks) > 2 else blocks[-1]
-mlp_perturbation = perturbations(mlp, evecs[:, second[0]:second[1]], f"block 2 ({second[0]}-{second[1] - 1})")
+mlp_perturbation = causal.perturbations(mlp, evecs[:, second[0]:second[1]], f"block 2 ({second[0]}-{second[1] - 1})",
+                                        relative_norms, seed)
 mlp_perturbation.pivot(index="relative_norm", columns="method", values="delta_loss_ce")
 
 # %% [markdown]
@@ -166,47 +127,27 @@ k_features = sum(F.shape[1] for F in tf_families.values())
 print(f"p={tf.p}; key frequencies {keys.tolist()}; test accuracy {tf.result.history.test_acc.iloc[-1]:.3f}")
 
 # %%
-tf_ablation = ablations(tf, tf_evecs, min(n_directions, len(tf_evals)), extra_ks=[k_features])
+tf_ablation = causal.ablations(tf, tf_evecs, min(n_directions, len(tf_evals)), seed, extra_ks=[k_features])
 tf_ablation.pivot(index="k", columns="method", values="accuracy")
 
 # %%
 tf_spans = {f"eNTK top {k_features}": tf_evecs[:, :k_features]}
 tf_spans.update({f"Fourier family {name}": F for name, F in tf_families.items()})
-tf_blocks = ablate_whole(tf, tf_spans)
+tf_blocks = causal.ablate_spans(tf, tf_spans)
 tf_blocks
 
 # %%
-tf_perturbation = perturbations(tf, tf_evecs[:, :k_features], f"top {k_features}")
+tf_perturbation = causal.perturbations(tf, tf_evecs[:, :k_features], f"top {k_features}", relative_norms, seed)
 tf_perturbation.pivot(index="relative_norm", columns="method", values="delta_loss_ce")
 
 # %% [markdown]
 # ## Table 4 and Figure 4
 
 # %%
-table4 = pd.concat([
-    mlp_ablation.assign(setting="MLP", test="ablate top k"),
-    mlp_blocks.assign(setting="MLP", test="ablate a whole span"),
-    mlp_perturbation.assign(setting="MLP", test="move weights"),
-    tf_ablation.assign(setting="Transformer", test="ablate top k"),
-    tf_blocks.assign(setting="Transformer", test="ablate a whole span"),
-    tf_perturbation.assign(setting="Transformer", test="move weights"),
-], ignore_index=True)
-table4 = table4[["setting", "test", "method", "k", "relative_norm", "accuracy", "loss_ce", "loss_mse", "delta_loss_ce"]]
+table4 = causal.table4({"MLP": (mlp_ablation, mlp_blocks, mlp_perturbation),
+                        "Transformer": (tf_ablation, tf_blocks, tf_perturbation)})
 plotting.save_table(table4, "table4_causal", out_dir)
-
-fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
-for row, (name, ablation, perturbation) in enumerate([("MLP", mlp_ablation, mlp_perturbation),
-                                                       ("Transformer", tf_ablation, tf_perturbation)]):
-    for method, frame in ablation.groupby("method", sort=False):
-        axes[row, 0].plot(frame.k.clip(lower=0.5), frame.accuracy, "o-", ms=3, label=method)
-    axes[row, 0].set(xscale="log", xlabel="k directions removed from the logits (k=0 drawn at 0.5)",
-                     ylabel="test accuracy", title=f"{name}: function-space ablation")
-    for method, frame in perturbation.groupby("method", sort=False):
-        axes[row, 1].plot(frame.relative_norm, frame.delta_loss_ce, "o-", ms=3, label=method)
-    axes[row, 1].set(xlabel="step length / norm of the weights", ylabel="change of test cross-entropy",
-                     title=f"{name}: weight-space perturbation")
-    for ax in axes[row]:
-        ax.legend(fontsize=8)
+fig = causal.figure4({"MLP": (mlp_ablation, mlp_perturbation), "Transformer": (tf_ablation, tf_perturbation)})
 plotting.save_figure(fig, "fig4_causal", out_dir)
 plt.show()
 
@@ -216,30 +157,13 @@ plt.show()
 # The numbers the verdict rests on (nbval checks this cell):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-def accuracy_at(ablation, k):
-    return ablation[ablation.k == k].set_index("method").accuracy.round(2).to_dict()
-
-
-def loss_at_largest_step(perturbation):
-    last = perturbation[perturbation.relative_norm == perturbation.relative_norm.max()]
-    return last.set_index("method").delta_loss_ce.round(2).to_dict()
-
-
-rows = []
-for name, ablation, whole, perturbation, k in [
-    ("MLP", mlp_ablation, mlp_blocks, mlp_perturbation, int(min(cliffs[-1], k_max))),
-    ("Transformer", tf_ablation, tf_blocks, tf_perturbation, k_features),
-]:
-    print(f"{name}: test accuracy after removing the top {k} directions: {accuracy_at(ablation, k)}")
+verdict = {"MLP": (mlp_ablation, mlp_blocks, mlp_perturbation, int(min(cliffs[-1], k_max))),
+           "Transformer": (tf_ablation, tf_blocks, tf_perturbation, k_features)}
+for name, (ablation, whole, perturbation, k) in verdict.items():
+    print(f"{name}: test accuracy after removing the top {k} directions: {causal.accuracy_at(ablation, k)}")
     print(f"{name}: after removing whole spans: {whole.set_index('method').accuracy.round(2).to_dict()}")
-    print(f"{name}: change of test cross-entropy at the largest step: {loss_at_largest_step(perturbation)}")
-    rows += [(name, f"test accuracy after removing the top {k} directions", method, value)
-             for method, value in accuracy_at(ablation, k).items()]
-    rows += [(name, "test accuracy after removing a whole span", method, value)
-             for method, value in whole.set_index("method").accuracy.round(2).items()]
-    rows += [(name, f"test cross-entropy change, step {max(relative_norms):.0%} of the weights' norm", method, value)
-             for method, value in loss_at_largest_step(perturbation).items()]
-summary = pd.DataFrame(rows, columns=["setting", "measure", "directions", "value"])
+    print(f"{name}: change of test cross-entropy at the largest step: {causal.loss_at_largest_step(perturbation)}")
+summary = causal.summary(verdict)
 plotting.save_table(summary, "summary_causal", out_dir, floatfmt=".2f")
 summary
 

@@ -70,13 +70,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils import language, operators, parameters, plotting, probe, session
+from entk_utils.experiments import eigenpairs, parameters, your_model
+from entk_utils.features.directions import entk_scores, pca_scores
+from entk_utils.io import plotting, session
+from entk_utils.kernels import operators
+from entk_utils.settings import language
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_your_model_notebook(globals())  # every parameter, before any work: one line per problem
 torch.manual_seed(seed)
-lm = probe.load_model(model_source, device=device, cache_dir=cache_dir)
-weights = weights or probe.default_weights(lm.model)
+lm = your_model.load_model(model_source, device=device, cache_dir=cache_dir)
+weights = weights or your_model.default_weights(lm.model)
 analysed = operators.resolve_weights(lm.model, weights)
 print(f"model: {lm.description}")
 print(f"weights: {len(analysed)} tensors, {sum(w.numel() for w in analysed.values()):,} parameters")
@@ -94,13 +98,13 @@ pd.DataFrame({"weight": list(analysed), "shape": [tuple(w.shape) for w in analys
 
 # %%
 nlp = language.load_spacy()
-documents = probe.read_documents(language.stories_path(text_path))
-data = probe.cached_text_contexts(cache_dir, documents, lm, nlp, n_contexts=n_contexts, context_len=context_len,
+documents = your_model.read_documents(language.stories_path(text_path))
+data = your_model.cached_text_contexts(cache_dir, documents, lm, nlp, n_contexts=n_contexts, context_len=context_len,
                                   seed=seed)
-labels, kinds = probe.feature_labels(data.upos, data.morph, min_positives)
+labels, kinds = your_model.feature_labels(data.upos, data.morph, min_positives)
 print(f"N = {len(data)} contexts from {data.report['tagged']} of {len(documents)} documents; "
       f"{labels.shape[1]} features with >= {min_positives} positives and negatives: {', '.join(labels.columns)}")
-pd.DataFrame({"context (end; last token in brackets)": [probe.context_tail(lm.tokenizer, ids.tolist())
+pd.DataFrame({"context (end; last token in brackets)": [your_model.context_tail(lm.tokenizer, ids.tolist())
                                                         for ids in data.input_ids[:6]],
               "next word": data.words[:6], "its tag": data.upos[:6], "model predicts": data.generated[:6]})
 
@@ -120,16 +124,13 @@ pd.DataFrame({"context (end; last token in brackets)": [probe.context_tail(lm.to
 op = operators.entk_operator(lm.model, data.input_ids, weights, metric="logits")
 print(f"K~ is {op.shape[0]} x {op.shape[1]}; forward path: {op.strategy.describe()}")
 key = language.hash_text(repr((data.input_ids.tolist(), lm.description, lm.fingerprint)))
-eig = operators.cached_eigenpairs(cache_dir, lm.model, data.input_ids, weights, n_eigs, name="entk-eigs-your-model",
+eig = eigenpairs.cached_eigenpairs(cache_dir, lm.model, data.input_ids, weights, n_eigs, name="entk-eigs-your-model",
                                   steps=lanczos_steps, seed=seed, metric="logits", key=key)
 evals = eig["evals"].numpy()
-entk_s, shares = language.entk_scores(eig["evecs"].numpy(), len(data))
+entk_s, shares = entk_scores(eig["evecs"].numpy(), len(data))
 print(f"{n_eigs} eigenpairs by Lanczos ({lanczos_steps} steps) in {eig['seconds'] / 60:.1f} min; largest relative "
       f"residual {float((eig['residuals'] / eig['evals']).max()):.1e}")
-fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
-ax.semilogy(np.arange(len(evals)), evals, "o-", ms=4)
-ax.set(xlabel="eigenvalue index", ylabel="eigenvalue", title="Top eNTK eigenvalues of the chosen weights")
-plotting.save_figure(fig, "fig_your_model_spectrum", out_dir)
+plotting.save_figure(your_model.spectrum_figure(evals), "fig_your_model_spectrum", out_dir)
 plt.show()
 
 # %% [markdown]
@@ -140,15 +141,13 @@ plt.show()
 # residual stream after the highest analysed layer, at the same token.
 
 # %%
-layer = probe.highest_layer(lm.model, list(analysed))
+layer = your_model.highest_layer(lm.model, list(analysed))
 activations = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
-scores = {"entk": entk_s, "pca": language.pca_scores(activations, n_eigs)}
-named = {method: probe.name_directions(s, labels, n_permutations=n_permutations, seed=seed)
+scores = {"entk": entk_s, "pca": pca_scores(activations, n_eigs)}
+named = {method: your_model.name_directions(s, labels, n_permutations=n_permutations, seed=seed)
          for method, s in scores.items()}
-aurocs = {method: probe.oriented_auroc(s, labels) for method, s in scores.items()}
-directions = pd.concat([table.assign(method=method) for method, table in named.items()], ignore_index=True)
-directions["eigenvalue or variance"] = np.concatenate([evals, scores["pca"].var(axis=0)])
-directions["top singular share"] = np.concatenate([shares, np.full(n_eigs, np.nan)])
+aurocs = {method: your_model.oriented_auroc(s, labels) for method, s in scores.items()}
+directions = your_model.directions_table(named, evals, scores["pca"], shares)
 plotting.save_table(directions, "table_your_model_directions", out_dir)
 print(f"top singular share of the eNTK eigenvectors: median {np.median(shares):.2f}; PCA at layer {layer}")
 directions[directions.method == "entk"].drop(columns="method")
@@ -165,7 +164,7 @@ directions[directions.method == "entk"].drop(columns="method")
 # its name is `-`, and its feature is only the closest candidate.
 
 # %%
-contexts = probe.strongest_contexts(entk_s, data, lm.tokenizer, named["entk"], top=top_contexts)
+contexts = your_model.strongest_contexts(entk_s, data, lm.tokenizer, named["entk"], top=top_contexts)
 plotting.save_table(contexts, "table_your_model_contexts", out_dir)
 pd.set_option("display.max_colwidth", 90)
 contexts.drop(columns="rank").set_index(["direction", "name"])
@@ -178,17 +177,7 @@ contexts.drop(columns="rank").set_index(["direction", "name"])
 # direction's name where the test allows one.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * labels.shape[1] + 1.6), layout="constrained", sharey=True)
-for ax, (method, auroc) in zip(axes, aurocs.items()):
-    image = ax.imshow(auroc, vmin=0.5, vmax=1, cmap="viridis", aspect="auto")
-    for d in named[method][named[method].named].itertuples():
-        ax.add_patch(plt.Rectangle((d.direction - 0.5, labels.columns.get_loc(d.feature) - 0.5), 1, 1, fill=False,
-                                   ec="red", lw=1.5))
-    ax.set(title=f"{method}: AUROC per feature", xlabel="direction", xticks=range(n_eigs))
-    ax.grid(False)
-axes[0].set_yticks(range(labels.shape[1]), labels.columns, fontsize=8)
-fig.colorbar(image, ax=axes, shrink=0.8, label="AUROC (oriented)")
-plotting.save_figure(fig, "fig_your_model_features", out_dir)
+plotting.save_figure(your_model.features_figure(aurocs, named), "fig_your_model_features", out_dir)
 plt.show()
 
 # %% [markdown]
@@ -198,12 +187,8 @@ plt.show()
 # same amount: compare the two columns, not either with 0.5).
 
 # %%
-best = pd.DataFrame({method: auroc.max(axis=1) for method, auroc in aurocs.items()})
-summary = pd.DataFrame({method: {"directions named": int(t.named.sum()), "distinct features named":
-                                 t[t.named].feature.nunique(), "mean best AUROC over features": best[method].mean()}
-                        for method, t in named.items()}).T
-summary = summary.assign(N=len(data), features=labels.shape[1], directions=n_eigs, weights=", ".join(weights),
-                         model=lm.description.split(":")[0])
+summary = your_model.summary_table(named, aurocs, N=len(data), features=labels.shape[1], directions=n_eigs,
+                                   weights=", ".join(weights), model=lm.description.split(":")[0])
 plotting.save_table(summary.reset_index(names="method"), "summary_your_model", out_dir)
 print(summary.drop(columns=["weights", "model"]).to_string())
-best.round(3).T
+pd.DataFrame({method: auroc.max(axis=1) for method, auroc in aurocs.items()}).round(3).T

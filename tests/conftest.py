@@ -1,8 +1,21 @@
+from pathlib import Path
+
 import matplotlib
 import pytest
 import torch
 
 matplotlib.use("Agg")
+
+# Trained test models are cached here between runs (the repository's ignored .cache/), so
+# that a test that needs a trained network trains it once per machine, not once per run.
+MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-models"
+
+
+@pytest.fixture(scope="session")
+def model_cache():
+    """A persistent cache folder for models that tests train (see MODEL_CACHE)."""
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    return MODEL_CACHE
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +30,10 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_collection_modifyitems(items):
+    """A test that loads the offline Gemma-3-270M (fixture ``gemma``: ~40 s, 3 GB) is slow."""
+    for item in items:
+        if "gemma" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from entk_utils import modular
-from entk_utils.cache import CacheEntryError, cache_key, cached, read_entry, write_entry
+from entk_utils.settings import modular
+from entk_utils.settings.modular import training
+from entk_utils.io.cache import CacheEntryError, cache_key, cached, read_entry, write_entry
 
 
 def test_key_is_order_independent_and_sensitive():
@@ -106,19 +107,19 @@ def test_a_change_to_the_producing_code_computes_afresh(tmp_path, monkeypatch):
 def test_a_stale_trained_model_is_not_reused_after_train_or_the_model_changes(tmp_path, monkeypatch):
     kwargs = dict(p=5, width=8, steps=3, cache_dir=tmp_path, progress=False)
     modular.train_gromov_mlp(**kwargs)
-    original_train = modular.train
+    original_train = training.train
     calls = []
 
     def changed_train(*args, **kw):  # stands in for an edit of train()
         calls.append(1)
         return original_train(*args, **kw)
 
-    monkeypatch.setattr(modular, "train", changed_train)
+    monkeypatch.setattr(training, "train", changed_train)
     modular.train_gromov_mlp(**kwargs)
     assert calls == [1]
     monkeypatch.undo()
     modular.train_gromov_mlp(**kwargs)  # the original code: read back
-    monkeypatch.setattr(modular, "train", changed_train)
+    monkeypatch.setattr(training, "train", changed_train)
     monkeypatch.setattr(modular.GromovMLP, "forward", lambda self, x: self.fc2(torch.relu(self.fc1(x))))
     modular.train_gromov_mlp(**kwargs)
     assert calls == [1, 1]
@@ -130,15 +131,15 @@ def test_a_trained_model_survives_unrelated_edits_of_its_module(tmp_path, monkey
 
     kwargs = dict(p=5, width=8, steps=3, cache_dir=tmp_path, progress=False)
     modular.train_gromov_mlp(**kwargs)
-    calls, original = [], modular.train
+    calls, original = [], training.train
 
     @functools.wraps(original)  # the same code (the version unwraps it), but counted
     def counting(*args, **kw):
         calls.append(1)
         return original(*args, **kw)
 
-    monkeypatch.setattr(modular, "train", counting)
-    monkeypatch.setattr(modular, "a_new_helper", lambda: 1, raising=False)  # edits elsewhere in the module
+    monkeypatch.setattr(training, "train", counting)
+    monkeypatch.setattr(training, "a_new_helper", lambda: 1, raising=False)  # edits elsewhere in the module
     monkeypatch.setattr(modular.OneLayerTransformer, "a_new_method", lambda self: 0, raising=False)
     modular.train_gromov_mlp(**kwargs)
     assert calls == [] and len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 1
@@ -230,7 +231,7 @@ WORKER = textwrap.dedent('''
     import sys, time, warnings
     from pathlib import Path
     import torch
-    from entk_utils.cache import cached, read_entry, write_entry
+    from entk_utils.io.cache import cached, read_entry, write_entry
 
     warnings.simplefilter("error")  # a damaged entry would warn: fail instead
     folder, ready, n_workers, me = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

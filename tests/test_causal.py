@@ -5,21 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from entk_utils import causal, fourier
-from entk_utils.modular import (
-    GromovMLP,
-    OneLayerTransformer,
-    modular_addition_pairs,
-    one_hot_pairs,
-    train_gromov_mlp,
-    transformer_tokens,
-)
+from entk_utils.features import causal, directions, fourier
+from entk_utils.settings import modular
+from entk_utils.settings.modular import GromovMLP, OneLayerTransformer, modular_addition_pairs, one_hot_pairs, train_gromov_mlp, transformer_tokens
 
 P = 19  # small, yet a width-256 MLP generalises within 300 full-batch steps at 80% train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(model_cache):
     """A Gromov MLP trained to 100% test accuracy on the 72 held-out pairs.
 
     One thread: this tiny full-batch training is ~10x slower when torch's threads compete
@@ -28,8 +22,7 @@ def run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_gromov_mlp(P, 256, steps=300, train_frac=0.8, cache_dir=tmp_path_factory.mktemp("cache"),
-                                progress=False)
+        return train_gromov_mlp(P, 256, steps=300, train_frac=0.8, cache_dir=model_cache, progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -78,7 +71,7 @@ def test_ablation_curve_matches_ablate_outputs_and_reports_the_baseline():
     F = rng.standard_normal((n, c)) + 3 * np.eye(c)[targets]
     D = rng.standard_normal((n, 8))
     idx = np.arange(0, n, 2)
-    df = causal.ablation_curve(F, targets, idx, {"d": D, "r": causal.random_directions(n, 4, seed=0)}, [2, 4])
+    df = causal.ablation_curve(F, targets, idx, {"d": D, "r": directions.random_directions(n, 4, seed=0)}, [2, 4])
     assert list(df.columns) == ["method", "k", "accuracy", "loss_ce", "loss_mse"]
     assert df.groupby("method").k.apply(list).to_dict() == {"d": [0, 2, 4], "r": [0, 2, 4]}
     base = causal.classification_metrics(F[idx], targets[idx])
@@ -92,32 +85,7 @@ def test_ablation_curve_matches_ablate_outputs_and_reports_the_baseline():
     assert base["loss_ce"] == pytest.approx(torch.nn.functional.cross_entropy(z, t).item())
     assert base["loss_mse"] == pytest.approx(torch.nn.functional.mse_loss(z, torch.eye(c, dtype=z.dtype)[t]).item())
     with pytest.raises(ValueError, match="0..4 for method 'r'"):
-        causal.ablation_curve(F, targets, idx, {"r": causal.random_directions(n, 4)}, [5])
-
-
-# --------------------------------------------------------------------------- baselines
-def test_random_directions_are_orthonormal_and_seeded():
-    Q = causal.random_directions(30, 7, seed=3)
-    np.testing.assert_allclose(Q.T @ Q, np.eye(7), atol=1e-12)
-    np.testing.assert_array_equal(Q, causal.random_directions(30, 7, seed=3))
-    assert not np.allclose(Q, causal.random_directions(30, 7, seed=4))
-    with pytest.raises(ValueError, match="k must lie"):
-        causal.random_directions(5, 6)
-
-
-def test_pca_directions_are_the_normalised_principal_scores():
-    from sklearn.decomposition import PCA
-
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((50, 6)) * [5, 4, 3, 2, 1, 0.5] @ np.linalg.qr(rng.standard_normal((6, 6)))[0] + 7
-    U = causal.pca_directions(X, 3)
-    np.testing.assert_allclose(U.T @ U, np.eye(3), atol=1e-12)
-    scores = PCA(3).fit_transform(X)
-    np.testing.assert_allclose(np.abs(U), np.abs(scores / np.linalg.norm(scores, axis=0)), atol=1e-10)
-    variance = np.linalg.norm((X - X.mean(0)).T @ U, axis=0)
-    assert np.all(np.diff(variance) < 0)
-    with pytest.raises(ValueError, match="k must lie"):
-        causal.pca_directions(X, 7)
+        causal.ablation_curve(F, targets, idx, {"r": directions.random_directions(n, 4)}, [5])
 
 
 def test_hidden_activations_of_both_models():
@@ -125,22 +93,23 @@ def test_hidden_activations_of_both_models():
     pairs, _ = modular_addition_pairs(p)
     mlp = GromovMLP(p, 16)
     x = one_hot_pairs(pairs, p)
-    H = causal.hidden_activations(mlp, x)
+    H = modular.hidden_activations(mlp, x)
     assert H.shape == (25, 16) and torch.all(H >= 0)  # after the x**2 nonlinearity
     torch.testing.assert_close(mlp.fc2(H) / mlp.width, mlp(x))  # it is what the readout reads
     tf = OneLayerTransformer(p, d_model=8, n_heads=2, d_mlp=12)
     tokens = transformer_tokens(pairs, p)
-    assert causal.hidden_activations(tf, tokens).shape == (25, 12)
-    assert causal.model_logits(tf, tokens).shape == (25, p)  # the answer logits only, not "="
+    assert modular.hidden_activations(tf, tokens).shape == (25, 12)
+    assert causal.model_logits(tf, tokens, n_scored=p).shape == (25, p)  # the answer logits only, not "="
+    assert causal.model_logits(tf, tokens).shape == (25, p + 1)  # by default every output
     with pytest.raises(ValueError, match="supported models: GromovMLP, OneLayerTransformer"):
-        causal.hidden_activations(torch.nn.Linear(3, 2), torch.zeros(4, 3))
+        modular.hidden_activations(torch.nn.Linear(3, 2), torch.zeros(4, 3))
 
 
 # --------------------------------------------------------------------------- the causal sanity check
 def test_ablating_the_sum_family_destroys_accuracy_but_random_directions_do_not(run, sum_family):
     F = _logits(run)
     k = sum_family.shape[1]  # p - 1
-    random = {f"random {s}": causal.random_directions(len(F), k, seed=s) for s in range(3)}
+    random = {f"random {s}": directions.random_directions(len(F), k, seed=s) for s in range(3)}
     df = causal.ablation_curve(F, run.labels, run.test_idx, {"sum": sum_family, **random}, [k])
     before = df[df.k == 0].accuracy
     after = df[df.k == k].set_index("method").accuracy

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from entk_utils.dynamics import derivative, grokking_times, overlap_over_training, steepest_rise, sustained_crossing
-from entk_utils.fourier import feature_family
-from entk_utils.modular import train_gromov_mlp
+from entk_utils.features.dynamics import derivative, grokking_times, overlap_over_training, steepest_rise, sustained_crossing
+from entk_utils.features.fourier import feature_family
+from entk_utils.settings.modular import train_gromov_mlp
 
 
 def test_derivative_is_exact_for_quadratics_on_uneven_grids():
@@ -19,8 +19,8 @@ def test_steepest_rise_of_a_sigmoid():
     assert steepest_rise(x, 1 / (1 + np.exp(-(x - 80) / 8))) == 80
 
 
-def test_overlap_over_training_on_a_small_run():
-    run = train_gromov_mlp(7, 64, steps=40, checkpoint_every=20, progress=False)
+def test_overlap_over_training_on_a_small_run(model_cache):
+    run = train_gromov_mlp(7, 64, steps=40, checkpoint_every=20, cache_dir=model_cache, progress=False)
     fams = {f: feature_family(run.pairs.numpy(), 7, f) for f in ("sum", "a")}
     curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (1, 13), fams, progress=False)
     assert curve.epoch.tolist() == [0, 20, 40]
@@ -37,8 +37,8 @@ def test_sustained_crossing():
     assert np.isnan(sustained_crossing(x, [0, 0, 0, 0, 0, 0.4], 0.5))
 
 
-def test_overlap_over_training_with_per_checkpoint_features():
-    run = train_gromov_mlp(5, 32, steps=20, checkpoint_every=10, progress=False)
+def test_overlap_over_training_with_per_checkpoint_features(model_cache):
+    run = train_gromov_mlp(5, 32, steps=20, checkpoint_every=10, cache_dir=model_cache, progress=False)
     fixed = feature_family(run.pairs.numpy(), 5, "sum")
     curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (0, 4),
                                   lambda model: {"same": fixed, "none": None}, progress=False)
@@ -62,7 +62,8 @@ def test_grokking_times_on_a_synthetic_run():
 
 
 def test_sweep_grokking_table_and_agreement(tmp_path):
-    from entk_utils.sweep import gather, grokking_table, peak_onset_agreement
+    from entk_utils.io.sweep import gather
+    from entk_utils.experiments.seed_sweep import grokking_table, peak_onset_agreement
 
     runs = {}
     for seed, shift in ((0, 0), (1, 10), (2, 20)):

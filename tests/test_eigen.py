@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse.linalg
 import torch
 
-from entk_utils.eigen import cliff_blocks, find_cliffs, lanczos, top_eigenpairs
+from entk_utils.kernels.eigen import cliff_blocks, find_cliffs, lanczos, top_eigenpairs
 
 
 def random_psd(n, seed=0, decay=0.9):

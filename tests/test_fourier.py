@@ -1,20 +1,9 @@
 import numpy as np
 import pytest
 
-from entk_utils.alignment import subspace_overlap
-from entk_utils.fourier import (
-    FAMILIES,
-    check_frequencies,
-    family_power,
-    feature_family,
-    first_key_frequencies,
-    fourier_family,
-    fourier_power,
-    frequency_planes,
-    key_frequencies,
-    transformer_spectra,
-)
-from entk_utils.modular import modular_addition_pairs
+from entk_utils.features.geometry import subspace_overlap
+from entk_utils.features.fourier import FAMILIES, check_frequencies, family_power, feature_family, first_key_frequencies, fourier_family, fourier_power, frequency_planes, key_frequencies, transformer_spectra
+from entk_utils.settings.modular import modular_addition_pairs
 
 P = 13
 PAIRS = modular_addition_pairs(P)[0].numpy()
@@ -135,15 +124,17 @@ def test_key_frequencies_bad_input(power, kwargs, message):
         key_frequencies(power, **kwargs)
 
 
-@pytest.mark.parametrize("p, train_frac", [(17, 0.7), (23, 0.6)])
-def test_trained_transformers_embedding_and_neurons_agree_on_keys(p, train_frac):
-    """Two independent readings of a trained network (embedding, MLP neurons) find the same keys."""
+@pytest.mark.slow
+def test_trained_transformers_embedding_and_neurons_agree_on_keys(model_cache):
+    """Two independent readings of a trained network (embedding, MLP neurons) find the same
+    keys (the notebook-02 quick profile's network, which groks)."""
     import torch
 
-    from entk_utils.modular import train_transformer
+    from entk_utils.settings.modular import train_transformer
 
-    run = train_transformer(p, 1500, seed=1, split="seeded", init="torch", lr=3e-3, train_frac=train_frac, batch_size=None,
-                            checkpoint_every=1500, progress=False)
+    p = 23
+    run = train_transformer(p, 1500, seed=1, split="seeded", init="torch", lr=3e-3, train_frac=0.6, batch_size=None,
+                            checkpoint_every=1500, cache_dir=model_cache, progress=False)
     assert run.result.history.test_acc.iloc[-1] > 0.9
     spectra = transformer_spectra(run.model, run.inputs, run.pairs, p)
     from_embedding = key_frequencies(spectra["W_E"])

@@ -1,6 +1,5 @@
 """The fast eNTK equals the torch.func reference, on models it was not written for."""
 
-import math
 import warnings
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from torch import nn
 
 from entk_utils.kernels import entk, entk_contributions, layerwise_entk, resolve_params
-from entk_utils.modular import GromovMLP, OneLayerTransformer, modular_addition_pairs, one_hot_pairs, transformer_tokens
+from entk_utils.settings.modular import GromovMLP, OneLayerTransformer, modular_addition_pairs, one_hot_pairs, transformer_tokens
 
 
 def rel_err(a, b):
@@ -297,23 +296,27 @@ def test_chunk_size_does_not_change_the_kernel(reduce):
 
 def test_reference_blocks_follow_the_memory_budget(monkeypatch):
     """A budget below the Jacobians of all inputs splits them into blocks; same kernel."""
-    from entk_utils import kernels
+    from entk_utils.kernels import reference
 
     model, x = DeepMLP().double(), torch.randn(23, 6).double()
     whole = entk(model, x, method="reference")
     per_input = 4 * sum(p.numel() for p in model.parameters()) * 8  # 4 outputs, float64
-    assert kernels._reference_block(23, per_input) == 23
-    monkeypatch.setattr(kernels, "REFERENCE_MEMORY", 10 * per_input)
-    assert kernels._reference_block(23, per_input) == 5  # 5 blocks of at most 10 // 2 inputs
+    assert reference._reference_block(23, per_input) == 23
+    monkeypatch.setattr(reference, "REFERENCE_MEMORY", 10 * per_input)
+    assert reference._reference_block(23, per_input) == 5  # 5 blocks of at most 10 // 2 inputs
     assert rel_err(entk(model, x, method="reference"), whole) < 1e-12
 
 
-def test_gromov_kernel_has_expected_scale_at_init():
-    """With N(0,1) weights the scalings keep the kernel O(1/width) on the diagonal: finite, positive."""
+@pytest.mark.parametrize("width", [64, 1024])
+def test_gromov_kernel_diagonal_at_init_is_seven_over_p_squared_width(width):
+    """At init (N(0,1) weights, the model's scalings) the trace eNTK's diagonal has mean
+    7 / (p^2 width): with h_i = W1_i.x / sqrt(2p) ~ N(0, 1/p) for a one-hot pair, the readout
+    contributes sum_i h_i^4 / width^2 = 3 / (p^2 width) and the first layer
+    sum_i W2_ci^2 (2 h_i)^2 |x|^2 / (2p width^2) = 4 / (p^2 width), so the kernel is O(1/width)."""
     pairs, _ = modular_addition_pairs(5)
-    K = entk(GromovMLP(5, 32), one_hot_pairs(pairs, 5))
+    K = entk(GromovMLP(5, width), one_hot_pairs(pairs, 5))
     assert K.shape == (25, 25)
-    assert torch.all(K.diagonal() > 0) and math.isfinite(K.sum().item())
+    assert K.diagonal().mean().item() == pytest.approx(7 / (25 * width), rel=0.15)
 
 
 def test_model_mode_is_restored():
@@ -372,11 +375,11 @@ def test_resolve_params_prefix_and_order():
 @pytest.mark.parametrize("model_cls, n_in", [(Tied, 6), (WithScaled, 4)])
 def test_factorisation_check_is_what_keeps_the_fast_path_right(monkeypatch, model_cls, n_in):
     """Without its check the factorisation would be silently wrong on these models."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
     model, x = model_cls().double(), torch.randn(10, n_in).double()
     ref = entk(model, x, method="reference")
-    monkeypatch.setattr(kernels, "_factorisation_holds", lambda model, out, owners, x, g: set(owners))
+    monkeypatch.setattr(gram, "_factorisation_holds", lambda model, out, owners, x, g: set(owners))
     assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
 
 
@@ -388,14 +391,14 @@ def test_factorisation_check_is_what_keeps_the_fast_path_right(monkeypatch, mode
 def test_embeddings_and_attention_take_the_fast_path(monkeypatch, model, ids, reduce):
     """Embedding and attention-model kernels come from the Gram factorisation (signals by
     one backward pass), not the Jacobian fallback."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
     def no_reference(*args, **kwargs):
         raise AssertionError("reference path used")
 
     model = model.double()
     ref = entk(model, ids, reduce=reduce, method="reference")
-    monkeypatch.setattr(kernels, "_reference_contributions", no_reference)
+    monkeypatch.setattr(gram, "_reference_contributions", no_reference)
     assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
 
 
@@ -409,23 +412,23 @@ def test_embeddings_and_attention_take_the_fast_path(monkeypatch, model, ids, re
 def test_both_formulas_for_layers_at_several_positions(monkeypatch, model, ids, cost, reduce):
     """A layer used at T > 1 positions has two exact kernels (product of (N T)^2 Grams, or
     Gram of per-example gradients); ELEMENTWISE_COST picks one. Both equal the reference."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
     model = model.double()
     ref = entk(model, ids, reduce=reduce, method="reference")
-    monkeypatch.setattr(kernels, "ELEMENTWISE_COST", cost)
+    monkeypatch.setattr(gram, "ELEMENTWISE_COST", cost)
     assert rel_err(entk(model, ids, reduce=reduce, method="fast"), ref) < 1e-10
 
 
 def _folds(model, x):
     """``({layer: point}, rejected)``: the folds the probe picks for the trace eNTK of all of
     ``model``'s parameters, and those the check on every input then rejects."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
-    owners = kernels._owners(model, resolve_params(model))
-    safe, folds = kernels._probe(model, x, owners, "trace")
+    owners = gram._owners(model, resolve_params(model))
+    safe, folds = gram._probe(model, x, owners, "trace")
     layers = sorted({owners[p][0] for p in safe})
-    _, rejected = kernels._collect(model, x, layers, folds, "trace", len(x))
+    _, rejected = gram._collect(model, x, layers, folds, "trace", len(x))
     return {layer: point for layer, (point, _) in folds.items()}, rejected
 
 
@@ -447,11 +450,11 @@ def test_fold_is_rechecked_on_every_input(chunk_size):
     """SwitchesOn mixes its units on one input (index 1), which the probe (every second
     input here) misses: the fold it picks is rejected by the check on every input, the
     layer recomputed with per-output signals, and the kernel is exact."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
     model = SwitchesOn().double()
     x = torch.cat([torch.randn(1, 3), torch.tensor([[12.0, 0.5, -0.5]]), torch.randn(30, 3)]).double()
-    assert 1 not in torch.linspace(0, len(x) - 1, kernels.PROBE_SIZE).round().long().tolist()
+    assert 1 not in torch.linspace(0, len(x) - 1, gram.PROBE_SIZE).round().long().tolist()
     assert _folds(model, x) == ({"readout": None, "fc": "readout"}, {"fc"})
     ref = entk(model, x, method="reference")
     assert rel_err(entk(model, x, chunk_size=chunk_size), ref) < 1e-10
@@ -459,11 +462,11 @@ def test_fold_is_rechecked_on_every_input(chunk_size):
 
 def test_fold_checks_are_what_keep_the_trace_right(monkeypatch):
     """With every check passing blindly, Mixing's hidden layer would fold and be wrong."""
-    from entk_utils import kernels
+    from entk_utils.kernels import gram
 
     model, x = Mixing().double(), torch.randn(12, 4).double()
     ref = entk(model, x, method="reference")
-    monkeypatch.setattr(kernels, "_close", lambda a, b: True)
+    monkeypatch.setattr(gram, "_close", lambda a, b: True)
     assert rel_err(entk(model, x, method="fast"), ref) > 1e-3
 
 

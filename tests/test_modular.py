@@ -2,18 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from entk_utils import modular
-from entk_utils.modular import (
-    GromovMLP,
-    TrainResult,
-    check_modulus,
-    model_at,
-    modular_addition_pairs,
-    one_hot_pairs,
-    train,
-    train_gromov_mlp,
-    train_test_split,
-)
+from entk_utils.settings import modular
+from entk_utils.settings.modular import GromovMLP, TrainResult, check_modulus, modular_addition_pairs, one_hot_pairs, train, train_gromov_mlp, train_test_split
+from entk_utils.features.dynamics import model_at
 
 
 @pytest.mark.parametrize("p", [3, 5, 7, 29, 97])

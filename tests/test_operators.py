@@ -18,9 +18,9 @@ transformers = pytest.importorskip("transformers")
 from tiny_models import CONFIGS, HIDDEN, VOCAB, WEIGHTS, tiny_model  # noqa: E402
 from torch.func import functional_call, jacrev  # noqa: E402
 
-from entk_utils import forward_paths  # noqa: E402
-from entk_utils.eigen import top_eigenpairs  # noqa: E402
-from entk_utils.operators import (  # noqa: E402
+from entk_utils.kernels import anatomy, forward_paths, path_choice  # noqa: E402
+from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
+from entk_utils.kernels.operators import (  # noqa: E402
     entk_operator,
     layer_entk_operator,
     resolve_weights,
@@ -64,7 +64,7 @@ def logit_jacobian(model, names, ids, mask):
     def logits(ps):
         return functional_call(model, ps, kwargs=kwargs).logits[torch.arange(len(ids)), last]
 
-    with forward_paths.math_attention():
+    with anatomy.math_attention():
         J = jacrev(logits)(params)
     flat = torch.cat([J[name].reshape(len(ids), VOCAB, -1) for name in params], dim=-1)
     with torch.no_grad():
@@ -371,12 +371,12 @@ def test_anatomy_is_found_by_convention():
                                  "opt": ("model.decoder.layers", ["model.decoder.final_layer_norm", "model.decoder.project_out"]),
                                  "gpt_neox": ("gpt_neox.layers", ["gpt_neox.final_layer_norm"])}.items():
         model = tiny_model(arch)
-        anatomy = forward_paths.find_anatomy(model)
+        parts = anatomy.find_anatomy(model)
         names = {m: n for n, m in model.named_modules()}
-        assert names[anatomy.layers] == layers
+        assert names[parts.layers] == layers
         ids, _ = contexts("none")
-        traced = forward_paths.trace(anatomy, {"input_ids": ids, "use_cache": False})
-        assert [names[m] for m in forward_paths._traced_tail(anatomy, traced)] == tail
+        traced = forward_paths.trace(parts, {"input_ids": ids, "use_cache": False})
+        assert [names[m] for m in path_choice._traced_tail(parts, traced)] == tail
 
 
 def test_no_hooks_or_replaced_forwards_are_left_behind():

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entk_utils import language, parameters
+from entk_utils.experiments import parameters
+from entk_utils.settings import language
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PROFILES = sorted((NOTEBOOKS / "profiles").glob("*.yaml"))

@@ -1,6 +1,6 @@
 import pytest
 
-from entk_utils.report import fill_region, update_readme
+from entk_utils.io.report import fill_region, update_readme
 
 
 def test_fill_region_replaces_only_the_body():
@@ -20,7 +20,7 @@ def test_update_readme_skips_missing_sources(tmp_path):
 def test_strip_widget_outputs_removes_progress_bars_and_keeps_the_rest(tmp_path):
     import nbformat
 
-    from entk_utils.report import WIDGET_MIME, strip_widget_outputs
+    from entk_utils.io.report import WIDGET_MIME, strip_widget_outputs
 
     cell = nbformat.v4.new_code_cell("run()")
     cell.outputs = [

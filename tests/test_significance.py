@@ -1,83 +1,29 @@
+"""Significance of differences between methods: permutation tests, corrections, bootstrap."""
+
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.stats import kstest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from entk_utils.alignment import score_directions
-from entk_utils.significance import (
-    auroc_matrix,
-    average_precision_matrix,
-    best_direction_metrics,
-    best_label_test,
-    bonferroni,
-    bootstrap_macro,
-    holm,
-    mean_abs_cosine,
-    permutation_test,
-)
+from entk_utils.features.scoring import auroc_matrix, average_precision_matrix, best_direction_metrics, mean_abs_cosine
+from entk_utils.features.significance import best_label_test, bonferroni, bootstrap_macro, holm, permutation_test
+from labels import halves, random_labels
 
 
-def random_labels(rng, B, N, rates=(0.05, 0.2, 0.5, 0.8)):
-    """(B, N) binary rows with various base rates, each with both classes."""
-    Y = rng.random((B, N)) < np.resize(rates, B)[:, None]
-    Y[:, 0], Y[:, 1] = True, False
-    return Y.astype(int)
+def holm_by_definition(p):
+    """Adjusted p_(i) = max_{j <= i} min(1, (n - j + 1) p_(j)) over the ascending order (1-based)."""
+    n = len(p)
+    order = sorted(range(n), key=lambda i: p[i])
+    adjusted, running = [0.0] * n, 0.0
+    for rank, i in enumerate(order, start=1):
+        running = max(running, min(1.0, (n - rank + 1) * p[i]))
+        adjusted[i] = running
+    return adjusted
 
 
-def halves(N, seed=0):
-    perm = np.random.default_rng(seed).permutation(N)
-    return np.sort(perm[: N // 2]), np.sort(perm[N // 2:])
-
-
-@pytest.mark.parametrize("ties", [False, True])
-def test_auroc_and_ap_match_sklearn(ties):
-    rng = np.random.default_rng(1)
-    N, m, B = 90, 6, 8
-    S = rng.integers(-3, 4, size=(N, m)).astype(float) if ties else rng.standard_normal((N, m))
-    if ties:
-        S[:, 0] = 2.0  # one column with every score tied
-    Y = random_labels(rng, B, N)
-    expected_auc = np.array([[roc_auc_score(y, s) for s in S.T] for y in Y])
-    expected_ap = np.array([[average_precision_score(y, s) for s in S.T] for y in Y])
-    np.testing.assert_allclose(auroc_matrix(S, Y), expected_auc, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(average_precision_matrix(S, Y), expected_ap, rtol=0, atol=1e-12)
-    # a 1-D label vector gives one row, squeezed
-    np.testing.assert_allclose(auroc_matrix(S, Y[2]), expected_auc[2], atol=1e-12)
-    np.testing.assert_allclose(average_precision_matrix(S, Y[2]), expected_ap[2], atol=1e-12)
-    # square inputs (B = N = m) keep the (label, column) meaning
-    Sq, Yq = S[:8, :8], random_labels(rng, 8, 8)
-    np.testing.assert_allclose(auroc_matrix(Sq, Yq), [[roc_auc_score(y, s) for s in Sq.T] for y in Yq], atol=1e-12)
-
-
-def test_ap_of_tied_scores_uses_one_threshold_per_distinct_score():
-    # scores 2, 2, 2, 1, 0 with labels 1, 0, 1, 1, 0: thresholds at 2 (P=2/3, R=2/3) and 1 (P=3/4, R=1)
-    S, y = np.array([2.0, 2.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 1, 0])
-    assert average_precision_matrix(S, y)[0] == pytest.approx(2 / 3 * 2 / 3 + 1 / 3 * 3 / 4, abs=1e-15)
-    # pairs (positive, negative): each positive 2 ties the negative 2 (1/2) and beats 0 (1); 1 beats only 0
-    assert auroc_matrix(S, y)[0] == pytest.approx((1.5 + 1.5 + 1) / 6, abs=1e-15)
-
-
-@pytest.mark.parametrize("ties", [False, True])
-def test_best_direction_metrics_matches_score_directions(ties):
-    rng = np.random.default_rng(2)
-    N, m = 300, 8
-    labels = pd.DataFrame(random_labels(rng, 5, N).T, columns=[f"l{i}" for i in range(5)])
-    S = rng.standard_normal((N, m))
-    S[:, 2] += 1.5 * labels["l0"]  # positive direction
-    S[:, 5] -= 1.0 * labels["l1"]  # negative direction
-    S[:, 7] = S[:, 2]  # an exact tie with column 2: both rules must take the larger index
-    S[:, 3] = np.round(S[:, 3])  # tied scores
-    if ties:
-        S = np.round(2 * S)  # tied scores everywhere, on the evaluate half too
-    select, evaluate = halves(N)
-    expected = score_directions(S, labels, select, evaluate)
-    got = best_direction_metrics(S, labels.to_numpy().T, select, evaluate)
-    np.testing.assert_array_equal(got.direction, expected.direction)
-    np.testing.assert_array_equal(got.sign, expected.sign)
-    np.testing.assert_allclose(got.ap, expected.ap, atol=1e-12)
-    np.testing.assert_allclose(got.auroc, expected.auroc, atol=1e-12)
-    assert got.direction[0] == 7 and got.sign[0] == 1 and got.sign[1] == -1
+def planted_eval_scores(rng, L, n):
+    Y = random_labels(rng, L, n, rates=(0.2, 0.4, 0.6))
+    return rng.standard_normal((L, n)) + Y, Y
 
 
 def test_permutation_observed_is_difference_of_best_direction_auroc():
@@ -142,17 +88,6 @@ def test_permutation_redraws_shuffles_with_a_single_class_in_a_half():
     assert result.null.shape == (100,) and np.all(np.isfinite(result.null))
 
 
-def holm_by_definition(p):
-    """Adjusted p_(i) = max_{j <= i} min(1, (n - j + 1) p_(j)) over the ascending order (1-based)."""
-    n = len(p)
-    order = sorted(range(n), key=lambda i: p[i])
-    adjusted, running = [0.0] * n, 0.0
-    for rank, i in enumerate(order, start=1):
-        running = max(running, min(1.0, (n - rank + 1) * p[i]))
-        adjusted[i] = running
-    return adjusted
-
-
 def test_holm_and_bonferroni_on_a_worked_example():
     p = [0.01, 0.04, 0.03, 0.005]
     # ascending 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
@@ -171,11 +106,6 @@ def test_holm_is_monotone_and_between_raw_and_bonferroni():
     assert np.all(np.diff(adjusted[order]) >= 0)
     assert np.all(p <= adjusted) and np.all(adjusted <= bonferroni(p)) and adjusted.max() <= 1
     assert holm(p.reshape(5, 6)).shape == (5, 6)
-
-
-def planted_eval_scores(rng, L, n):
-    Y = random_labels(rng, L, n, rates=(0.2, 0.4, 0.6))
-    return rng.standard_normal((L, n)) + Y, Y
 
 
 def test_bootstrap_ci_contains_estimate_and_narrows_with_more_contexts():
@@ -209,19 +139,7 @@ def test_bootstrap_takes_the_chosen_scores_and_redraws_single_class_draws():
     np.testing.assert_array_equal(again.ap_boot, result.ap_boot)
 
 
-def test_mean_abs_cosine_is_mean_abs_pearson_correlation():
-    rng = np.random.default_rng(11)
-    N, m = 150, 12
-    Y = random_labels(rng, 4, N)
-    S = rng.standard_normal((N, m)) - 2 * Y[0][:, None] * (np.arange(m) == 1)
-    corr = np.abs(np.corrcoef(S.T, Y)[:m, m:].T)  # (4, m): |corr(label b, column j)|
-    np.testing.assert_allclose(mean_abs_cosine(S, Y, top=5), corr[:, :5].mean(axis=1), atol=1e-12)
-    np.testing.assert_allclose(mean_abs_cosine(S, Y, top=m, reduce="max"), corr.max(axis=1), atol=1e-12)
-    assert mean_abs_cosine(S, Y[0], top=3) == pytest.approx(corr[0, :3].mean())
-    assert mean_abs_cosine(S, Y[0], top=3, reduce="max") == pytest.approx(corr[0, 1])
-
-
-def test_clear_value_errors():
+def test_scoring_and_tests_reject_bad_inputs_with_clear_errors():
     rng = np.random.default_rng(12)
     S, y = rng.standard_normal((20, 3)), np.tile([0, 1], 10)
     select, evaluate = np.arange(0, 20, 2), np.arange(1, 20, 2)

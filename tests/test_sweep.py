@@ -7,7 +7,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from entk_utils import sweep
+from entk_utils.io import sweep
 
 PARAMETERS = '''seed = 0
 tag = "A"

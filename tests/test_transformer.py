@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from entk_utils import modular
+from entk_utils.settings import modular
 from entk_utils.kernels import entk, layerwise_entk
-from entk_utils.modular import OneLayerTransformer, modular_addition_pairs, train_transformer, transformer_tokens
+from entk_utils.settings.modular import OneLayerTransformer, modular_addition_pairs, train_transformer, transformer_tokens
 
 
 def small_model(p=7, seed=0):

