@@ -64,6 +64,9 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EIGS_PRODUCED_BY = (operators, lanczos)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRIC_CHOICES = ("unembedding", "identity")
+# The one-layer mode's options that have defaults (in the profile mode, the notebook's own
+# settings hold: down_proj, the unembedding metric, float32, the notebook's seed).
+FILE_DEFAULTS = {"param": "mlp.down_proj.weight", "metric": "unembedding", "dtype": "float32", "seed": 0}
 
 
 # --------------------------------------------------------------------------- process group
@@ -434,6 +437,11 @@ def _checked_notebook_parameters(args, world_size: int) -> dict:
 
 
 # --------------------------------------------------------------------------- command line
+def _option(dest: str) -> str:
+    """The command-line spelling of an argparse destination (``n_eigs`` -> ``--n-eigs``)."""
+    return f"--{dest.replace('_', '-')}"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring); argparse's usage error for a mode's missing options."""
     parser = argparse.ArgumentParser(prog="python -m entk_utils.eigs", description=__doc__.split("\n")[0])
@@ -441,13 +449,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     job.add_argument("--model", help="save_pretrained folder, .gguf file, or gguf / auto / hub")
     job.add_argument("--contexts", help="torch.save'd (N, T) LongTensor of token ids")
     job.add_argument("--layer", type=int)
-    job.add_argument("--param", default="mlp.down_proj.weight", help="the weight, relative to the layer")
+    job.add_argument("--param", help=f"the weight, relative to the layer (default {FILE_DEFAULTS['param']})")
     job.add_argument("--n-eigs", type=int)
     job.add_argument("--steps", type=int)
     job.add_argument("--out", help="the .npz file to write")
-    job.add_argument("--metric", choices=METRIC_CHOICES, default="unembedding")
-    job.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    job.add_argument("--seed", type=int, default=0, help="Lanczos start vector")
+    job.add_argument("--metric", choices=METRIC_CHOICES, help=f"default {FILE_DEFAULTS['metric']}")
+    job.add_argument("--dtype", choices=sorted(DTYPES), help=f"default {FILE_DEFAULTS['dtype']}")
+    job.add_argument("--seed", type=int, help=f"Lanczos start vector (default {FILE_DEFAULTS['seed']})")
     nb = parser.add_argument_group("notebook 03's cache")
     nb.add_argument("--profile", help="a profile of notebook 03: paper, paper16, gpu, ...")
     nb.add_argument("--param-file", help="a YAML of notebook 03's parameters (after --profile)")
@@ -464,16 +472,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     args = parser.parse_args(argv)
     notebook_mode = args.profile is not None or args.param_file is not None
-    file_options = ("model", "contexts", "layer", "n_eigs", "steps", "out")
+    required = ("model", "contexts", "layer", "n_eigs", "steps", "out")
     if notebook_mode:
-        given = [f"--{o.replace('_', '-')}" for o in file_options if getattr(args, o) is not None]
+        given = [_option(o) for o in (*required, *FILE_DEFAULTS) if getattr(args, o) is not None]
         if given:
             parser.error(f"{', '.join(given)} belong to the one-layer mode, not with --profile / --param-file")
     else:
-        missing = [f"--{o.replace('_', '-')}" for o in file_options if getattr(args, o) is None]
+        missing = [_option(o) for o in required if getattr(args, o) is None]
         if missing:
             parser.error(f"give --profile / --param-file, or all of --model --contexts --layer --n-eigs --steps --out "
                          f"(missing {' '.join(missing)})")
+        given = [_option(o) for o in ("layers", "notebook_threads") if getattr(args, o) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} belong to the profile mode (--profile / --param-file)")
+        for name, default in FILE_DEFAULTS.items():
+            setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.chunk_size < 1:
         parser.error(f"--chunk-size={args.chunk_size}: must be >= 1")
     return args

@@ -87,8 +87,12 @@ def test_the_modes_options_are_checked_by_the_parser(capsys):
         eigs.parse_args(["--model", "x", "--layer", "1"])
     assert "missing --contexts --n-eigs --steps --out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        eigs.parse_args(["--profile", "paper", "--out", "x.npz"])
-    assert "--out belong to the one-layer mode" in capsys.readouterr().err
+        eigs.parse_args(["--profile", "paper", "--out", "x.npz", "--seed", "1"])
+    assert "--out, --seed belong to the one-layer mode" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eigs.parse_args(file_job(Path("t"), "x.npz", "--layers", "1"))
+    assert "--layers belong to the profile mode" in capsys.readouterr().err
+    assert eigs.parse_args(file_job(Path("t"), "x.npz")).seed == 0
 
 
 # --------------------------------------------------------------------------- notebook 03's cache
@@ -184,7 +188,10 @@ def notebook_cells_until(marker: str, values: dict) -> dict:
 def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp_path, monkeypatch):
     """The offline Gemma, N = 16 contexts from 100 stories, layers 16 and 17: the job under
     the launcher (2 ranks, 1 thread each), then notebook 03's cells, which find every entry."""
-    stories = language.read_stories(language.stories_path())[:100]
+    try:
+        stories = language.read_stories(language.stories_path())[:100]
+    except FileNotFoundError as err:
+        pytest.skip(f"no TinyStories sample here: {err}")
     (tmp_path / "stories.txt").write_text("".join(f"{s}\n{language.SEPARATOR}\n" for s in stories))
     params = {"n_per_tag": 2, "context_len": 16, "layers": [16, 17], "n_eigs": 2, "lanczos_steps": 4,
               "min_positives": 100, "model_source": str(language.gguf_path()),
