@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed eigs-paper clean
 
 env: $(STAMP)
 
@@ -110,6 +110,11 @@ benchmark-gemma: $(STAMP)
 
 benchmark-gemma-full: $(STAMP)
 	$(PY) benchmarks/bench_operators.py --n-contexts 1024 --layers --eigs 25 --steps 50 --layer 16
+
+# The data-parallel operator: 1 process x 2 threads vs 2 processes x 1 thread at layer 16,
+# N = 64, per-layer costs, and a labelled projection of the paper profile on GPUs (about 10 minutes).
+benchmark-distributed: $(STAMP)
+	$(PY) benchmarks/bench_distributed.py
 
 clean:
 	rm -rf .cache

@@ -32,8 +32,12 @@
 #
 # **Scale.** The defaults run on a 2-core CPU in minutes: 8 contexts per part of speech
 # (N = 64) and one layer. `notebooks/profiles/03_gemma_tinystories.paper.yaml` is the
-# paper's scale (128 per tag, N = 1024, all 18 layers: hours on a CPU, or use the GPU
-# profile). Small-N numbers are noisy; read them as a check that the pipeline works.
+# paper's scale (128 per tag, N = 1024, all 18 layers), and its eigenpairs are a batch job
+# (days on a 2-core CPU, where the lower layers cost most): run
+# `python -m entk_utils.eigs --profile paper` first, in one process or under `torchrun` on
+# GPUs and nodes (README, "Beyond one machine"). It fills this notebook's cache, and the
+# notebook run with the same profile then reads the eigenpairs instead of computing them.
+# Small-N numbers are noisy; read them as a check that the pipeline works.
 
 # %% tags=["parameters"]
 seed = 0
@@ -107,8 +111,10 @@ examples.groupby("tag").head(1)
 # of the full-vocabulary logit eNTK). Each eigenvector is an `N × 640` array; its top
 # singular component gives one signed score per context. The baselines use the same budget
 # in the residual stream after that layer: its top principal components, and random
-# directions. First a check of the operator on two random vectors: symmetric, and the
-# truncated forward pass (from the analysed layer up) equals the full model's.
+# directions. The eigenpairs are cached per layer: a layer that `python -m entk_utils.eigs`
+# has computed for these parameters is read, not recomputed. First a check of the operator
+# on two random vectors: symmetric, and the truncated forward pass (from the analysed layer
+# up) equals the full model's.
 
 # %%
 metric = operators.unembedding_metric(lm.model)
@@ -117,7 +123,7 @@ print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {check['symmetry']:.1e}; "
       f"truncated vs full model: {check['truncation']:.1e}")
 
 # %%
-key = language.hash_text(repr((data.upos, data.input_ids.tolist(), lm.description, lm.fingerprint)))
+key = gemma.eigenpairs_key(data, lm)
 classes = np.array(data.upos)
 select, evaluate = scoring.stratified_halves(classes, seed=seed)
 found = gemma.score_layers(lm, data, labels, kinds, layers, n_eigs=n_eigs, lanczos_steps=lanczos_steps, seed=seed,

@@ -42,6 +42,12 @@ def cached_context_dataset(cache_dir, stories: Sequence[str], lm: LoadedModel, n
                                    nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
 
 
+def eigenpairs_key(data: ContextDataset, lm: LoadedModel) -> str:
+    """The key notebook 03 files its eigenpairs under: the dataset's labels and token ids and
+    the model's description and weights (the batch job :mod:`entk_utils.eigs` uses it too)."""
+    return hash_text(repr((data.upos, data.input_ids.tolist(), lm.description, lm.fingerprint)))
+
+
 METHODS = ("entk", "pca", "random")
 
 

@@ -269,6 +269,17 @@ def read_entry(path: str | os.PathLike) -> Any:
         raise CacheEntryError(path, f"cannot be loaded ({type(err).__name__}: {err})") from err
 
 
+def _entry_name(name: str, code: str, params: Mapping[str, Any]) -> str:
+    """The file name of the entry ``name`` for ``params`` and the code version ``code``."""
+    return f"{name}-{cache_key(**params, __code__=code)}.pt"
+
+
+def entry_path(cache_dir: str | os.PathLike, name: str, /, *, produced_by: Iterable, **params: Any) -> Path:
+    """Where :func:`cached` keeps ``name`` for ``params`` when called with ``produced_by`` (the
+    entry may not exist): e.g. to report it, or to check that it was written."""
+    return Path(cache_dir) / _entry_name(name, code_version(*produced_by), params)
+
+
 def cached(cache_dir: str | os.PathLike | None, name: str, compute: Callable[[], Any], /, *,
            depends_on: Iterable = (), produced_by: Iterable | None = None, **params: Any) -> Any:
     """Return ``compute()``, stored as ``cache_dir/name-<key>.pt`` and read back next time.
@@ -291,7 +302,7 @@ def cached(cache_dir: str | os.PathLike | None, name: str, compute: Callable[[],
         return compute()
     folder = check_writable(cache_dir)
     code = code_version(*(produced_by if produced_by is not None else (*_producing_code(compute), *depends_on)))
-    path = folder / f"{name}-{cache_key(**params, __code__=code)}.pt"
+    path = folder / _entry_name(name, code, params)
     try:
         return read_entry(path)
     except FileNotFoundError:

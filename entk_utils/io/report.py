@@ -31,6 +31,7 @@ SECTIONS = {
     "bench-entk": "benchmarks/results/bench_entk.md",
     "bench-operators": "benchmarks/results/bench_operators.md",
     "bench-operators-eigs": "benchmarks/results/bench_operators_eigs.md",
+    "bench-distributed": "benchmarks/results/bench_distributed.md",
 }
 
 
