@@ -39,7 +39,6 @@ import datetime
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from .experiments.sweep_job import (_describe, build_notebook_inputs, check_notebook_job, default_threads,
                                     fill_cache, layer_eigenpairs, notebook_parameters)
 from .io import checks
+from .io.cache import write_atomically
 from .kernels.distributed import broadcast_object, rank_and_size
 from .settings import language
 
@@ -189,17 +189,7 @@ def check_file_job(args, world_size: int) -> torch.Tensor:
 def save_npz(path: str | os.PathLike, **arrays) -> None:
     """``np.savez`` to ``path`` atomically: a temporary file in the same folder, renamed when
     complete (a reader never sees a partial file; a crash leaves none)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def run_file_job(args, device: torch.device) -> None:

@@ -216,11 +216,22 @@ def write_entry(path: str | os.PathLike, value: Any, header: Mapping | None = No
     torch.load(buffer, weights_only=True)  # fails here, not on the next run
     payload = buffer.getbuffer()
     head = {**(header or {}), "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    def write(f):
+        for part in (MAGIC, json.dumps(head, sort_keys=True).encode(), b"\n", payload):
+            f.write(part)
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Create or replace the file ``path`` all at once: ``write(f)`` fills a temporary binary
+    file in the same folder, which is synced and renamed to ``path`` when complete, so a
+    reader never sees a partial file and a crash (or an error in ``write``) leaves none."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            for part in (MAGIC, json.dumps(head, sort_keys=True).encode(), b"\n", payload):
-                f.write(part)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
