@@ -43,7 +43,7 @@ from entk_utils.kernels import operators
 from entk_utils.kernels.eigen import lanczos
 from entk_utils.settings import language
 from entk_utils.eigs import load_model
-from entk_utils.report import update_readme
+from entk_utils.io.report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_distributed.md"
 PAPER = {"layers": 18, "n": 1024, "steps": 50, "eigs": 25}
@@ -140,6 +140,20 @@ def two_rank_products(model_source: str, ids: torch.Tensor, layer: int, repeats:
             "allgather_bytes": op.stats.allgather_bytes, "counts": op.counts, "threads": torch.get_num_threads()}
 
 
+def matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+    """This process's float32 matmul rate (FLOP/s, best of ``repeats``) at its current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 # --------------------------------------------------------------------------- projection
 def ring_seconds(message_bytes: float, gpus: int, bandwidth: float, latency: float, rounds: int) -> float:
     """A ring collective over ``gpus``: ``rounds`` x (G-1) steps of ``message_bytes / G``
@@ -176,7 +190,7 @@ def hms(seconds: float) -> str:
 
 
 def report(args, env: str, one: dict[int, list[float]], two: list[dict], costs: dict, full_model: float,
-           overhead: float, speedup: float, hidden: int, weight_numel: int) -> str:
+           overhead: float, speedup: float, hidden: int, weight_numel: int, cpu_flops: float) -> str:
     """The Markdown results: measured tables, then the labelled projection."""
     rank0 = two[0]
     med = statistics.median
@@ -221,10 +235,11 @@ def report(args, env: str, one: dict[int, list[float]], two: list[dict], costs: 
         "**PROJECTION, not a measurement** (no GPU was available to this work): the same sweep on GPUs, under these "
         "assumptions:",
         "",
-        f"- each GPU runs a context's products **{speedup:.0f}x** faster than this CPU: the paper's authors report about "
-        f"{args.a100_minutes:g} minutes on an A100 for layer 16 at N = 1024, where their full-model path measured here "
-        f"would take {hms(full_model * PAPER['n'] * PAPER['steps'])} for {PAPER['steps']} products; per-context cost "
-        "assumed flat down to N/G contexts per GPU (small blocks use a GPU worse, so few-context shards are optimistic);",
+        f"- each GPU runs a context's products **{speedup:.0f}x** faster than one thread of this CPU: the ratio of an "
+        f"assumed {args.gpu_tflops:g} TFLOP/s float32 matmul rate per GPU (an A100's FP32 peak without TF32) to the "
+        f"{cpu_flops / 1e9:.0f} GFLOP/s measured here for a 1024 x 1024 float32 matmul on one thread, as if the products "
+        "reached the same fraction of that rate on both; per-context cost assumed flat down to N/G contexts per GPU "
+        "(small blocks use a GPU worse, so few-context shards are optimistic);",
         f"- ring collectives on float32: within a node (8 GPUs) {args.intra_gbps:g} GB/s per link and "
         f"{args.latency_us:g} us per step; across nodes (64 GPUs) {args.inter_gbps:g} GB/s and {args.latency_us:g} us;",
         "- Lanczos's own work as measured here, on every rank (replicated, not divided); model loading and the dataset "
@@ -247,8 +262,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed products per layout")
     parser.add_argument("--layer-contexts", type=int, default=16, help="contexts for the per-layer costs")
     parser.add_argument("--model-source", default="gguf")
-    parser.add_argument("--a100-minutes", type=float, default=8.0,
-                        help="the paper's reported A100 time for layer 16 at N = 1024 (calibrates the GPU speed-up)")
+    parser.add_argument("--gpu-tflops", type=float, default=19.5,
+                        help="assumed float32 matmul rate of one GPU in TFLOP/s (19.5: an A100's FP32 peak without TF32)")
     parser.add_argument("--intra-gbps", type=float, default=100.0, help="assumed GB/s per link within a node")
     parser.add_argument("--inter-gbps", type=float, default=12.5, help="assumed GB/s per GPU across nodes")
     parser.add_argument("--latency-us", type=float, default=20.0, help="assumed latency per ring step")
@@ -273,7 +288,8 @@ def main():
     costs = per_layer_costs(model, ids[: args.layer_contexts], metric)
     full_model = full_model_product(model, ids[: args.layer_contexts], args.layer, metric)
     overhead = lanczos_overhead(PAPER["n"] * hidden, PAPER["steps"], PAPER["eigs"])
-    speedup = full_model * PAPER["n"] * PAPER["steps"] / (60 * args.a100_minutes)
+    cpu_flops = matmul_flops()
+    speedup = args.gpu_tflops * 1e12 / cpu_flops
     del model, lm, metric, op
     gc.collect()
 
@@ -283,7 +299,7 @@ def main():
     env = (f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs; load average "
            f"{', '.join(f'{x:.1f}' for x in load_start)} at the start and {', '.join(f'{x:.1f}' for x in load_end)} at "
            "the end, over 1, 5 and 15 minutes (other jobs shared the machine when above 0)")
-    text = report(args, env, one, two, costs, full_model, overhead, speedup, hidden, weight_numel)
+    text = report(args, env, one, two, costs, full_model, overhead, speedup, hidden, weight_numel, cpu_flops)
     print(text)
     if not args.no_save:
         RESULTS.parent.mkdir(exist_ok=True)

@@ -263,7 +263,7 @@ def entk_operator(
         per-context metric where the model caps its logits), ``"identity"`` / ``None`` (the
         kernel of ``h``), or a (d, d) tensor.
     truncate : how much of the model each product runs (all give the same operator; see
-        :mod:`entk_utils.forward_paths`): ``"full"``, ``"layer"``, ``"module"`` insist on a path
+        :mod:`entk_utils.kernels.forward_paths`): ``"full"``, ``"layer"``, ``"module"`` insist on a path
         (``ValueError`` if it cannot apply or fails its probe); ``"auto"`` (default) takes
         the cheapest that applies and reproduces the full model on a probe, with a warning
         when a shortcut fails it. Before this vocabulary: ``True`` = ``"auto"``,
