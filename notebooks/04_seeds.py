@@ -180,13 +180,15 @@ reliability.round(1)
 grid = seed_sweep.split_init_grid(grid_splits, grid_init_seeds, cache_dir=cache_dir,
                                 **seed_sweep.training_arguments(transformer_parameters))
 plotting.save_table(grid, "table_split_init_grid", out_dir)
-effect = seed_sweep.split_effect(grid)
+effects = {by: seed_sweep.grid_effect(grid, by) for by in ("split", "init_seed")}
+effect = effects["split"]
 fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(grid_init_seeds), 0.9 + 0.5 * len(grid_splits)), layout="constrained")
 fig.colorbar(plotting.plot_outcome_grid(ax, grid), ax=ax, label="final test accuracy")
 ax.set_title(f"split x init: final test accuracy\n(split effect: permutation p = {effect['p_value']:.3f})", fontsize=9)
 plotting.save_figure(fig, "fig_split_init_grid", out_dir)
 plt.show()
-print(f"grokked per split: {effect['per_split']}; permutation p = {effect['p_value']:.3f} over {effect['runs']} runs")
+for by, e in effects.items():
+    print(f"grokked per {by}: {e['per_group']}; permutation p = {e['p_value']:.3f} over {e['runs']} runs")
 
 # %% [markdown]
 # ### The alignment over training, every run
@@ -207,7 +209,7 @@ plt.show()
 # ## Summary
 
 # %%
-summary = seed_sweep.summary(mlp_overlaps, mlp_times, per_run, reliability, effect,
+summary = seed_sweep.summary(mlp_overlaps, mlp_times, per_run, reliability, effects,
                              f"MLP seeds {seeds}; Transformer seeds {transformer_seeds}")
 plotting.save_table(summary, "summary_seeds", out_dir)
 summary

@@ -40,13 +40,30 @@ def test_fraction_grokked_curves_one_curve_per_group():
     assert curves[curves.group == "seeded"].fraction.tolist() == [0, 0, 0]
 
 
-def test_split_effect_detects_a_split_that_decides_and_not_one_that_does_not():
-    decided = pd.DataFrame({"split": ["a"] * 6 + ["b"] * 6, "grokked": [True] * 6 + [False] * 6})
-    assert seed_sweep.split_effect(decided, 2000)["p_value"] < 0.01
+def test_grid_effect_detects_a_factor_that_decides_and_not_one_that_does_not():
+    decided = pd.DataFrame({"split": ["a"] * 6 + ["b"] * 6, "init_seed": [0, 1, 2] * 4,
+                            "grokked": [True] * 6 + [False] * 6})
+    assert seed_sweep.grid_effect(decided, "split", 2000)["p_value"] < 0.01
+    by_init = seed_sweep.grid_effect(decided, "init_seed", 2000)  # each init seed groks on a and fails on b
+    assert by_init["statistic"] == 0 and by_init["p_value"] == 1 and by_init["per_group"] == {0: 0.5, 1: 0.5, 2: 0.5}
     mixed = pd.DataFrame({"split": ["a", "b"] * 6, "grokked": [True, True, False, False] * 3})
-    result = seed_sweep.split_effect(mixed, 2000)
+    result = seed_sweep.grid_effect(mixed, "split", 2000)
     assert result["statistic"] == 0 and result["p_value"] == 1
-    assert result["per_split"] == {"a": 0.5, "b": 0.5} and result["runs"] == 12
+    assert result["per_group"] == {"a": 0.5, "b": 0.5} and result["runs"] == 12 and result["groups"] == 2
+    with pytest.raises(ValueError, match="by must be"):
+        seed_sweep.grid_effect(mixed, "seed")
+
+
+def test_policy_test_is_fishers_exact_test_on_the_grokked_counts():
+    from scipy.stats import fisher_exact
+
+    per_run = pd.DataFrame({"policy": ["paper"] * 10 + ["seeded"] * 10,
+                            "grokked": [True] * 7 + [False] * 3 + [True] * 3 + [False] * 7})
+    result = seed_sweep.policy_test(per_run)
+    assert result["counts"] == {"paper": (7, 10), "seeded": (3, 10)}
+    assert result["p_value"] == pytest.approx(fisher_exact([[7, 3], [3, 7]]).pvalue)
+    assert 0.15 < result["p_value"] < 0.2  # 7/10 vs 3/10 is not significant on its own
+    assert seed_sweep.policy_test(per_run[per_run.policy == "paper"]) is None
 
 
 def test_split_init_grid_trains_each_cell_once_and_caches(tmp_path):

@@ -104,19 +104,21 @@ def split_init_grid(split_seeds: Sequence[int | str], init_seeds: Sequence[int],
     return pd.DataFrame(rows)
 
 
-def split_effect(grid: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0) -> dict:
-    """Does whether a run groks depend on its split more than chance would make it?
+def grid_effect(grid: pd.DataFrame, by: str = "split", n_permutations: int = 10_000, seed: int = 0) -> dict:
+    """Does whether a run groks depend on its ``by`` (``"split"`` or ``"init_seed"``, a column
+    of :func:`split_init_grid`) more than chance would make it?
 
-    The statistic is the variance over splits of each split's fraction grokked; the null
-    reshuffles the ``grokked`` outcomes over all runs (keeping how many runs each split
-    has), i.e. "the split does not matter". Returns ``statistic``, ``p_value`` (with the
-    +1 correction), ``splits``, ``runs`` and ``per_split`` (fraction grokked per split).
+    The statistic is the variance over the groups of ``by`` of each group's fraction grokked;
+    the null reshuffles the ``grokked`` outcomes over all runs (keeping the group sizes), i.e.
+    "``by`` does not matter". Returns ``statistic``, ``p_value`` (with the +1 correction),
+    ``groups``, ``runs`` and ``per_group`` (fraction grokked per group, in grid order).
     """
+    if by not in ("split", "init_seed"):
+        raise ValueError(f"by must be 'split' or 'init_seed', got {by!r}")
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
-    codes, labels = pd.factorize(grid.split)
+    codes, labels = pd.factorize(grid[by])
     y = grid.grokked.to_numpy(dtype=float)
-
     sizes = np.bincount(codes)
 
     def stat(values):
@@ -125,10 +127,22 @@ def split_effect(grid: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0
     observed = stat(y)
     rng = np.random.default_rng(seed)
     null = np.array([stat(rng.permutation(y)) for _ in range(n_permutations)])
-    per_split = grid.groupby("split", sort=False).grokked.mean()
+    per_group = grid.groupby(by, sort=False).grokked.mean()
     return {"statistic": observed, "p_value": float((1 + (null >= observed - 1e-12).sum()) / (1 + n_permutations)),
-            "splits": len(labels), "runs": len(y), "per_split": per_split.to_dict()}
+            "groups": len(labels), "runs": len(y), "per_group": per_group.to_dict()}
 
+
+def policy_test(per_run: pd.DataFrame, policies: Sequence[str] = ("paper", "seeded")) -> dict | None:
+    """Fisher's exact test (two-sided) of the runs grokked under two split policies (rows of
+    :func:`transformer_runs_table` with a ``policy`` column). Returns ``{policy: (grokked,
+    runs)}`` and ``p_value``, or None unless both policies have runs."""
+    from scipy.stats import fisher_exact
+
+    counts = {p: (int(per_run[per_run.policy == p].grokked.sum()), int((per_run.policy == p).sum())) for p in policies}
+    if any(n == 0 for _, n in counts.values()):
+        return None
+    table = [[g, n - g] for g, n in counts.values()]
+    return {"counts": counts, "p_value": float(fisher_exact(table).pvalue)}
 
 
 def transformer_runs_table(runs: Mapping[int, "os.PathLike"], level: float = GROK_LEVEL) -> pd.DataFrame:
@@ -287,16 +301,25 @@ def _policy_rows(per_run: pd.DataFrame, reliability: pd.DataFrame, policy: str) 
 
 
 def summary(mlp_overlaps: pd.DataFrame, mlp_times: pd.DataFrame, per_run: pd.DataFrame, reliability: pd.DataFrame,
-            effect: dict, column: str) -> pd.DataFrame:
+            effects: Mapping[str, dict], column: str) -> pd.DataFrame:
     """Notebook 04's summary: the MLP's overlaps and peak-onset gaps over seeds, per split
-    policy the Transformer's grokking, W_U overlaps and gaps (all / grokked runs), and the
-    split x init grid's split effect. ``column`` names the value column."""
+    policy the Transformer's grokking, W_U overlaps and gaps (all / grokked runs), the two
+    policies compared (:func:`policy_test`), and the split x init grid's effects
+    (``effects``: :func:`grid_effect` by ``"split"`` and by ``"init_seed"``). ``column``
+    names the value column."""
     rows = [("MLP: best block vs sum", _spread(mlp_overlaps, "sum")),
             ("MLP: best block vs diff", _spread(mlp_overlaps, "diff")),
             ("MLP: derivative peak vs onset", _gaps(mlp_times, "steepest_rise"))]
     for policy in dict.fromkeys(per_run.policy):
         rows += _policy_rows(per_run, reliability, policy)
-    rows.append(("Transformer: split x init grid, grokked per split",
-                 "; ".join(f"{s}: {v:.0%}" for s, v in effect["per_split"].items())
-                 + f" (split effect p = {effect['p_value']:.3f})"))
+    compared = policy_test(per_run)
+    if compared is not None:
+        rows.append(("Transformer: grokked, split='paper' vs 'seeded'",
+                     " vs ".join(f"{g} of {n}" for g, n in compared["counts"].values())
+                     + f" (Fisher exact p = {compared['p_value']:.3f})"))
+    names = {"split": "split", "init_seed": "init seed"}
+    for by, effect in effects.items():
+        rows.append((f"Transformer: split x init grid, grokked per {names[by]}",
+                     "; ".join(f"{s}: {v:.0%}" for s, v in effect["per_group"].items())
+                     + f" ({names[by]} effect p = {effect['p_value']:.3f}, {effect['runs']} runs)"))
     return pd.DataFrame(rows, columns=["quantity", column])
