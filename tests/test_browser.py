@@ -229,7 +229,6 @@ def test_mlp_source_opens_as_notebook_and_runs_to_figure_1(lab, page):
     assert min(size) > 0, f"the Figure 1 image did not render (natural size {size})"
 
 
-@pytest.mark.xfail(strict=True, reason="committed outputs not yet cleaned")
 def test_committed_mlp_notebook_shows_no_stale_progress_bar(lab, page):
     lab.serve(f"{MLP}.ipynb", "jupytext.toml")
     committed = jupytext.read(os.path.join(NOTEBOOKS, f"{MLP}.ipynb")).cells

@@ -61,7 +61,6 @@ def plain_text(output):
     return "".join(text) if isinstance(text, list) else text
 
 
-@pytest.mark.xfail(strict=True, reason="committed outputs not yet cleaned")
 def test_committed_outputs_hold_no_progress_bar_widgets():
     # JupyterLab shows an untrusted notebook's widget views by their text/plain fallback, which
     # for a tqdm bar is the bar as it started: a stale "0%".
@@ -70,7 +69,6 @@ def test_committed_outputs_hold_no_progress_bar_widgets():
     assert not stale, "progress-bar widgets in committed outputs:\n" + "\n".join(stale)
 
 
-@pytest.mark.xfail(strict=True, reason="committed outputs not yet cleaned")
 def test_committed_outputs_hold_no_path_reprs():
     # e.g. "[PosixPath('../paper_figures/history_mlp.csv')]", the value of a cell's last line
     stray = [f"{name} cell {i}: {plain_text(o).strip()}" for name, i, o in committed_outputs()
