@@ -229,8 +229,8 @@ def report(args, env: str, one: dict[int, list[float]], two: list[dict], costs: 
         f"Extrapolated from these per-context costs, the paper profile ({PAPER['layers']} layers, N = {PAPER['n']}, "
         f"{PAPER['steps']} Lanczos steps) on this 2-core CPU as 2 processes x 1 thread: "
         f"**{hms(project_sweep(costs, overhead, 1.0, 2, local_bandwidth, 0.0, hidden, weight_numel)['total'])}** "
-        "(projected: linear in N, the collectives at the bandwidth measured here; the dataset, about 20 minutes "
-        "here, comes on top).",
+        "(projected: linear in N, the collectives at the bandwidth measured here; building notebook 03's dataset "
+        "comes on top).",
         "",
         "**PROJECTION, not a measurement** (no GPU was available to this work): the same sweep on GPUs, under these "
         "assumptions:",
