@@ -182,11 +182,7 @@ grid = seed_sweep.split_init_grid(grid_splits, grid_init_seeds, cache_dir=cache_
                                 **seed_sweep.training_arguments(transformer_parameters))
 plotting.save_table(grid, "table_split_init_grid", out_dir)
 effects = {by: seed_sweep.grid_effect(grid, by) for by in ("split", "init_seed")}
-effect = effects["split"]
-fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(grid_init_seeds), 0.9 + 0.5 * len(grid_splits)), layout="constrained")
-fig.colorbar(plotting.plot_outcome_grid(ax, grid), ax=ax, label="final test accuracy")
-ax.set_title(f"split x init: final test accuracy\n(split effect: permutation p = {effect['p_value']:.3f})", fontsize=9)
-plotting.save_figure(fig, "fig_split_init_grid", out_dir)
+plotting.save_figure(seed_sweep.grid_figure(grid, effects), "fig_split_init_grid", out_dir)
 plt.show()
 for by, e in effects.items():
     print(f"grokked per {by}: {e['per_group']}; permutation p = {e['p_value']:.3f} over {e['runs']} runs")

@@ -125,3 +125,17 @@ def test_training_arguments_keep_only_what_training_takes():
     args = seed_sweep.training_arguments({"p": 23, "epochs": 10, "null_draws": 200, "seed": 4, "split": "seeded",
                                         "init": "torch"})
     assert args == {"p": 23, "epochs": 10, "init": "torch"}
+
+
+def test_grid_figure_shows_the_grid_and_both_tests():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    grid = pd.DataFrame({"split": ["paper", "paper", "3", "3"], "init_seed": [0, 1, 0, 1],
+                         "final_test_acc": [1.0, 0.5, 0.4, 0.9], "grokked": [True, False, False, False]})
+    effects = {by: seed_sweep.grid_effect(grid, by, 200) for by in ("split", "init_seed")}
+    fig = seed_sweep.grid_figure(grid, effects)
+    title = fig.axes[0].get_title()
+    assert f"split p = {effects['split']['p_value']:.3f}" in title
+    assert f"init seed p = {effects['init_seed']['p_value']:.3f}" in title
+    assert fig.axes[0].images[0].get_array().shape == (2, 2)

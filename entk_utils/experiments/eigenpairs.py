@@ -18,6 +18,14 @@ from ..kernels.operators import entk_operator
 OPERATOR_CODE = (operators, anatomy, forward_paths, path_choice, lanczos)
 
 
+def entry_params(input_ids: torch.Tensor, weights, n_eigs: int, *, steps: int, seed: int, metric, key: str,
+                 **operator_kwargs) -> dict:
+    """The key parameters an eigenpairs entry is filed under (with ``produced_by=OPERATOR_CODE``),
+    by :func:`cached_eigenpairs` and by the batch job (:mod:`entk_utils.eigs`)."""
+    return {"n_eigs": n_eigs, "steps": steps, "seed": seed, "key": key, "n": len(input_ids), "metric": metric,
+            "weights": weights, **operator_kwargs}
+
+
 def cached_eigenpairs(cache_dir, model, input_ids: torch.Tensor, weights, n_eigs: int, *, name: str = "entk-eigs",
                       steps: int = 50, seed: int = 0, metric="unembedding", chunk_size: int = 64, key: str = "",
                       progress: bool = True, **operator_kwargs) -> dict:
@@ -36,8 +44,9 @@ def cached_eigenpairs(cache_dir, model, input_ids: torch.Tensor, weights, n_eigs
         return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs), "path": op.strategy.describe(),
                 "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
 
-    return cached(cache_dir, name, compute, produced_by=OPERATOR_CODE, n_eigs=n_eigs, steps=steps, seed=seed,
-                  key=key, n=len(input_ids), metric=metric, weights=weights, **operator_kwargs)
+    return cached(cache_dir, name, compute, produced_by=OPERATOR_CODE,
+                  **entry_params(input_ids, weights, n_eigs, steps=steps, seed=seed, metric=metric, key=key,
+                                 **operator_kwargs))
 
 
 def layer_weight(model, layer: int, param: str = "mlp.down_proj.weight") -> str:
@@ -48,26 +57,19 @@ def layer_weight(model, layer: int, param: str = "mlp.down_proj.weight") -> str:
 def layer_entry(model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int, seed: int, metric,
                 key: str, param: str = "mlp.down_proj.weight") -> tuple[str, dict]:
     """The cache entry (name, key parameters) of one layer's eigenpairs, as
-    :func:`cached_layer_eigenpairs` and the batch job (:mod:`entk_utils.eigs`) both file them
-    (with ``produced_by=OPERATOR_CODE``)."""
-    return f"entk-eigs-layer{layer}", {"n_eigs": n_eigs, "steps": steps, "seed": seed, "key": key, "n": len(input_ids),
-                                       "metric": metric, "weights": layer_weight(model, layer, param)}
+    :func:`cached_layer_eigenpairs` and the batch job (:mod:`entk_utils.eigs`) both file them."""
+    return f"entk-eigs-layer{layer}", entry_params(input_ids, layer_weight(model, layer, param), n_eigs, steps=steps,
+                                                   seed=seed, metric=metric, key=key)
 
 
 def cached_layer_eigenpairs(cache_dir, model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int = 50,
                             seed: int = 0, metric=None, chunk_size: int = 64, key: str = "",
                             progress: bool = True) -> dict:
     """Top ``n_eigs`` eigenpairs of the ``down_proj`` operator of decoder layer ``layer``
-    (``metric``: a (d, d) tensor, a name, or None for the identity), cached per layer (so a
-    sweep over layers that stops halfway resumes where it stopped; the batch job
-    :mod:`entk_utils.eigs` fills the same entries). Returns as :func:`cached_eigenpairs`."""
+    (``metric``: a (d, d) tensor, a name, or None for the identity), cached per layer under
+    :func:`layer_entry` (so a sweep over layers that stops halfway resumes where it stopped;
+    the batch job :mod:`entk_utils.eigs` fills the same entries). Returns as
+    :func:`cached_eigenpairs`."""
     name, params = layer_entry(model, input_ids, layer, n_eigs, steps=steps, seed=seed, metric=metric, key=key)
-
-    def compute():
-        start = time.perf_counter()
-        op = entk_operator(model, input_ids, params["weights"], metric=metric, chunk_size=chunk_size)
-        evals, evecs, residuals = lanczos(op, n_eigs, steps, seed=seed, progress=progress)
-        return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs), "path": op.strategy.describe(),
-                "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
-
-    return cached(cache_dir, name, compute, produced_by=OPERATOR_CODE, **params)
+    return cached_eigenpairs(cache_dir, model, input_ids, params["weights"], n_eigs, name=name, steps=steps, seed=seed,
+                             metric=metric, chunk_size=chunk_size, key=key, progress=progress)

@@ -247,6 +247,22 @@ def mlp_overlaps(table1: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
+def grid_figure(grid: pd.DataFrame, effects: Mapping[str, dict]):
+    """The split x init grid's final test accuracies (rows: splits, columns: init seeds), titled
+    with the permutation p-values of ``effects`` (:func:`grid_effect` by split and by init
+    seed). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from ..io.plotting import plot_outcome_grid
+
+    rows, cols = grid.split.nunique(), grid.init_seed.nunique()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * cols, 0.9 + 0.5 * rows), layout="constrained")
+    fig.colorbar(plot_outcome_grid(ax, grid), ax=ax, label="final test accuracy")
+    tests = ", ".join(f"{by.replace('_', ' ')} p = {e['p_value']:.3f}" for by, e in effects.items())
+    ax.set_title(f"split x init: final test accuracy\n(permutation tests: {tests})", fontsize=9)
+    return fig
+
+
 def seed_band_figure(panels: Mapping[str, tuple], overlap_column: str, *, time: str, log_time: bool = False):
     """Per panel row: bands over seeds of train and test accuracy (left) and of an overlap
     (right), with each seed's derivative peak dotted. ``panels`` is ``{title: (history,

@@ -13,3 +13,11 @@ class Hooks(contextlib.ExitStack):
     def add(self, handle):
         self.callback(handle.remove)
         return handle
+
+
+def removing(handles) -> Hooks:
+    """``with removing(handles):`` removes hook handles registered already when the block ends."""
+    hooks = Hooks()
+    for handle in handles:
+        hooks.add(handle)
+    return hooks

@@ -262,16 +262,6 @@ def _forwards(replacements: dict[nn.Module, Callable]) -> Iterator[None]:
                 module.forward = previous
 
 
-@contextmanager
-def _hooks(handles: list) -> Iterator[list]:
-    """Remove the given hook handles (and any appended inside) on exit."""
-    try:
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 

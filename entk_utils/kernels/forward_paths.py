@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .anatomy import (Anatomy, NotApplicable, _first, _forwards, _hooks, _idle, _map_tensors, _replay, _spec,
+from ..io.hooks import removing
+from .anatomy import (Anatomy, NotApplicable, _first, _forwards, _idle, _map_tensors, _replay, _spec,
                       _tensors, math_attention, run_to_output)
 
 TRUNCATE = ("auto", "full", "layer", "module")
@@ -170,7 +171,7 @@ def trace(anatomy: Anatomy, inputs: dict) -> Trace:
         events[0] += 1
 
     modules = [m for m in anatomy.model.modules() if m is not anatomy.model]
-    with _hooks([m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]):
+    with removing([m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]):
         with math_attention():
             run_to_output(anatomy, inputs)
     return Trace(calls, open_calls[anatomy.output_embedding][0])
@@ -215,7 +216,7 @@ class FromLayer(ForwardPath):
 
     @torch.no_grad()
     def _recorded_forward(self, inputs: dict, handles: list) -> None:
-        with _hooks(handles), math_attention():
+        with removing(handles), math_attention():
             run_to_output(self.anatomy, inputs)
 
     def record(self, inputs):
@@ -324,7 +325,7 @@ class FromModule(FromLayer):
 
     def hidden(self, record, inputs, rows):
         substitute = self.first.register_forward_pre_hook(lambda module, args, kwargs: record["first"], with_kwargs=True)
-        with _hooks([substitute]):
+        with removing([substitute]):
             return super().hidden(record, inputs, rows)
 
     def analyse(self, inputs, rows, at_rows):
@@ -358,7 +359,7 @@ def _unreached(run: Callable[[], tuple], modules: list[nn.Module], seed: int = 0
         return _map_tensors(add, output)
 
     generator = torch.Generator().manual_seed(seed)
-    with _hooks([m.register_forward_hook(watch) for m in modules]), torch.enable_grad(), math_attention():
+    with removing([m.register_forward_hook(watch) for m in modules]), torch.enable_grad(), math_attention():
         result = [r for r in run() if r.requires_grad]
         zs = [z for found in probes.values() for z in found]
         total = sum((r * torch.randn(r.shape, generator=generator, dtype=torch.float64).to(r)).sum() for r in result)
