@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed eigs-paper clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed gpu-check clean
 
 env: $(STAMP)
 
@@ -115,6 +115,13 @@ benchmark-gemma-full: $(STAMP)
 # N = 64, per-layer costs, and a labelled projection of the paper profile on GPUs (about 10 minutes).
 benchmark-distributed: $(STAMP)
 	$(PY) benchmarks/bench_distributed.py
+
+# For a lent GPU machine, in one call of under 10 minutes: the dense eNTK and the operator on CUDA
+# against the CPU, python -m entk_utils.eigs under torchrun with NCCL on every GPU, and the
+# N = 1024 layer-16 top-25 time; results in benchmarks/results/gpu_check.md and the README.
+# Without CUDA it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf .cache

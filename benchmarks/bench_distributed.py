@@ -42,7 +42,6 @@ from entk_utils import distributed
 from entk_utils.kernels import operators
 from entk_utils.kernels.eigen import lanczos
 from entk_utils.settings import language
-from entk_utils.eigs import load_model
 from entk_utils.io.report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_distributed.md"
@@ -130,7 +129,7 @@ def collective_times(numel: int, rows: int, hidden: int, repeats: int) -> tuple[
 def two_rank_products(model_source: str, ids: torch.Tensor, layer: int, repeats: int) -> dict:
     """On each of the ranks (1 thread each): the data-parallel operator's products, their
     parts, and the collectives alone."""
-    model = load_model(model_source, torch.device("cpu"))
+    model = language.load_model(model_source, tokenizer=False).model
     op = distributed.data_parallel_operator(model, ids, layer)
     walls = product_times(op, repeats)
     compute, allreduce, allgather = (list(x) for x in zip(*op.stats.history[1:]))  # without the warm-up
@@ -271,7 +270,7 @@ def main():
     args = parser.parse_args()
 
     load_start = os.getloadavg()
-    lm = language.load_gemma(args.model_source)
+    lm = language.load_model(args.model_source)
     model, hidden = lm.model, lm.model.config.hidden_size
     ids = token_windows(lm.tokenizer, args.n_contexts)
     weight_numel = model.model.layers[args.layer].mlp.down_proj.weight.numel()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from entk_utils.kernels.eigen import lanczos
-from entk_utils.settings.language import load_gemma
+from entk_utils.settings.language import load_model
 from entk_utils.kernels.operators import layer_entk_operator, unembedding_metric
 from entk_utils.io.report import update_readme
 
@@ -46,12 +46,11 @@ def main():
     parser.add_argument("--layer", type=int, default=16, help="layer for --eigs")
     parser.add_argument("--model-source", default="auto")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache-dir", default=".cache")
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.name} / {EIGS_RESULTS.name} nor refresh the README")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    lm = load_gemma(args.model_source, device=args.device, cache_dir=args.cache_dir)
+    lm = load_model(args.model_source, device=args.device)
     print(f"{lm.description}; loaded in {time.perf_counter() - start:.0f} s; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, device {args.device}")
     # Real token ids drawn uniformly from the vocabulary's first 20k entries: the cost of a

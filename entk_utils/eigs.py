@@ -5,8 +5,8 @@ One layer of a causal LM, to a file::
     python -m entk_utils.eigs --model DIR --contexts IDS.pt --layer L [--param NAME] \\
         --n-eigs K --steps S --out F.npz
 
-DIR is a ``save_pretrained`` folder, a ``.gguf`` file, or ``gguf`` / ``auto`` / ``hub`` for
-Gemma-3-270M (:func:`entk_utils.settings.language.load_gemma`); IDS.pt a ``torch.save``d (N, T)
+DIR is a ``save_pretrained`` folder, a ``.gguf`` file, a Hugging Face Hub id, or ``gguf`` /
+``auto`` / ``hub`` for Gemma-3-270M (:func:`entk_utils.settings.language.load_model`); IDS.pt a ``torch.save``d (N, T)
 LongTensor of token ids. F.npz holds ``eigenvalues`` (K,), ``eigenvectors`` (N*d, K) (context
 ``n``, hidden unit ``i`` in row ``n*d + i``), ``residuals`` (K,) and what produced them.
 
@@ -30,211 +30,28 @@ available, else on the CPU (gloo). Rank 0 reads the inputs, builds the dataset a
 to the others, reports progress and alone writes files, atomically and only when a layer is
 complete: a rank that fails stops the job with a message naming it, and leaves no entry or
 file for unfinished work.
+
+This module is the command line only: the two modes are
+:mod:`entk_utils.experiments.batch_job`'s, the process group :mod:`entk_utils.io.ranks`'.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
-import os
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .experiments.sweep_job import (_describe, build_notebook_inputs, check_notebook_job, default_threads,
-                                    fill_cache, layer_eigenpairs, notebook_parameters)
-from .io import checks
-from .io.cache import write_atomically
-from .kernels.distributed import broadcast_object, rank_and_size
-from .settings import language
+from .experiments.batch_job import DTYPES, run_file_job, run_notebook_job
+from .io.ranks import end_process_group, rank_and_size, rank_device, start_process_group
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRIC_CHOICES = ("unembedding", "identity")
 # The one-layer mode's options that have defaults (in the profile mode, the notebook's own
 # settings hold: down_proj, the unembedding metric, float32, the notebook's seed).
 FILE_DEFAULTS = {"param": "mlp.down_proj.weight", "metric": "unembedding", "dtype": "float32", "seed": 0}
-
-
-# --------------------------------------------------------------------------- process group
-def rank_device(preference: str = "auto") -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` if ``preference`` is ``auto`` or ``cuda`` and
-    CUDA is available, else the CPU. ``ValueError`` for ``cuda`` without CUDA."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
-        raise ValueError(f"--device=cuda: local rank {local_rank} has no CUDA device here "
-                         f"({torch.cuda.device_count()} found); use --device cpu")
-    return torch.device("cuda", local_rank)
-
-
-def start_process_group(device: torch.device, timeout_minutes: float) -> None:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
-    ``RANK``, ...): NCCL for CUDA devices, gloo for the CPU; nothing when not launched so.
-    A collective that waits longer than ``timeout_minutes`` fails."""
-    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
-        return
-    timeout = datetime.timedelta(minutes=timeout_minutes)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
-
-
-def end_process_group(failed: bool) -> None:
-    """Leave the process group; after a failure, abort it where the backend can (NCCL), so
-    that no collective is left waiting on this rank."""
-    if not dist.is_initialized():
-        return
-    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-    if failed and abort is not None and dist.get_backend() == "nccl":
-        abort()
-    else:
-        dist.destroy_process_group()
-
-
-def on_root(fn):
-    """``fn()`` on rank 0 and its (picklable) result on every rank. A ``ValueError`` /
-    ``FileNotFoundError`` there (bad input) is raised on every rank with the same message."""
-    rank, _ = rank_and_size()
-    outcome = None
-    if rank == 0:
-        try:
-            outcome = ("ok", fn())
-        except (ValueError, FileNotFoundError) as err:
-            broadcast_object(("error", type(err).__name__, str(err)))
-            raise
-    outcome = broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}[outcome[1]](outcome[2])
-    return outcome[1]
-
-
-# --------------------------------------------------------------------------- one layer to a file
-def model_source_kind(source: str) -> str:
-    """``"gemma"`` for what :func:`language.load_gemma` loads (``gguf`` / ``auto`` / ``hub``, a
-    ``.gguf`` file), ``"folder"`` for a ``save_pretrained`` folder; ``FileNotFoundError`` else."""
-    if source in language.MODEL_SOURCES or (source.endswith(".gguf") and Path(source).is_file()):
-        return "gemma"
-    if (Path(source) / "config.json").is_file():
-        return "folder"
-    raise FileNotFoundError(f"--model={source!r}: must be a save_pretrained folder (with config.json), a .gguf "
-                            f"file or one of {', '.join(language.MODEL_SOURCES)}")
-
-
-def load_model(source: str, device: torch.device, dtype: torch.dtype = torch.float32, cache_dir=None):
-    """The causal LM of ``source`` (see :func:`model_source_kind`) on ``device`` in eval mode."""
-    if model_source_kind(source) == "gemma":
-        return language.load_gemma(source, device=device, dtype=dtype, cache_dir=cache_dir).model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-    return model.to(device).eval()
-
-
-def read_contexts(path: str, world_size: int, *, context: int | None = None) -> torch.Tensor:
-    """The (N, T) token ids ``torch.save``d at ``path`` (read with ``weights_only=True``),
-    checked: an integer tensor of non-negative ids, N at least ``world_size``, T at most
-    ``context`` (the model's longest context) when given."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--contexts={path!r}: no such file")
-    try:
-        ids = torch.load(file, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"--contexts={path!r}: not a torch.save'd tensor ({type(err).__name__}: {err})") from None
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool \
-            or ids.dtype.is_complex or 0 in ids.shape:
-        raise ValueError(f"--contexts={path!r}: must hold a non-empty (N, T) integer tensor of token ids, got "
-                         f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))} {getattr(ids, 'dtype', '')}")
-    if int(ids.min()) < 0:
-        raise ValueError(f"--contexts={path!r}: token ids must be >= 0, found {int(ids.min())}")
-    if len(ids) < world_size:
-        raise ValueError(f"--contexts={path!r}: N={len(ids)} contexts for {world_size} ranks; every rank needs at least one")
-    if context is not None and ids.shape[1] > context:
-        raise ValueError(f"--contexts={path!r}: contexts of T={ids.shape[1]} tokens, longer than the model's {context}")
-    return ids.long()
-
-
-def check_file_job(args, world_size: int) -> torch.Tensor:
-    """Validate the one-layer job's arguments (without loading the model's weights) and
-    return its contexts. One-line ``ValueError`` / ``FileNotFoundError`` naming the value."""
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out={args.out!r}: must end in .npz")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out={args.out!r}: the folder {out.parent} does not exist")
-    checks.integer("--n-eigs", args.n_eigs, minimum=1)
-    checks.integer("--steps", args.steps, minimum=args.n_eigs, note=" (at least --n-eigs)")
-    checks.integer("--seed", args.seed, minimum=0)
-    model_source_kind(args.model)
-    shape = language.model_shape(args.model, args.cache_dir)
-    checks.integer("--layer", args.layer, minimum=0, maximum=shape["layers"] - 1,
-                   note=f" (the model has {shape['layers']} decoder layers)")
-    ids = read_contexts(args.contexts, world_size, context=shape["context"])
-    checks.integer("--n-eigs", args.n_eigs, maximum=len(ids) * shape["hidden"],
-                   note=f" (N*d = {len(ids)} x {shape['hidden']})")
-    return ids
-
-
-def save_npz(path: str | os.PathLike, **arrays) -> None:
-    """``np.savez`` to ``path`` atomically: a temporary file in the same folder, renamed when
-    complete (a reader never sees a partial file; a crash leaves none)."""
-    write_atomically(path, lambda f: np.savez(f, **arrays))
-
-
-def run_file_job(args, device: torch.device) -> None:
-    """``--out`` mode: one layer's eigenpairs to an ``.npz`` file (rank 0 writes it)."""
-    rank, world_size = rank_and_size()
-    ids = on_root(lambda: check_file_job(args, world_size))
-    model = load_model(args.model, device, DTYPES[args.dtype], args.cache_dir)
-    metric = None if args.metric == "identity" else "unembedding"
-    log.info("layer %d, %s: N=%d contexts of %d tokens on %d rank(s), %s; %d eigenpairs by %d Lanczos steps",
-             args.layer, args.param, *ids.shape, world_size, device, args.n_eigs, args.steps)
-    result, stats = layer_eigenpairs(model, ids, args.layer, args.n_eigs, args.steps, seed=args.seed, metric=metric,
-                                     param=args.param, chunk_size=args.chunk_size)
-    log.info("layer %d: %s", args.layer, _describe(stats, result["seconds"]))
-    if rank == 0:
-        save_npz(args.out, eigenvalues=result["evals"].numpy(), eigenvectors=result["evecs"].numpy(),
-                 residuals=result["residuals"].numpy(), layer=args.layer, param=args.param, model=args.model,
-                 n_contexts=len(ids), context_len=ids.shape[1], hidden=model.config.get_text_config().hidden_size,
-                 steps=args.steps, seed=args.seed, metric=args.metric, dtype=args.dtype, world_size=world_size,
-                 seconds=result["seconds"], matvecs=stats.matvecs, compute_seconds=stats.compute_seconds,
-                 comm_seconds=stats.comm_seconds, allreduce_bytes=stats.allreduce_bytes,
-                 allgather_bytes=stats.allgather_bytes, torch_version=torch.__version__)
-        log.info("wrote %s", args.out)
-
-
-def run_notebook_job(args, device: torch.device) -> None:
-    """Profile mode: notebook 03's eigenpairs for every layer of its parameter set, into its cache."""
-    rank, world_size = rank_and_size()
-    values = on_root(lambda: _checked_notebook_parameters(args, world_size))
-    threads = args.notebook_threads or (default_threads() if rank == 0 else 0)
-    lm = language.load_gemma(values["model_source"], device=device, cache_dir=values["cache_dir"])
-    inputs = on_root(lambda: build_notebook_inputs(values, lm, threads))
-    log.info("notebook 03 (%s): N=%d contexts, layers %s, %d eigenpairs by %d steps, on %d rank(s) (%s); cache %s",
-             args.profile or args.param_file or "defaults", len(inputs["input_ids"]), values["layers"],
-             values["n_eigs"], values["lanczos_steps"], world_size, device, values["cache_dir"])
-    started = time.perf_counter()
-    fill_cache(values["cache_dir"], lm.model, inputs["input_ids"], values["layers"], values["n_eigs"],
-               values["lanczos_steps"], seed=values["seed"], key=inputs["key"], metric=inputs["metric"],
-               chunk_size=args.chunk_size)
-    log.info("all %d layers cached (%.1f min)", len(values["layers"]), (time.perf_counter() - started) / 60)
-
-
-def _checked_notebook_parameters(args, world_size: int) -> dict:
-    values = notebook_parameters(args.profile, args.param_file, args.layers, args.cache_dir)
-    check_notebook_job(values, world_size)
-    return values
 
 
 # --------------------------------------------------------------------------- command line
@@ -247,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring); argparse's usage error for a mode's missing options."""
     parser = argparse.ArgumentParser(prog="python -m entk_utils.eigs", description=__doc__.split("\n")[0])
     job = parser.add_argument_group("one layer to a file")
-    job.add_argument("--model", help="save_pretrained folder, .gguf file, or gguf / auto / hub")
+    job.add_argument("--model", help="save_pretrained folder, .gguf file, Hub id, or gguf / auto / hub")
     job.add_argument("--contexts", help="torch.save'd (N, T) LongTensor of token ids")
     job.add_argument("--layer", type=int)
     job.add_argument("--param", help=f"the weight, relative to the layer (default {FILE_DEFAULTS['param']})")
@@ -263,8 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     nb.add_argument("--layers", type=int, nargs="+", help="replace the parameter set's layers")
     nb.add_argument("--notebook-threads", type=int,
                     help="CPU threads of the notebook that will read the cache (default: torch's default here)")
-    parser.add_argument("--cache-dir", help="cache folder (profile mode: default the notebook's; also where the "
-                                            "offline GGUF is assembled)")
+    parser.add_argument("--cache-dir", help="cache folder (profile mode: default the notebook's)")
     parser.add_argument("--chunk-size", type=int, default=64, help="contexts per VJP / JVP call on a rank")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda:LOCAL_RANK where CUDA is available, else cpu")

@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 p = 29                  # modulus (odd prime); the paper uses 29
 width = 512             # hidden units
-steps = 500             # full-batch AdamW steps
+epochs = 500            # full-batch AdamW steps (one epoch is one step)
 lr = 0.05
 weight_decay = 0.01     # torch's AdamW default, as in the paper's code
 train_frac = 0.7        # fraction of the p*p pairs used for training
@@ -51,6 +51,7 @@ init_seeds = [101, 102, 103, 104, 105]  # untrained networks whose eNTK is the s
 device = "cpu"          # "cuda" to run on a GPU
 out_dir = None          # where figures and tables go (None: $ENTK_OUT_DIR or the scratch folder ../.cache/out)
 cache_dir = None        # trained-model cache (None: $ENTK_CACHE_DIR or ../.cache)
+steps = None            # the old name of epochs, still accepted
 
 # %%
 import matplotlib.pyplot as plt
@@ -67,7 +68,8 @@ from entk_utils.settings import modular
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_mlp_notebook(globals())  # every parameter, before any work: one line per problem
-print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps={steps}, seed={seed}")
+epochs = parameters.renamed("steps", steps, "epochs", epochs)
+print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, epochs={epochs}, seed={seed}")
 
 # %% [markdown]
 # ## The task and the model
@@ -79,10 +81,9 @@ print(f"torch {torch.__version__}, device {device}, p={p}, width={width}, steps=
 # code. Training takes a few seconds and is cached.
 
 # %%
-run = modular.train_gromov_mlp(
-    p, width, steps, seed=seed, split=split, split_seed=split_seed, train_frac=train_frac, lr=lr,
-    weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device,
-)
+recipe = modular.MLPRecipe(p=p, width=width, epochs=epochs, seed=seed, split=split, split_seed=split_seed,
+                           train_frac=train_frac, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every)
+run = modular.train_gromov_mlp(recipe, cache_dir=cache_dir, device=device)
 history = run.result.history
 print(f"{len(run.train_idx)} training pairs, {len(run.test_idx)} test pairs")
 print(history.iloc[[0, len(history) // 4, len(history) // 2, -1]].to_string(index=False))
@@ -128,7 +129,7 @@ print("drop at each cliff (ratio):", np.round(drops, 2).tolist())
 
 fig, ax = plt.subplots(figsize=(7, 3.5))
 plotting.plot_spectrum(ax, evals, cliffs, n_show=min(200, len(evals)))
-ax.set_title(f"eNTK spectrum, MLP on modular addition (p={p}), trained {steps} steps")
+ax.set_title(f"eNTK spectrum, MLP on modular addition (p={p}), trained {epochs} steps")
 plotting.save_figure(fig, "fig1_mlp_spectrum", out_dir)
 plt.show()
 
@@ -151,7 +152,7 @@ print(f"overlap of the top eigenvector with the constant function: {geometry.sub
 
 # %%
 table1 = mlp.table1(run, evecs, blocks, null_draws=null_draws, seed=seed, init_seeds=init_seeds)
-pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overlap")[list(mlp.FAMILIES)]
+pivot = table1.pivot(index=["cliff", "eigvecs"], columns="family", values="overlap")[list(mlp.TABLE1_FAMILIES)]
 pivot.columns.name = f"overlap (max {p - 1})"
 pivot.round(2)
 
@@ -229,10 +230,7 @@ for name in ("sum", "diff"):
 
 # %%
 other_split = "paper" if split == "seeded" else "seeded"
-other = modular.train_gromov_mlp(
-    p, width, steps, seed=seed, split=other_split, split_seed=split_seed, train_frac=train_frac, lr=lr,
-    weight_decay=weight_decay, checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device, progress=False,
-)
+other = modular.train_gromov_mlp(recipe, split=other_split, cache_dir=cache_dir, device=device, progress=False)
 by_split = pd.DataFrame({s: mlp.fourier_block_overlaps(r) for s, r in {split: run, other_split: other}.items()})
 by_split.assign(paper=pd.Series({name: mlp.PAPER[name] for name in ("sum", "diff")}))
 
@@ -298,7 +296,7 @@ plt.show()
 # the curves and the run's settings, for the seed sweep of notebook 04
 plotting.save_table(curve, "curves_mlp", out_dir, markdown=False)
 plotting.save_table(history, "history_mlp", out_dir, markdown=False)
-_ = plotting.save_table(pd.DataFrame([dict(p=p, steps=steps, seed=seed, split=split, split_seed=split_seed,
+_ = plotting.save_table(pd.DataFrame([dict(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed,
                                            train_frac=train_frac)]), "run_mlp", out_dir, markdown=False)
 
 # %% [markdown]

@@ -89,12 +89,10 @@ print(f"torch {torch.__version__}, device {device}, p={p}, epochs={epochs}, seed
 # paper's seed-2 network; `split="seeded", init="torch"` is this project's earlier recipe.
 
 # %%
-run = modular.train_transformer(
-    p, epochs, seed=seed, split=split, split_seed=split_seed, init=init, train_frac=train_frac, lr=lr,
-    weight_decay=weight_decay,
-    batch_size=batch_size, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp,
-    checkpoint_every=checkpoint_every, cache_dir=cache_dir, device=device,
-)
+recipe = modular.TransformerRecipe(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
+                                   train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                                   d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every)
+run = modular.train_transformer(recipe, cache_dir=cache_dir, device=device)
 model, history = run.model, run.result.history
 chance = 1 / p
 leaves_chance = dynamics.sustained_crossing(history.epoch, history.test_acc, 2 * chance)
@@ -225,7 +223,7 @@ print(table2[columns].round({"overlap": 2, "percent": 1, "null_mean": 2, "null_p
 
 # %%
 w_u = table2[table2.weight == "W_U"].set_index("family")
-for name in transformer.FAMILIES:
+for name in transformer.TABLE2_FAMILIES:
     paper_range, paper_overlap = transformer.PAPER[name]
     row = w_u.loc[name]
     print(f"W_U vs {name:>8}: ours eigenvectors {row.eigvecs}, {row.overlap:.3f}/{row.dim} ({row.percent:.1f}%); "

@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from entk_utils.experiments import gemma, parameters
+from entk_utils.experiments import eigenpairs, gemma, parameters
 from entk_utils.features import scoring
 from entk_utils.io import plotting, session
 from entk_utils.kernels import operators
@@ -74,7 +74,7 @@ out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_gemma_notebook(globals())  # every parameter, before any work: one line per problem
 torch.manual_seed(seed)
 stories = language.load_stories("local", language.stories_path(stories_path))
-lm = language.load_gemma(model_source, device=device, cache_dir=cache_dir)
+lm = language.load_model(model_source, device=device)
 print(f"model: {lm.description}")
 print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
@@ -90,8 +90,8 @@ print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
 # %%
 nlp = language.load_spacy()
-data = gemma.cached_context_dataset(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag,
-                                       context_len=context_len, seed=seed)
+data = language.cached_contexts(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag, context_len=context_len,
+                                seed=seed)
 print(f"N = {len(data)} contexts; {data.report['generated']} continuations generated "
       f"in {data.report['rounds']} round(s) over {data.report['stories']} stories")
 if data.report["rounds"] > 1:
@@ -123,7 +123,7 @@ print(f"symmetry |<u,Kv> - <Ku,v>| / |<u,Kv>| = {check['symmetry']:.1e}; "
       f"truncated vs full model: {check['truncation']:.1e}")
 
 # %%
-key = gemma.eigenpairs_key(data, lm)
+key = eigenpairs.eigenpairs_key(data.input_ids, lm)
 classes = np.array(data.upos)
 select, evaluate = scoring.stratified_halves(classes, seed=seed)
 found = gemma.score_layers(lm, data, labels, kinds, layers, n_eigs=n_eigs, lanczos_steps=lanczos_steps, seed=seed,
@@ -166,7 +166,7 @@ wide.round(3)
 #   between the top-10 score vectors and each (centred) label vector, i.e. |Pearson r|.
 
 # %%
-at_best = {method: found.scores[method, int(best_layer[method])] for method in gemma.METHODS}
+at_best = {method: found.scores[method, int(best_layer[method])] for method in gemma.DIRECTION_METHODS}
 table3, pvalues = gemma.with_permutation_tests(table3, at_best, labels, select, evaluate,
                                                n_permutations=n_permutations, seed=seed)
 plotting.save_table(table3, "table3_gemma_auroc", out_dir)

@@ -40,8 +40,8 @@
 # Notebook 3 runs the same weight-space test on Gemma.
 
 # %% tags=["parameters"]
-mlp_parameters = {}          # arguments of modular.train_gromov_mlp (default: notebook 01's run)
-transformer_parameters = {}  # arguments of modular.train_transformer (default: notebook 02's run)
+mlp_parameters = {}          # changes to modular.MLPRecipe (default: notebook 01's run)
+transformer_parameters = {}  # changes to modular.TransformerRecipe (default: notebook 02's run)
 n_directions = 128           # leading eigenvectors / components / random directions per method
 relative_norms = [0.0, 0.01, 0.02, 0.05, 0.1]  # weight steps, as fractions of the weights' norm
 seed = 0                     # random directions

@@ -72,15 +72,16 @@ import torch
 
 from entk_utils.experiments import eigenpairs, parameters, your_model
 from entk_utils.features.directions import entk_scores, pca_scores
+from entk_utils.features.naming import name_directions, oriented_auroc
 from entk_utils.io import plotting, session
-from entk_utils.kernels import operators
+from entk_utils.kernels import conventions, operators
 from entk_utils.settings import language
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 parameters.check_your_model_notebook(globals())  # every parameter, before any work: one line per problem
 torch.manual_seed(seed)
-lm = your_model.load_model(model_source, device=device, cache_dir=cache_dir)
-weights = weights or your_model.default_weights(lm.model)
+lm = language.load_model(model_source, device=device)
+weights = weights or conventions.default_weights(lm.model)
 analysed = operators.resolve_weights(lm.model, weights)
 print(f"model: {lm.description}")
 print(f"weights: {len(analysed)} tensors, {sum(w.numel() for w in analysed.values()):,} parameters")
@@ -98,13 +99,12 @@ pd.DataFrame({"weight": list(analysed), "shape": [tuple(w.shape) for w in analys
 
 # %%
 nlp = language.load_spacy()
-documents = your_model.read_documents(language.stories_path(text_path))
-data = your_model.cached_text_contexts(cache_dir, documents, lm, nlp, n_contexts=n_contexts, context_len=context_len,
-                                  seed=seed)
-labels, kinds = your_model.feature_labels(data.upos, data.morph, min_positives)
+documents = language.read_documents(language.stories_path(text_path))
+data = language.cached_contexts(cache_dir, documents, lm, nlp, n_contexts=n_contexts, context_len=context_len, seed=seed)
+labels, kinds = language.grammar_labels(data.upos, data.morph, tags=None, min_positives=min_positives)
 print(f"N = {len(data)} contexts from {data.report['tagged']} of {len(documents)} documents; "
       f"{labels.shape[1]} features with >= {min_positives} positives and negatives: {', '.join(labels.columns)}")
-pd.DataFrame({"context (end; last token in brackets)": [your_model.context_tail(lm.tokenizer, ids.tolist())
+pd.DataFrame({"context (end; last token in brackets)": [language.context_tail(lm.tokenizer, ids.tolist())
                                                         for ids in data.input_ids[:6]],
               "next word": data.words[:6], "its tag": data.upos[:6], "model predicts": data.generated[:6]})
 
@@ -123,7 +123,7 @@ pd.DataFrame({"context (end; last token in brackets)": [your_model.context_tail(
 # %%
 op = operators.entk_operator(lm.model, data.input_ids, weights, metric="logits")
 print(f"K~ is {op.shape[0]} x {op.shape[1]}; forward path: {op.strategy.describe()}")
-key = language.hash_text(repr((data.input_ids.tolist(), lm.description, lm.fingerprint)))
+key = eigenpairs.eigenpairs_key(data.input_ids, lm)
 eig = eigenpairs.cached_eigenpairs(cache_dir, lm.model, data.input_ids, weights, n_eigs, name="entk-eigs-your-model",
                                   steps=lanczos_steps, seed=seed, metric="logits", key=key)
 evals = eig["evals"].numpy()
@@ -141,12 +141,12 @@ plt.show()
 # residual stream after the highest analysed layer, at the same token.
 
 # %%
-layer = your_model.highest_layer(lm.model, list(analysed))
+layer = conventions.highest_layer(lm.model, list(analysed))
 activations = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
 scores = {"entk": entk_s, "pca": pca_scores(activations, n_eigs)}
-named = {method: your_model.name_directions(s, labels, n_permutations=n_permutations, seed=seed)
+named = {method: name_directions(s, labels, n_permutations=n_permutations, seed=seed)
          for method, s in scores.items()}
-aurocs = {method: your_model.oriented_auroc(s, labels) for method, s in scores.items()}
+aurocs = {method: oriented_auroc(s, labels) for method, s in scores.items()}
 directions = your_model.directions_table(named, evals, scores["pca"], shares)
 plotting.save_table(directions, "table_your_model_directions", out_dir)
 print(f"top singular share of the eNTK eigenvectors: median {np.median(shares):.2f}; PCA at layer {layer}")

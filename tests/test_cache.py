@@ -105,7 +105,7 @@ def test_a_change_to_the_producing_code_computes_afresh(tmp_path, monkeypatch):
 
 
 def test_a_stale_trained_model_is_not_reused_after_train_or_the_model_changes(tmp_path, monkeypatch):
-    kwargs = dict(p=5, width=8, steps=3, cache_dir=tmp_path, progress=False)
+    kwargs = dict(p=5, width=8, epochs=3, cache_dir=tmp_path, progress=False)
     modular.train_gromov_mlp(**kwargs)
     original_train = training.train
     calls = []
@@ -129,7 +129,7 @@ def test_a_stale_trained_model_is_not_reused_after_train_or_the_model_changes(tm
 def test_a_trained_model_survives_unrelated_edits_of_its_module(tmp_path, monkeypatch):
     import functools
 
-    kwargs = dict(p=5, width=8, steps=3, cache_dir=tmp_path, progress=False)
+    kwargs = dict(p=5, width=8, epochs=3, cache_dir=tmp_path, progress=False)
     modular.train_gromov_mlp(**kwargs)
     calls, original = [], training.train
 

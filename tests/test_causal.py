@@ -22,7 +22,7 @@ def run(model_cache):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_gromov_mlp(P, 256, steps=300, train_frac=0.8, cache_dir=model_cache, progress=False)
+        return train_gromov_mlp(p=P, width=256, epochs=300, train_frac=0.8, cache_dir=model_cache, progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -205,3 +205,28 @@ def test_next_token_shift_is_zero_at_zero_grows_with_the_step_and_restores_the_w
     torch.testing.assert_close(weight, before, rtol=0, atol=0)
     with pytest.raises(ValueError, match="shape"):
         causal.next_token_shift(model, ids, weight, {"d": direction.T}, [1.0])
+
+
+@pytest.mark.parametrize("arch, param", [("llama", "mlp.down_proj.weight"), ("gemma3", "mlp.down_proj.weight"),
+                                         ("gpt2", "mlp.c_proj.weight")])
+def test_next_token_shift_replays_the_layers_below_the_weight_to_the_bit(arch, param):
+    """The lower layers' outputs of the first pass stand in for them on every moved pass: the
+    same KL to the bit as the full forward, and the lower layers' insides run only once."""
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_model
+
+    from entk_utils.kernels.conventions import layer_weight
+
+    model = tiny_model(arch, dtype=torch.float32)
+    ids = torch.randint(1, 40, (5, 7), generator=torch.Generator().manual_seed(0))
+    name = layer_weight(model, 2, param)
+    direction = {"d": torch.randn(model.get_parameter(name).shape, generator=torch.Generator().manual_seed(1))}
+    lower = next(m for n, m in model.named_modules() if n.endswith(".0.mlp"))
+    calls = []
+    lower.register_forward_hook(lambda *args: calls.append(1))
+    fast = causal.next_token_shift(model, ids, name, direction, [0.01, 0.1], chunk_size=2)
+    assert len(calls) == 3  # the first pass over the 3 chunks only
+    full = causal.next_token_shift(model, ids, name, direction, [0.01, 0.1], chunk_size=2, replay_lower_layers=False)
+    assert len(calls) == 3 + 3 * 3
+    np.testing.assert_array_equal(fast["d"], full["d"])
+    assert (fast["d"] > 0).all()

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from entk_utils import distributed  # noqa: E402
 from entk_utils.kernels.eigen import lanczos  # noqa: E402
 from entk_utils.kernels.operators import layer_entk_operator  # noqa: E402
-from entk_utils.experiments.sweep_job import layer_eigenpairs  # noqa: E402
+from entk_utils.experiments.eigenpairs import layer_eigenpairs  # noqa: E402
 
 LAYER, T, K, STEPS = 1, 7, 4, 40
 HERE = Path(__file__).resolve().parent
@@ -48,8 +48,19 @@ def eigenpairs(kind: str, n: int) -> dict:
             "share": stats.comm_share}
 
 
+def loss_products(n: int) -> np.ndarray:
+    """Three products of the per-example next-token loss's operator (``output=``, targets
+    looked up by each context's row in the whole ``input_ids``), on however many ranks run."""
+    model = tiny_model("llama")
+    targets = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(1))
+    U = model.get_output_embeddings().weight.detach()
+    loss = lambda h, index: torch.nn.functional.cross_entropy(h @ U.T, targets[index], reduction="none")  # noqa: E731
+    op = distributed.data_parallel_operator(model, contexts(n), LAYER, output=loss, chunk_size=2)
+    return np.column_stack([op.matvec(v) for v in np.random.default_rng(0).standard_normal((3, n))])
+
+
 def all_cases() -> dict:
-    return {case: eigenpairs(*case) for case in CASES}
+    return {**{case: eigenpairs(*case) for case in CASES}, "loss": loss_products(5)}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +95,13 @@ def test_two_processes_give_the_eigenpairs_of_one_process(case, on_two_ranks):
     evals, evecs, _ = lanczos(plain, K, STEPS, progress=False)
     np.testing.assert_allclose(single["evals"], evals, rtol=1e-12)
     np.testing.assert_allclose(single["evecs"], evecs, atol=1e-12)
+
+
+def test_an_output_function_sees_the_rows_of_the_whole_input_on_every_rank(on_two_ranks):
+    single = loss_products(5)
+    assert single.shape == (5, 3)
+    for result in on_two_ranks:
+        np.testing.assert_allclose(result["loss"], single, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-N{c[1]}")

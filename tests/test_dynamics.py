@@ -20,7 +20,7 @@ def test_steepest_rise_of_a_sigmoid():
 
 
 def test_overlap_over_training_on_a_small_run(model_cache):
-    run = train_gromov_mlp(7, 64, steps=40, checkpoint_every=20, cache_dir=model_cache, progress=False)
+    run = train_gromov_mlp(p=7, width=64, epochs=40, checkpoint_every=20, cache_dir=model_cache, progress=False)
     fams = {f: feature_family(run.pairs.numpy(), 7, f) for f in ("sum", "a")}
     curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (1, 13), fams, progress=False)
     assert curve.epoch.tolist() == [0, 20, 40]
@@ -38,7 +38,7 @@ def test_sustained_crossing():
 
 
 def test_overlap_over_training_with_per_checkpoint_features(model_cache):
-    run = train_gromov_mlp(5, 32, steps=20, checkpoint_every=10, cache_dir=model_cache, progress=False)
+    run = train_gromov_mlp(p=5, width=32, epochs=20, checkpoint_every=10, cache_dir=model_cache, progress=False)
     fixed = feature_family(run.pairs.numpy(), 5, "sum")
     curve = overlap_over_training(run.model, run.result.checkpoints, run.inputs, (0, 4),
                                   lambda model: {"same": fixed, "none": None}, progress=False)

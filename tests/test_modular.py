@@ -87,7 +87,7 @@ def test_gromov_mlp_shapes_and_init():
 
 
 def test_training_learns_the_training_set_and_keeps_checkpoints():
-    run = train_gromov_mlp(7, 64, steps=60, checkpoint_every=20, progress=False)
+    run = train_gromov_mlp(p=7, width=64, epochs=60, checkpoint_every=20, progress=False)
     h = run.result.history
     assert list(h.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
     assert h.epoch.tolist() == list(range(61))
@@ -100,14 +100,14 @@ def test_training_learns_the_training_set_and_keeps_checkpoints():
 
 
 def test_training_is_deterministic_and_cached(tmp_path):
-    a = train_gromov_mlp(5, 16, steps=20, cache_dir=tmp_path, progress=False)
+    a = train_gromov_mlp(p=5, width=16, epochs=20, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 1
-    b = train_gromov_mlp(5, 16, steps=20, cache_dir=tmp_path, progress=False)  # read back
-    c = train_gromov_mlp(5, 16, steps=20, progress=False)  # recomputed
+    b = train_gromov_mlp(p=5, width=16, epochs=20, cache_dir=tmp_path, progress=False)  # read back
+    c = train_gromov_mlp(p=5, width=16, epochs=20, progress=False)  # recomputed
     for other in (b, c):
         assert other.result.history.equals(a.result.history)
         assert torch.equal(other.model.fc1.weight, a.model.fc1.weight)
-    train_gromov_mlp(5, 16, steps=20, seed=1, cache_dir=tmp_path, progress=False)
+    train_gromov_mlp(p=5, width=16, epochs=20, seed=1, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("gromov_mlp-*.pt"))) == 2
 
 
@@ -181,7 +181,8 @@ def test_train_rejects_empty_or_out_of_range_indices():
 
 
 @pytest.mark.parametrize("function, bad, message", [
-    ("train_gromov_mlp", dict(steps=0), "steps=0: must be an integer >= 1"),
+    ("train_gromov_mlp", dict(epochs=0), "epochs=0: must be an integer >= 1"),
+    ("train_gromov_mlp", dict(epoch=3), "unknown parameter .epoch. for MLPRecipe; valid names: checkpoint_every, epochs"),
     ("train_gromov_mlp", dict(width=0), "width=0"),
     ("train_gromov_mlp", dict(train_frac=1.0), r"train_frac=1.0: must be a finite real number in \(0, 1\)"),
     ("train_gromov_mlp", dict(split_seed="a"), "split_seed='a'"),
@@ -195,5 +196,23 @@ def test_train_rejects_empty_or_out_of_range_indices():
 ])
 def test_training_functions_check_their_arguments_before_caching_anything(tmp_path, function, bad, message):
     with pytest.raises(ValueError, match=message):
-        getattr(modular, function)(5, **bad, cache_dir=tmp_path, progress=False)
+        getattr(modular, function)(p=5, **bad, cache_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing cached
+
+
+def test_a_recipe_spells_each_argument_once_and_keys_the_cache():
+    recipe = modular.MLPRecipe(p=19, width=256, epochs=300)
+    assert modular.MLPRecipe.of(recipe, train_frac=0.8) == modular.MLPRecipe(p=19, width=256, epochs=300,
+                                                                              train_frac=0.8)
+    assert modular.MLPRecipe.of(split="paper").key()["split_seed"] is None  # the paper split ignores it
+    assert modular.TransformerRecipe.of(split="seeded", seed=3).key()["split_seed"] == 3  # drawn with the seed
+    assert modular.MLPRecipe.names()[-1] == "steps" and "epochs" in modular.MLPRecipe.names()
+    with pytest.raises(ValueError, match="recipe must be a MLPRecipe"):
+        modular.MLPRecipe.of(modular.TransformerRecipe())
+
+
+def test_the_old_name_steps_is_taken_as_epochs_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="steps is now called epochs"):
+        assert modular.MLPRecipe.of(steps=30).epochs == 30
+    with pytest.raises(ValueError, match="steps=30 and epochs=40: steps is the old name of epochs"):
+        modular.MLPRecipe.of(steps=30, epochs=40)

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 from tiny_models import CONFIGS, HIDDEN, VOCAB, WEIGHTS, tiny_model  # noqa: E402
 from torch.func import functional_call, jacrev  # noqa: E402
 
-from entk_utils.kernels import anatomy, forward_paths, path_choice  # noqa: E402
+from entk_utils.kernels import anatomy, conventions, forward_paths, path_choice  # noqa: E402
 from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
 from entk_utils.kernels.operators import (  # noqa: E402
     entk_operator,
@@ -221,7 +221,9 @@ def test_auto_takes_the_cheapest_path_that_applies():
     # a norm's weight has no module input shortcut before it inside the layer; embeddings lie outside the layers
     assert entk_operator(model, ids, "transformer.h.1.ln_1.weight").path == "module"
     assert entk_operator(model, ids, "transformer.wpe.weight").path == "full"
-    with pytest.raises(ValueError, match="truncate='layer' cannot apply: transformer.wpe.weight is not inside a decoder layer"):
+    with pytest.raises(ValueError, match="truncate='layer' insists on the layer path for transformer.wpe.weight, which "
+                                         "cannot apply: transformer.wpe.weight is not inside a decoder layer; use "
+                                         "truncate='full'"):
         entk_operator(model, ids, "transformer.wpe.weight", truncate="layer")
     with pytest.raises(ValueError, match="also the output embedding"):
         entk_operator(model, ids, "transformer.wte.weight")
@@ -268,7 +270,8 @@ def test_a_shortcut_that_does_not_reproduce_the_model_falls_back_with_a_warning(
 def test_a_wrong_final_norm_is_caught_by_the_probe():
     model = tiny_model("llama")
     ids, _ = contexts("none")
-    with pytest.raises(ValueError, match="truncate='layer': the layer path .* does not reproduce"):
+    with pytest.raises(ValueError, match="truncate='layer' insists on the layer path for model.layers.1.self_attn.o_proj"
+                                         ".*: the layer path .* does not reproduce"):
         entk_operator(model, ids, WEIGHTS["llama"], truncate="layer", final_norm=[])
     with pytest.warns(UserWarning, match="falling back to the full model"):
         assert entk_operator(model, ids, WEIGHTS["llama"], final_norm=[]).path == "full"
@@ -280,7 +283,8 @@ def test_a_module_called_twice_cannot_start_the_module_path():
     model.model.layers[2].mlp.down_proj = model.model.layers[1].mlp.down_proj  # shared
     ids, _ = contexts("none")
     name = "model.layers.1.mlp.down_proj.weight"
-    with pytest.raises(ValueError, match="truncate='module' cannot apply: .*down_proj is called 2 times"):
+    with pytest.raises(ValueError, match="truncate='module' insists on the module path for model.layers.1.mlp.down_proj"
+                                         ".weight, which cannot apply: .*down_proj is called 2 times"):
         entk_operator(model, ids, name, truncate="module")
     op = entk_operator(model, ids, name)
     assert op.path == "layer"
@@ -306,6 +310,73 @@ def test_layer_entk_operator_keeps_its_calls_and_layout():
     np.testing.assert_allclose(out[3], dense[3 * HIDDEN:4 * HIDDEN, 2 * HIDDEN:3 * HIDDEN] @ v[2 * HIDDEN:3 * HIDDEN],
                                atol=tolerance("gemma3") * np.abs(out).max())
     assert op.n_matvecs == op.shape[0] + 1
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "gpt_neox", "llama"])
+def test_truncate_down_proj_insists_on_an_mlp_output_projection(arch):
+    """The legacy ``truncate="down_proj"`` starts at a down-projection's input or says why not,
+    naming the path and the weight; it never runs another path in silence."""
+    model = tiny_model(arch)
+    ids, _ = contexts("none")
+    parts = anatomy.find_anatomy(model)
+    names = {m: n for n, m in model.named_modules()}
+    ran, refused = [], []
+    for name, _ in parts.layers[1].named_parameters(prefix=parts.layer_names[1]):
+        try:
+            op = entk_operator(model, ids, name, truncate="down_proj")
+        except ValueError as err:
+            assert f"truncate='down_proj' insists on the down_proj path for {name}, which cannot apply" in str(err)
+            refused.append(name)
+            continue
+        assert op.path == "module" and conventions.is_mlp_output(parts, op.strategy.first), name
+        ran.append(names[op.strategy.first])
+    assert set(ran) == {n for n, m in model.named_modules() if conventions.is_mlp_output(parts, m)
+                        and parts.layer_of(n) == 1} and refused
+
+
+def test_another_output_is_one_argument_and_equals_brute_force():
+    """``output=`` the per-example next-token loss: the operator is the Gram of per-example
+    gradients of the loss through the model's own forward (``jacrev``, float64), with left
+    padding; and a probe's k logits give (I kron W^T) K_h (I kron W)."""
+    model = tiny_model("llama")
+    ids, mask = contexts("left")
+    targets = torch.randint(0, VOCAB, (len(ids),), generator=torch.Generator().manual_seed(3))
+    U = model.get_output_embeddings().weight.detach()
+    loss = lambda h, index: torch.nn.functional.cross_entropy(h @ U.T, targets[index], reduction="none")  # noqa: E731
+    op = entk_operator(model, ids, WEIGHTS["llama"], attention_mask=mask, output=loss, chunk_size=3)
+    assert op.shape == (len(ids), len(ids)) and op.output_size == 1 and op.metric is None
+    K = np.column_stack([op.matvec(e) for e in np.eye(len(ids))])
+    params = {name: p.detach() for name, p in resolve_weights(model, WEIGHTS["llama"]).items()}
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+    def per_example_loss(ps, n):
+        logits = functional_call(model, ps, kwargs={"input_ids": ids[n:n + 1], "attention_mask": mask[n:n + 1],
+                                                    "position_ids": position_ids[n:n + 1]}).logits[0, -1]
+        return torch.nn.functional.cross_entropy(logits, targets[n])
+
+    with anatomy.math_attention():
+        grads = [jacrev(per_example_loss)(params, n) for n in range(len(ids))]
+    G = np.stack([torch.cat([g[k].reshape(-1) for k in params]).detach().numpy() for g in grads])
+    assert relative_error(K, G @ G.T) < tolerance("llama")
+    W = torch.from_numpy(np.random.default_rng(0).standard_normal((HIDDEN, 3)))
+    probe = entk_operator(model, ids, WEIGHTS["llama"], attention_mask=mask, output=lambda h, index: h @ W)
+    plain = entk_operator(model, ids, WEIGHTS["llama"], attention_mask=mask, metric="identity")
+    Kh = np.column_stack([plain.matvec(e) for e in np.eye(plain.shape[0])])
+    IW = np.kron(np.eye(len(ids)), W.numpy())
+    Kp = np.column_stack([probe.matvec(e) for e in np.eye(probe.shape[0])])
+    assert probe.shape == (3 * len(ids), 3 * len(ids)) and relative_error(Kp, IW.T @ Kh @ IW) < tolerance("llama")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(metric="logits"), "metric='logits' is a geometry of h, and output= replaces h"),
+    (dict(metric=torch.eye(HIDDEN)), "is a geometry of h"),
+])
+def test_an_output_with_a_metric_of_h_is_refused(kwargs, message):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=message):
+        entk_operator(model, contexts("none")[0], WEIGHTS["llama"], output=lambda h, index: h.sum(-1), **kwargs)
+    with pytest.raises(ValueError, match=r"output\(h, index\) must return a floating-point tensor \(n,\) or \(n, k\)"):
+        entk_operator(model, contexts("none")[0], WEIGHTS["llama"], output=lambda h, index: h.sum())
 
 
 def test_top_eigenpairs_of_the_operator_match_the_dense_kernel():

@@ -42,7 +42,8 @@ def test_an_unknown_name_is_rejected_with_the_valid_names():
     with pytest.raises(ValueError, match=r"unknown parameter 'stepz' for notebook 01_mlp_modular_addition.ipynb; "
                                          r"valid names: cache_dir, checkpoint_every, .*, steps, .*"):
         parameters.check_parameter_names(notebook, {"steps": 30, "stepz": 30})
-    parameters.check_parameter_names(notebook, {"steps": 30})
+    parameters.check_parameter_names(notebook, {"steps": 30})  # the old name of epochs, still accepted
+    parameters.check_parameter_names(notebook, {"epochs": 30})
 
 
 @pytest.mark.parametrize("notebook, inner", [
@@ -117,7 +118,8 @@ MLP_CASES = [
     (dict(seed="0"), "seed='0': must be an integer >= 0"),
     (dict(seed=0.5), "seed=0.5"),
     (dict(lr="0.05"), "lr='0.05': must be a finite real number > 0"),
-    (dict(steps=0), "steps=0: must be an integer >= 1"),
+    (dict(epochs=0), "epochs=0: must be an integer >= 1"),
+    (dict(steps=0, epochs=500), "epochs=0: must be an integer >= 1"),  # the old name wins where given
     (dict(null_draws=0), "null_draws=0: must be an integer >= 1"),
     (dict(init_seeds=[]), "init_seeds=[]: must be a non-empty list"),
     (dict(init_seeds=101), "init_seeds=101"),
@@ -176,7 +178,8 @@ def test_a_validator_rejects_unknown_or_missing_names():
 
 
 CAUSAL_CASES = [
-    (dict(mlp_parameters={"steps": 0}), "mlp_parameters: steps=0: must be an integer >= 1"),
+    (dict(mlp_parameters={"epochs": 0}), "mlp_parameters: epochs=0: must be an integer >= 1"),
+    (dict(mlp_parameters={"steps": 0}), "mlp_parameters: epochs=0: must be an integer >= 1"),
     (dict(transformer_parameters={"batch_size": -4}), "transformer_parameters: batch_size=-4"),
     (dict(mlp_parameters={"stepz": 30}), "unknown parameter 'stepz'"),
     (dict(mlp_parameters=[("p", 19)]), "mlp_parameters=\\[\\('p', 19\\)\\]: must be a dict"),
@@ -267,7 +270,8 @@ def test_gemma_notebook_checks_the_stories_file_first(gemma_values, tmp_path, co
     ({"split_policies": ["paper", "random"]}, "split_policies"),
     ({"split_policies": []}, "split_policies"),
     ({"mlp_parameters": {"stepz": 30}}, "stepz"),
-    ({"mlp_parameters": {"steps": -1}}, "mlp_parameters: steps=-1"),
+    ({"mlp_parameters": {"epochs": -1}}, "mlp_parameters: epochs=-1"),
+    ({"mlp_parameters": {"steps": -1}}, "mlp_parameters: epochs=-1"),
     ({"transformer_parameters": {"batch_size": 0}}, "transformer_parameters: batch_size=0"),
     ({"transformer_parameters": {"p": 5}}, "transformer_parameters: p=5"),
     ({"grid_splits": ["paper", "paper"]}, "grid_splits"),

@@ -26,3 +26,31 @@ def test_the_language_model_example_runs():
     assert evals.shape == (5,) and np.all(np.diff(evals) <= 0) and evals[-1] > 0
     assert scores.shape == (16, 5)
     assert set(step) == set(op.weights) and all(step[k].shape == op.weights[k].shape for k in step)
+
+
+def test_the_per_example_loss_example_is_the_gram_of_per_example_loss_gradients():
+    """Brute force: each context's next-token loss at its last real token through the model's
+    own forward (left padding as in the example), differentiated by ``jacrev``."""
+    import torch
+    from torch.func import functional_call, jacrev
+
+    from entk_utils.kernels.anatomy import math_attention
+
+    namespace = {}
+    exec(compile(example("language model") + example("another output"), "README.md", "exec"), namespace)
+    model, ids, mask, targets = (namespace[k] for k in ("model", "input_ids", "attention_mask", "targets"))
+    op_loss, K_loss = namespace["op_loss"], namespace["K_loss"]
+    assert op_loss.shape == (16, 16) and K_loss.shape == (16, 16)
+    params = {name: p.detach() for name, p in op_loss.weights.items()}
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+    def loss(ps, n):
+        logits = functional_call(model, ps, kwargs={"input_ids": ids[n:n + 1], "attention_mask": mask[n:n + 1],
+                                                    "position_ids": position_ids[n:n + 1]}).logits[0, -1]
+        return torch.nn.functional.cross_entropy(logits, targets[n])
+
+    with math_attention():
+        grads = [jacrev(loss)(params, n) for n in range(len(ids))]
+    G = torch.stack([torch.cat([g[k].reshape(-1) for k in params]) for g in grads]).detach().double().numpy()
+    expected = G @ G.T
+    assert np.abs(K_loss - expected).max() / np.abs(expected).max() < 1e-4

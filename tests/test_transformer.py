@@ -68,9 +68,9 @@ def test_bad_configuration():
 
 def test_training_run_is_cached_and_deterministic(tmp_path):
     kwargs = dict(seed=3, lr=3e-3, train_frac=0.6, batch_size=16, d_model=16, d_mlp=32, checkpoint_every=5, progress=False)
-    a = train_transformer(7, 10, cache_dir=tmp_path, **kwargs)
-    b = train_transformer(7, 10, cache_dir=tmp_path, **kwargs)
-    c = train_transformer(7, 10, **kwargs)
+    a = train_transformer(p=7, epochs=10, cache_dir=tmp_path, **kwargs)
+    b = train_transformer(p=7, epochs=10, cache_dir=tmp_path, **kwargs)
+    c = train_transformer(p=7, epochs=10, **kwargs)
     assert sorted(a.result.checkpoints) == [0, 5, 10]
     assert len(list(tmp_path.glob("transformer-*.pt"))) == 1
     for other in (b, c):

@@ -1,9 +1,9 @@
-"""Notebook 03's analyses (Gemma-3-270M on TinyStories): the cached context dataset and
-eigenpairs, and one function per table or figure."""
+"""Notebook 03's analyses (Gemma-3-270M on TinyStories): one function per table or figure.
+Its contexts come from :func:`~entk_utils.settings.language.cached_contexts`, its eigenpairs
+from :func:`~entk_utils.experiments.eigenpairs.cached_layer_eigenpairs`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,41 +14,13 @@ from ..features.causal import next_token_shift
 from ..features.directions import entk_scores, pca_scores, random_scores
 from ..features.scoring import best_direction_metrics, mean_abs_cosine, score_directions
 from ..features.significance import bonferroni, bootstrap_macro, holm, permutation_test
-from ..io.cache import cache_key, cached
 from ..kernels.eigen import fix_signs
 from ..kernels.operators import layer_entk_operator, resolve_weights
-from ..settings.language import (TAGS, ContextDataset, LoadedModel, build_context_dataset, first_word_after,
-                                 greedy_generate_fn, hash_text, last_token_activations, word_starts)
+from ..settings.language import ContextDataset, LoadedModel, last_token_activations
 from .eigenpairs import cached_layer_eigenpairs
 
-# What a cached context dataset depends on besides its parameters, the stories and the model.
-CONTEXTS_CODE = (build_context_dataset, word_starts, first_word_after, greedy_generate_fn, ContextDataset)
-
-
-def cached_context_dataset(cache_dir, stories: Sequence[str], lm: LoadedModel, nlp, *, n_per_tag: int,
-                           context_len: int = 64, seed: int = 0, tags: Sequence[str] = TAGS,
-                           progress: bool = True) -> ContextDataset:
-    """:func:`build_context_dataset` with Gemma's greedy continuations, cached on disk by
-    its parameters, the stories' content and the model's description and weights."""
-    def compute():
-        generate = greedy_generate_fn(lm.model, lm.tokenizer)
-        return build_context_dataset(stories, lm.tokenizer, generate, nlp, n_per_tag=n_per_tag, tags=tags,
-                                     context_len=context_len, seed=seed, progress=progress).to_dict()
-
-    stories_key = cache_key(n=len(stories), text=[hash_text(s) for s in stories])
-    return ContextDataset(**cached(cache_dir, "contexts", compute, produced_by=CONTEXTS_CODE, n_per_tag=n_per_tag,
-                                   context_len=context_len, seed=seed, tags=list(tags), stories=stories_key,
-                                   model=lm.description, weights=lm.fingerprint,
-                                   nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
-
-
-def eigenpairs_key(data: ContextDataset, lm: LoadedModel) -> str:
-    """The key notebook 03 files its eigenpairs under: the dataset's labels and token ids and
-    the model's description and weights (the batch job :mod:`entk_utils.eigs` uses it too)."""
-    return hash_text(repr((data.upos, data.input_ids.tolist(), lm.description, lm.fingerprint)))
-
-
-METHODS = ("entk", "pca", "random")
+# The direction-finding methods every table compares (in this order).
+DIRECTION_METHODS = ("entk", "pca", "random")
 
 
 def operator_check(model, input_ids: torch.Tensor, layer: int, metric, seed: int) -> dict[str, float]:
@@ -140,7 +112,7 @@ def summary(table3: pd.DataFrame, intervals: dict, cosines: dict, best_layer, su
     """Macro AUROC and AP per method at its best layer, with bootstrap intervals, the mean
     |cosine| of the top score vectors, the best layer and the number of labels whose
     eNTK-PCA difference survives Bonferroni."""
-    out = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[list(METHODS)]
+    out = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[list(DIRECTION_METHODS)]
     out["auroc 95% CI"] = [f"{intervals[m].auroc_ci[0]:.2f}-{intervals[m].auroc_ci[1]:.2f}" for m in out.index]
     out["ap 95% CI"] = [f"{intervals[m].ap_ci[0]:.2f}-{intervals[m].ap_ci[1]:.2f}" for m in out.index]
     out["mean abs cosine, top 10"] = [cosines[m].mean() for m in out.index]
@@ -158,7 +130,7 @@ def auroc_figure(table3: pd.DataFrame, labels: pd.DataFrame, n: int):
     best = table3[table3.layer == "best"].pivot(index="label", columns="method", values="auroc")
     order = list(labels.columns)
     x = np.arange(len(order))
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(DIRECTION_METHODS):
         ax.bar(x + (i - 1) * 0.27, best.loc[order, method], width=0.27, label=method)
     ax.axhline(0.5, color="k", lw=0.8, ls=":")
     ax.set_xticks(x, order, rotation=60, ha="right", fontsize=8)

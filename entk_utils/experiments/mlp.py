@@ -30,11 +30,11 @@ def fourier_block_overlaps(run, names=("sum", "diff")) -> pd.Series:
                       "test_acc": run.result.history.test_acc.iloc[-1]})
 
 
-FAMILIES = ("a", "b", "sum", "diff")
+TABLE1_FAMILIES = ("a", "b", "sum", "diff")  # the Fourier families Table 1 scores each cliff block against
 PAPER = {"cliffs": "1, 57, 113", "sum": 26.47, "diff": 25.21}  # the paper's code, p = 29
 
 
-def families(run, names=FAMILIES) -> dict[str, np.ndarray]:
+def families(run, names=TABLE1_FAMILIES) -> dict[str, np.ndarray]:
     """``{name: (N, p-1) Fourier family over all pairs}`` for the run's modulus."""
     pairs = run.pairs.numpy()
     return {name: fourier.feature_family(pairs, run.p, name) for name in names}

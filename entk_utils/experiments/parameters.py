@@ -19,16 +19,16 @@ import argparse
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..io import checks
-from ..kernels import operators
 from ..io.notebooks import check_declared, declared_parameters
+from ..kernels import operators
 from ..settings import language, modular
-from ..settings.modular.training import check_mlp_arguments, check_transformer_arguments
-from . import your_model
+from ..settings.modular import MLPRecipe, Recipe, TransformerRecipe
 
 # Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
 # inputs, notebook 02 on this many: p*p must be at least as large.
@@ -42,8 +42,7 @@ MIN_SPECTRUM = 3
 FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
     "04_seeds": {"mlp_parameters": ("01_mlp_modular_addition", ("seed", "split_seed", "out_dir", "cache_dir")),
                  "transformer_parameters": ("02_transformer_modular_addition", ("seed", "split", "out_dir", "cache_dir"))},
-    "05_causal": {"mlp_parameters": (modular.train_gromov_mlp, ("cache_dir", "device")),
-                  "transformer_parameters": (modular.train_transformer, ("cache_dir", "device"))},
+    "05_causal": {"mlp_parameters": (MLPRecipe, ()), "transformer_parameters": (TransformerRecipe, ())},
 }
 
 
@@ -55,9 +54,12 @@ FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
 
 
 def _valid_names(target: str | Callable, notebook: Path, set_by_caller: tuple[str, ...]) -> set[str]:
-    """The names ``target`` takes (a function's keywords, or the parameters of the notebook
-    of that name beside ``notebook``, in the same format), less those its caller sets."""
-    if callable(target):
+    """The names ``target`` takes (a training recipe's fields and old names, a function's
+    keywords, or the parameters of the notebook of that name beside ``notebook``, in the
+    same format), less those its caller sets."""
+    if isinstance(target, type) and issubclass(target, Recipe):
+        names = set(target.names())
+    elif callable(target):
         names = {n for n, p in inspect.signature(target).parameters.items()
                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     else:
@@ -127,12 +129,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- values
+def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of a renamed notebook parameter: the old name's where one was given (with a
+    ``FutureWarning`` saying the new name), else the new name's."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"the parameter {old} is now called {new}; {old}={old_value!r} is taken as {new}", FutureWarning,
+                  stacklevel=2)
+    return old_value
+
+
 def _gather(values: Mapping[str, Any] | None, kwargs: dict[str, Any], names: tuple[str, ...],
             notebook: str) -> dict[str, Any]:
-    """The values of ``names`` (all required) from ``values`` (e.g. ``globals()``, other
-    entries ignored) and ``kwargs`` (every key must be one of ``names``)."""
+    """The values of ``names`` (all required but the old names of the recipes' fields, which
+    default to None) from ``values`` (e.g. ``globals()``, other entries ignored) and
+    ``kwargs`` (every key must be one of ``names``)."""
     checks.known_names(kwargs, names, f"the validator of notebook {notebook}")
-    merged = {**(values or {}), **kwargs}
+    old_names = {*MLPRecipe.RENAMED, *TransformerRecipe.RENAMED}
+    merged = {**{old: None for old in old_names if old in names}, **(values or {}), **kwargs}
     missing = [n for n in names if n not in merged]
     if missing:
         raise ValueError(f"missing parameter(s) {', '.join(missing)} of notebook {notebook}")
@@ -145,17 +159,30 @@ def _check_modulus_feasible(p: int, inputs: int, notebook: str) -> None:
                                   f"{inputs} of the p*p input pairs")
 
 
-MLP_NOTEBOOK = ("p", "width", "steps", "lr", "weight_decay", "train_frac", "seed", "split", "split_seed",
-                "checkpoint_every", "null_draws", "init_seeds", "device", "out_dir", "cache_dir")
+RUN_PARAMETERS = ("null_draws", "init_seeds", "device", "out_dir", "cache_dir")
+MLP_NOTEBOOK = (*MLPRecipe.names(), *RUN_PARAMETERS)
+
+
+def _check_recipe(recipe_class: type[Recipe], v: Mapping[str, Any]) -> None:
+    """The notebook's recipe (its fields among ``v``, an old name's value where given), then
+    its device and cache folder."""
+    values = {name: v[name] for name in recipe_class.names() if name in v}
+    for old, new in recipe_class.RENAMED.items():
+        values[new] = renamed(old, values.pop(old, None), new, values[new])
+    recipe_class.of(**values).check()
+    modular.check_run_arguments(v["device"], v["cache_dir"])
 
 
 def check_mlp_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
-    """Validate the parameters of notebook 01 (the MLP): those of
-    :func:`~entk_utils.settings.modular.train_gromov_mlp`, ``p*p`` at least
-    :data:`MLP_KERNEL_CHECK_INPUTS`, ``null_draws >= 1``, ``init_seeds`` a non-empty list of
-    integers >= 0, ``out_dir`` / ``cache_dir`` folders or None."""
+    """Validate the parameters of notebook 01 (the MLP): the fields of
+    :class:`~entk_utils.settings.modular.MLPRecipe` (``steps``, the old name of ``epochs``,
+    too), ``p*p`` at least :data:`MLP_KERNEL_CHECK_INPUTS`, ``null_draws >= 1``,
+    ``init_seeds`` a non-empty list of integers >= 0, ``device``, ``out_dir`` / ``cache_dir``
+    folders or None."""
     v = _gather(values, kwargs, MLP_NOTEBOOK, "01")
-    check_mlp_arguments(**{k: v[k] for k in v if k not in ("null_draws", "init_seeds", "out_dir")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the notebook says it where it takes the value
+        _check_recipe(MLPRecipe, v)
     _check_modulus_feasible(v["p"], MLP_KERNEL_CHECK_INPUTS, "01")
     _check_common(v)
 
@@ -167,17 +194,15 @@ def _check_common(v: Mapping[str, Any]) -> None:
     checks.folder("out_dir", v["out_dir"])
 
 
-TRANSFORMER_NOTEBOOK = ("p", "epochs", "seed", "split", "split_seed", "init", "train_frac", "lr", "weight_decay",
-                        "batch_size", "d_model", "n_heads", "d_mlp", "checkpoint_every", "n_eigs", "null_draws",
-                        "init_seeds", "device", "out_dir", "cache_dir")
+TRANSFORMER_NOTEBOOK = (*TransformerRecipe.names(), "n_eigs", *RUN_PARAMETERS)
 
 
 def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
-    """Validate the parameters of notebook 02 (the Transformer): those of
-    :func:`~entk_utils.settings.modular.train_transformer`, ``p*p`` at least
+    """Validate the parameters of notebook 02 (the Transformer): the fields of
+    :class:`~entk_utils.settings.modular.TransformerRecipe`, ``p*p`` at least
     :data:`TRANSFORMER_KERNEL_CHECK_INPUTS`, ``n_eigs`` in ``[3, p*p]``, and as for 01."""
     v = _gather(values, kwargs, TRANSFORMER_NOTEBOOK, "02")
-    check_transformer_arguments(**{k: v[k] for k in v if k not in ("n_eigs", "null_draws", "init_seeds", "out_dir")})
+    _check_recipe(TransformerRecipe, v)
     _check_modulus_feasible(v["p"], TRANSFORMER_KERNEL_CHECK_INPUTS, "02")
     checks.integer("n_eigs", v["n_eigs"], minimum=MIN_SPECTRUM, maximum=v["p"] ** 2)
     _check_common(v)
@@ -192,8 +217,8 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
     """Validate the parameters of notebook 03 (Gemma on TinyStories), cheapest first:
     counts and seeds; then the stories file (readable, UTF-8, at least one
     ``<|endoftext|>`` separator: :func:`~entk_utils.settings.language.read_stories`); then, from the
-    model's config or GGUF metadata without loading its weights
-    (:func:`~entk_utils.settings.language.model_shape`), ``layers`` a non-empty list of distinct
+    model's config without loading its weights
+    (:func:`~entk_utils.settings.language.model_outline`), ``layers`` a non-empty list of distinct
     layer indices of the model, ``context_len`` plus the generated tokens within its
     context, ``n_eigs`` within the hidden size."""
     v = _gather(values, kwargs, GEMMA_NOTEBOOK, "03")
@@ -214,13 +239,11 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])
     source = v["model_source"]
-    if not isinstance(source, (str, os.PathLike)) or (source not in language.MODEL_SOURCES and not Path(source).exists()):
-        raise checks.fail("model_source", source, f"one of {', '.join(map(repr, language.MODEL_SOURCES))} or an "
-                                                  "existing model folder or .gguf file")
+    language.resolve_source(source)
     if v["stories_path"] is not None:
         checks.folder("stories_path", v["stories_path"])
     language.read_stories(language.stories_path(v["stories_path"]))
-    shape = language.model_shape(source, v["cache_dir"])
+    shape = language.model_outline(source, v["cache_dir"])
     checks.integers("layers", v["layers"], minimum=0, maximum=shape["layers"] - 1, unique=True,
                     note=f" (the model has {shape['layers']} decoder layers)")
     checks.integer("context_len", context_len, maximum=shape["context"] - language.GENERATED_TOKENS,
@@ -232,22 +255,23 @@ CAUSAL_NOTEBOOK = ("mlp_parameters", "transformer_parameters", "n_directions", "
                    "out_dir", "cache_dir")
 
 
-def _check_training_dict(notebook: str, name: str, value: Any, rules: Callable, device: Any, cache_dir: Any) -> None:
-    """A dict of keyword arguments for a training function: known names, then the values
-    (the function's defaults filling the rest)."""
+def _check_training_dict(notebook: str, name: str, value: Any) -> None:
+    """A dict of changes to a training recipe: known names, then the recipe they make (the
+    paper's recipe filling the rest)."""
     check_forwarded(notebook, name, value)
-    target, _ = FORWARDED[notebook][name]
-    defaults = {n: p.default for n, p in inspect.signature(target).parameters.items() if p.default is not p.empty}
+    recipe_class, _ = FORWARDED[notebook][name]
     try:
-        rules(**{**defaults, **value, "device": device, "cache_dir": cache_dir})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            recipe_class.of(**value).check()
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
 
 
 def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
     """Validate the parameters of notebook 05 (the causal tests): ``mlp_parameters`` /
-    ``transformer_parameters`` dicts of arguments of
-    :func:`~entk_utils.settings.modular.train_gromov_mlp` / :func:`~entk_utils.settings.modular.train_transformer`
+    ``transformer_parameters`` dicts of changes to the recipes
+    :class:`~entk_utils.settings.modular.MLPRecipe` / :class:`~entk_utils.settings.modular.TransformerRecipe`
     (names and values; ``cache_dir`` and ``device`` come from the notebook), ``n_directions
     >= 1``, ``relative_norms`` a non-empty list of reals >= 0, ``seed``, ``device``,
     ``out_dir``, ``cache_dir``."""
@@ -256,10 +280,8 @@ def check_causal_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: 
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])
-    _check_training_dict("05_causal", "mlp_parameters", v["mlp_parameters"], check_mlp_arguments,
-                         v["device"], v["cache_dir"])
-    _check_training_dict("05_causal", "transformer_parameters", v["transformer_parameters"],
-                         check_transformer_arguments, v["device"], v["cache_dir"])
+    _check_training_dict("05_causal", "mlp_parameters", v["mlp_parameters"])
+    _check_training_dict("05_causal", "transformer_parameters", v["transformer_parameters"])
     checks.integer("n_directions", v["n_directions"], minimum=1)
     checks.reals("relative_norms", v["relative_norms"], minimum=0)
 
@@ -329,10 +351,10 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
     seeds (``n_contexts`` at least twice ``min_positives``, so that a feature can have that
     many positives and negatives; ``n_eigs`` at most ``lanczos_steps`` and ``n_contexts``);
     ``weights`` None or parameter / module names; the text file (readable UTF-8 text:
-    :func:`~entk_utils.your_model.read_documents`); ``model_source`` one of
+    :func:`~entk_utils.settings.language.read_documents`); ``model_source`` one of
     :data:`~entk_utils.settings.language.MODEL_SOURCES`, an existing folder or ``.gguf`` file, or a
     Hub id; then, from the model's config without its weights
-    (:func:`~entk_utils.your_model.model_outline`), ``context_len`` within its context,
+    (:func:`~entk_utils.settings.language.model_outline`), ``context_len`` within its context,
     ``n_eigs`` within its hidden size and every weight name one of its parameters or modules."""
     v = _gather(values, kwargs, YOUR_MODEL_NOTEBOOK, "06")
     checks.integer("seed", v["seed"], minimum=0)
@@ -355,13 +377,10 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
     text_path = v["text_path"]
     if text_path is not None and (not isinstance(text_path, (str, os.PathLike)) or not Path(text_path).is_file()):
         raise checks.fail("text_path", text_path, "None or an existing text file")
-    your_model.read_documents(language.stories_path(text_path))
+    language.read_documents(language.stories_path(text_path))
     source = v["model_source"]
-    if not (isinstance(source, (str, os.PathLike)) and (source in language.MODEL_SOURCES or Path(source).exists()
-                                                         or your_model.is_hub_id(source))):
-        raise checks.fail("model_source", source, f"one of {', '.join(map(repr, language.MODEL_SOURCES))}, an existing "
-                                                  "model folder or .gguf file, or a Hugging Face Hub id")
-    outline = your_model.model_outline(source, v["cache_dir"])
+    language.resolve_source(source)
+    outline = language.model_outline(source, v["cache_dir"])
     checks.integer("context_len", context_len, maximum=outline["context"],
                    note=f" (the model reads {outline['context']} tokens)")
     checks.integer("n_eigs", n_eigs, maximum=outline["hidden"], note=" (the model's hidden size)")

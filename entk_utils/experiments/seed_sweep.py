@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..features.dynamics import grokking_times
 from ..io.sweep import gather
-from ..settings.modular import train_transformer
+from ..settings.modular import TransformerRecipe, train_transformer
 
 GROK_LEVEL = 0.95
 
@@ -196,14 +196,11 @@ def reliability_summary(table: pd.DataFrame, by: str = "policy") -> pd.DataFrame
 
 
 def training_arguments(notebook_parameters: Mapping) -> dict:
-    """The entries of notebook 02's parameters that :func:`entk_utils.settings.modular.train_transformer`
-    takes (so a grid trains exactly the runs the notebook would, and shares their cache),
-    without those the grid sets per run (``seed``, ``split``, ``split_seed``) or itself
-    (``cache_dir``, ``progress``)."""
-    import inspect
-
-    accepted = set(inspect.signature(train_transformer).parameters) - {"seed", "split", "split_seed", "cache_dir",
-                                                                        "progress"}
+    """The entries of notebook 02's parameters that are fields of its
+    :class:`~entk_utils.settings.modular.TransformerRecipe` (so a grid trains exactly the runs
+    the notebook would, and shares their cache), without those the grid sets per run
+    (``seed``, ``split``, ``split_seed``)."""
+    accepted = set(TransformerRecipe.names()) - {"seed", "split", "split_seed"}
     return {k: v for k, v in notebook_parameters.items() if k in accepted}
 
 

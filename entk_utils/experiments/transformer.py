@@ -18,7 +18,7 @@ from ..kernels.dense import layerwise_entk
 from ..settings.modular import OneLayerTransformer, reinitialised
 
 WEIGHTS = list(OneLayerTransformer.WEIGHTS)
-FAMILIES = ("sum", "axis_sum")
+TABLE2_FAMILIES = ("sum", "axis_sum")  # the Fourier families Table 2 scores every weight's kernel against
 TABLE2_COLUMNS = ["weight", "family", "eigvecs", "overlap", "dim", "percent", "assigned", "n_vectors", "family_dim"]
 # The paper's seed-2 run (its code): key frequencies and the W_U rows of its Table 2.
 PAPER = {"keys": "[1, 12] (seed 2)", "sum": ("0-4", 3.965), "axis_sum": ("5-8", 3.940)}
@@ -35,7 +35,7 @@ def layer_kernels(model, inputs) -> dict:
 def families(run, keys) -> dict[str, np.ndarray]:
     """``{"sum", "axis_sum"}`` Fourier families at the key frequencies ``keys`` (N, 2 * len(keys))."""
     pairs = run.pairs.numpy()
-    return {name: fourier.feature_family(pairs, run.p, name, keys) for name in FAMILIES}
+    return {name: fourier.feature_family(pairs, run.p, name, keys) for name in TABLE2_FAMILIES}
 
 
 def table2(run, eigenpairs: Mapping[str, tuple], keys, *, n_eigs: int, null_draws: int, seed: int,
@@ -106,7 +106,7 @@ def summary(table: pd.DataFrame, keys, key_source: str, epochs: Mapping[str, flo
     return pd.DataFrame([
         ("key frequencies (seed-dependent)", f"{np.asarray(keys).tolist()} from {key_source}", "", PAPER["keys"]),
         *[(f"W_U eigvecs vs {family}", overlap(family), nulls.describe_nulls(w_u.loc[family], digits=3),
-           f"{PAPER[family][0]}: {PAPER[family][1]:.3f} / 4") for family in FAMILIES],
+           f"{PAPER[family][0]}: {PAPER[family][1]:.3f} / 4") for family in TABLE2_FAMILIES],
         ("epoch of peak d(overlap)/d(epoch)", str(epochs["peak"]), "", "~150"),
         ("epoch test accuracy leaves chance", f"{epochs['leaves_chance']:.0f}", "", "~150"),
         ("epoch test accuracy passes 50%", f"{epochs['half_way']:.0f}", "", "between ~150 and ~2000"),

@@ -33,6 +33,9 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..io.checks import index_array
+from ..io.hooks import removing
+from ..kernels.anatomy import find_anatomy
+from ..kernels.module_tools import replaced_forwards, replay_forward
 from .geometry import orthonormal_basis
 
 
@@ -312,7 +315,7 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, targets, eval_idx
 # --------------------------------------------------------------------------- language models
 def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parameter | str,
                      directions: Mapping[str, torch.Tensor], norms: Sequence[float], *, chunk_size: int = 32,
-                     progress: bool = False) -> dict[str, np.ndarray]:
+                     progress: bool = False, replay_lower_layers: bool = True) -> dict[str, np.ndarray]:
     """How far moving one weight of a causal LM moves its next-token distributions.
 
     model : a Hugging Face causal LM; input_ids : (N, T) contexts; param : one of the
@@ -323,6 +326,10 @@ def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parame
     For each direction and ``eps`` the model is evaluated with the weight ``theta + eps * d``
     (``torch.func.functional_call``: the model itself is never changed) and the next-token
     distribution at the last position of every context is compared with the original one.
+    With ``replay_lower_layers`` the decoder layers below the weight's own, which it cannot
+    change, replay their outputs of the first pass instead of computing them again: the
+    model's own forward runs on the same tensors, so the result is the same to the bit, at
+    the cost of the layers from the weight's up.
     Returns ``{name: (len(norms), N)}`` of ``KL(p_original || p_moved)`` in nats.
     """
     name_of = {id(p): n for n, p in model.named_parameters()}
@@ -341,18 +348,44 @@ def next_token_shift(model: nn.Module, input_ids: torch.Tensor, param: nn.Parame
             raise ValueError(f"direction {name!r} must be finite and non-zero")
         units[name] = d / size
     ids = input_ids.to(theta.device)
+    chunks = [slice(i, i + chunk_size) for i in range(0, len(ids), chunk_size)]
+    below = _layers_below(model, key) if replay_lower_layers else []
+    recorded = {}  # (chunk, layer) -> that layer's output on the first pass
 
-    def log_probs(weight):
+    def logits(weight, c: int, replay: bool):
+        kwargs = {"input_ids": ids[chunks[c]], "logits_to_keep": 1}  # only the last position is unembedded
+        if not replay:
+            hooks = [layer.register_forward_hook(lambda m, a, out, i=i: recorded.__setitem__((c, i), out))
+                     for i, layer in enumerate(below)]
+            with removing(hooks):
+                return functional_call(model, {key: weight}, args=(), kwargs=kwargs).logits[:, -1]
+        with replaced_forwards({layer: replay_forward([recorded[c, i]]) for i, layer in enumerate(below)}):
+            return functional_call(model, {key: weight}, args=(), kwargs=kwargs).logits[:, -1]
+
+    def log_probs(weight, replay: bool):
         with torch.no_grad():
-            # logits_to_keep=1: only the last position goes through the (large) unembedding
-            return torch.cat([torch.log_softmax(functional_call(model, {key: weight}, args=(), kwargs={
-                "input_ids": ids[i:i + chunk_size], "logits_to_keep": 1}).logits[:, -1].double(), -1)
-                for i in range(0, len(ids), chunk_size)])
+            return torch.cat([torch.log_softmax(logits(weight, c, replay).double(), -1) for c in range(len(chunks))])
 
-    base = log_probs(theta)
+    base = log_probs(theta, replay=False)
     out = {name: np.empty((len(norms), len(ids))) for name in units}
     jobs = [(name, row, float(eps)) for name in units for row, eps in enumerate(norms)]
     for name, row, eps in tqdm(jobs, desc="moving the weight", disable=not progress):
-        moved = log_probs(theta + eps * units[name])
+        moved = log_probs(theta + eps * units[name], replay=bool(below))
         out[name][row] = (base.exp() * (base - moved)).sum(-1).cpu().numpy()
     return out
+
+
+def _layers_below(model: nn.Module, key: str) -> list[nn.Module]:
+    """The decoder layers below the one holding parameter ``key`` that cannot depend on it
+    (none where the model's layers cannot be found, the weight lies outside them, or a lower
+    layer holds it too)."""
+    try:
+        anatomy = find_anatomy(model)
+    except ValueError:
+        return []
+    lowest = anatomy.layer_of(key)
+    if not lowest:
+        return []
+    weight = model.get_parameter(key)
+    below = list(anatomy.layers[:lowest])
+    return [] if any(p is weight for layer in below for p in layer.parameters()) else below

@@ -28,7 +28,7 @@ from ..io.checks import index_array
 # ----------------------------------------------------------------------------- checks
 
 
-def _as_scores(scores, name: str = "scores") -> np.ndarray:
+def as_scores(scores, name: str = "scores") -> np.ndarray:
     """(N, m) float64 copy of ``scores``; a 1-D array is one column."""
     S = np.asarray(scores, dtype=np.float64)
     if S.ndim == 1:
@@ -40,7 +40,7 @@ def _as_scores(scores, name: str = "scores") -> np.ndarray:
     return S
 
 
-def _as_labels(Y, n: int, name: str = "Y") -> np.ndarray:
+def as_labels(Y, n: int, name: str = "Y") -> np.ndarray:
     """(B, n) float64 copy of the binary label rows ``Y``; a 1-D array is one row."""
     Y = np.asarray(Y)
     if Y.ndim == 1:
@@ -54,15 +54,15 @@ def _as_labels(Y, n: int, name: str = "Y") -> np.ndarray:
     return Y.astype(np.float64)
 
 
-def _has_both_classes(Y: np.ndarray) -> np.ndarray:
+def has_both_classes(Y: np.ndarray) -> np.ndarray:
     """(B,) True where a label row has at least one positive and one negative."""
     n_pos = Y.sum(axis=1)
     return (n_pos > 0) & (n_pos < Y.shape[1])
 
 
-def _positives(Y: np.ndarray, where: str = "") -> np.ndarray:
+def positive_counts(Y: np.ndarray, where: str = "") -> np.ndarray:
     """(B,) number of positives per row; ValueError if a row has a single class."""
-    bad = np.flatnonzero(~_has_both_classes(Y))
+    bad = np.flatnonzero(~has_both_classes(Y))
     if bad.size:
         raise ValueError(f"label row(s) {bad[:10].tolist()} have only one class{where}; "
                          "AUROC and AP need both positives and negatives")
@@ -72,7 +72,7 @@ def _positives(Y: np.ndarray, where: str = "") -> np.ndarray:
 # ----------------------------------------------------------------------------- core metrics
 
 
-def _auroc_from_rank_sums(rank_sum: np.ndarray, n_pos: np.ndarray, n: int) -> np.ndarray:
+def auroc_from_rank_sums(rank_sum: np.ndarray, n_pos: np.ndarray, n: int) -> np.ndarray:
     """AUROC = Mann-Whitney U / (n_pos n_neg) from the sum of the positives' average ranks.
 
     ``rank_sum`` (B,) or (B, m); ``n_pos`` (B,) positives among ``n`` contexts.
@@ -134,7 +134,7 @@ def _ap_columns(S: np.ndarray, Y: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
     return out.T / n_pos[:, None]
 
 
-def _row_metrics(S: np.ndarray, Y: np.ndarray, n_pos: np.ndarray) -> dict[str, np.ndarray]:
+def row_metrics(S: np.ndarray, Y: np.ndarray, n_pos: np.ndarray) -> dict[str, np.ndarray]:
     """``{"auroc": (B,), "ap": (B,)}`` of score row ``S[b]`` for label row ``Y[b]``; both (B, n).
 
     One sort per row serves both: in decreasing order, position k of a tie group spanning
@@ -146,7 +146,7 @@ def _row_metrics(S: np.ndarray, Y: np.ndarray, n_pos: np.ndarray) -> dict[str, n
     Ys = np.take_along_axis(Y, order, axis=1)
     ends = _tie_group_ends(sorted_scores)
     ranks = n - (_tie_group_starts(sorted_scores) + ends) / 2
-    auroc = _auroc_from_rank_sums(np.einsum("bn,bn->b", Ys, ranks), n_pos, n)
+    auroc = auroc_from_rank_sums(np.einsum("bn,bn->b", Ys, ranks), n_pos, n)
     return {"auroc": auroc, "ap": _ap_sorted(Ys, ends, n_pos)}
 
 
@@ -164,9 +164,9 @@ def auroc_matrix(scores, Y) -> np.ndarray:
     ``AUROC = (y @ ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``. ValueError if a row
     has a single class.
     """
-    S = _as_scores(scores)
-    Yb = _as_labels(Y, S.shape[0])
-    out = _auroc_from_rank_sums(Yb @ rankdata(S, axis=0), _positives(Yb), S.shape[0])
+    S = as_scores(scores)
+    Yb = as_labels(Y, S.shape[0])
+    out = auroc_from_rank_sums(Yb @ rankdata(S, axis=0), positive_counts(Yb), S.shape[0])
     return out[0] if np.ndim(Y) == 1 else out
 
 
@@ -185,9 +185,9 @@ def average_precision_matrix(scores, Y) -> np.ndarray:
     -------
     (B, m) array (``(m,)`` for a 1-D ``Y``). ValueError if a row has a single class.
     """
-    S = _as_scores(scores)
-    Yb = _as_labels(Y, S.shape[0])
-    out = _ap_columns(S, Yb, _positives(Yb))
+    S = as_scores(scores)
+    Yb = as_labels(Y, S.shape[0])
+    out = _ap_columns(S, Yb, positive_counts(Yb))
     return out[0] if np.ndim(Y) == 1 else out
 
 
@@ -209,7 +209,7 @@ class BestDirections:
 
     def chosen_scores(self, scores, idx) -> np.ndarray:
         """(B, len(idx)): ``sign[b] * scores[idx, direction[b]]``, the rows :func:`bootstrap_macro` takes."""
-        S = _as_scores(scores)
+        S = as_scores(scores)
         idx = index_array(idx, S.shape[0], "idx", min_size=2)
         return self.sign[:, None] * S[idx][:, self.direction].T
 
@@ -229,12 +229,12 @@ def _choose(S_sel: np.ndarray, Y_sel: np.ndarray, n_pos: np.ndarray) -> tuple[np
     return m - 1 - best // 2, np.where(best % 2 == 0, 1, -1)
 
 
-def _best(S: np.ndarray, Y: np.ndarray, select: np.ndarray, evaluate: np.ndarray):
+def choose_and_score(S: np.ndarray, Y: np.ndarray, select: np.ndarray, evaluate: np.ndarray):
     """Choose on ``select``, then the AP and AUROC of the choice on ``evaluate``; Y (B, N) valid."""
     Y_sel, Y_eval = Y[:, select], Y[:, evaluate]
     direction, sign = _choose(S[select], Y_sel, Y_sel.sum(axis=1))
     chosen = sign[:, None] * S[evaluate][:, direction].T
-    return direction, sign, _row_metrics(chosen, Y_eval, Y_eval.sum(axis=1))
+    return direction, sign, row_metrics(chosen, Y_eval, Y_eval.sum(axis=1))
 
 
 def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
@@ -258,13 +258,13 @@ def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
     :class:`BestDirections` with arrays of shape (B,). ValueError if a label has a single
     class in either half.
     """
-    S = _as_scores(scores)
+    S = as_scores(scores)
     N = S.shape[0]
-    Yb = _as_labels(Y, N)
+    Yb = as_labels(Y, N)
     select, evaluate = index_array(select, N, "select", min_size=2), index_array(evaluate, N, "evaluate", min_size=2)
-    _positives(Yb[:, select], " on the select contexts")
-    _positives(Yb[:, evaluate], " on the evaluate contexts")
-    direction, sign, values = _best(S, Yb, select, evaluate)
+    positive_counts(Yb[:, select], " on the select contexts")
+    positive_counts(Yb[:, evaluate], " on the evaluate contexts")
+    direction, sign, values = choose_and_score(S, Yb, select, evaluate)
     return BestDirections(direction=direction, sign=sign, ap=values["ap"], auroc=values["auroc"])
 
 
@@ -288,7 +288,7 @@ def mean_abs_cosine(scores, Y, top: int = 10, reduce: str = "mean") -> np.ndarra
     -------
     (B,) array (a float for a 1-D ``Y``). ValueError for a constant score column or label.
     """
-    S = _as_scores(scores)
+    S = as_scores(scores)
     N, m = S.shape
     if reduce not in ("mean", "max"):
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")

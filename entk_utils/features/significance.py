@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..io.checks import index_array
-from .scoring import _as_labels, _as_scores, _auroc_from_rank_sums, _best, _has_both_classes, _positives, _row_metrics
+from .scoring import as_labels, as_scores, auroc_from_rank_sums, choose_and_score, has_both_classes, positive_counts, row_metrics
 
 
 # |null| counts as "at least as extreme" as |observed| within this absolute tolerance, so
@@ -63,23 +63,23 @@ def permutation_test(scores_a, scores_b, y, select, evaluate, n_permutations: in
     (1 + n_permutations)`` (with a 1e-12 tolerance for rounding), so ``p >= 1 /
     (n_permutations + 1)``.
     """
-    Sa, Sb = _as_scores(scores_a, "scores_a"), _as_scores(scores_b, "scores_b")
+    Sa, Sb = as_scores(scores_a, "scores_a"), as_scores(scores_b, "scores_b")
     N = Sa.shape[0]
     if Sb.shape[0] != N:
         raise ValueError(f"scores_a and scores_b must have the same contexts (rows): {N} vs {Sb.shape[0]}")
     if np.ndim(y) != 1:
         raise ValueError(f"y must be a 1-D label vector of length {N}, got shape {np.shape(y)}")
-    y = _as_labels(y, N, "y")
+    y = as_labels(y, N, "y")
     if metric not in ("auroc", "ap"):
         raise ValueError(f"metric must be 'auroc' or 'ap', got {metric!r}")
     if int(n_permutations) < 1 or int(batch_size) < 1:
         raise ValueError(f"n_permutations and batch_size must be >= 1, got {n_permutations} and {batch_size}")
     select, evaluate = index_array(select, N, "select", min_size=2), index_array(evaluate, N, "evaluate", min_size=2)
-    _positives(y[:, select], " on the select contexts")
-    _positives(y[:, evaluate], " on the evaluate contexts")
+    positive_counts(y[:, select], " on the select contexts")
+    positive_counts(y[:, evaluate], " on the evaluate contexts")
 
     def statistic(Y):
-        return _best(Sa, Y, select, evaluate)[2][metric] - _best(Sb, Y, select, evaluate)[2][metric]
+        return choose_and_score(Sa, Y, select, evaluate)[2][metric] - choose_and_score(Sb, Y, select, evaluate)[2][metric]
 
     observed = float(statistic(y)[0])
     rng = np.random.default_rng(seed)
@@ -87,7 +87,7 @@ def permutation_test(scores_a, scores_b, y, select, evaluate, n_permutations: in
     while n_done < n_permutations:
         k = min(int(batch_size), n_permutations - n_done)
         Y = rng.permuted(np.repeat(y, k, axis=0), axis=1)
-        valid = _has_both_classes(Y[:, select]) & _has_both_classes(Y[:, evaluate])
+        valid = has_both_classes(Y[:, select]) & has_both_classes(Y[:, evaluate])
         n_redrawn += int(k - valid.sum())
         if n_redrawn > 10 * n_permutations + 100:
             raise ValueError("most shuffles of y leave a half with a single class; y has too few "
@@ -178,17 +178,17 @@ def bootstrap_macro(S, Y, n_boot: int = 1000, seed: int = 0, level: float = 0.95
     -------
     :class:`BootstrapResult`.
     """
-    S = _as_scores(np.atleast_2d(S).T, "S").T  # (L, n), checked finite
-    Y = _as_labels(Y, S.shape[1])
+    S = as_scores(np.atleast_2d(S).T, "S").T  # (L, n), checked finite
+    Y = as_labels(Y, S.shape[1])
     if Y.shape != S.shape:
         raise ValueError(f"S and Y must both be (L, n) with the same shape, got {S.shape} and {Y.shape}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if int(n_boot) < 1 or int(batch_size) < 1:
         raise ValueError(f"n_boot and batch_size must be >= 1, got {n_boot} and {batch_size}")
-    n_pos = _positives(Y)
+    n_pos = positive_counts(Y)
     L, n = S.shape
-    point = _row_metrics(S, Y, n_pos)
+    point = row_metrics(S, Y, n_pos)
     auroc, ap = float(point["auroc"].mean()), float(point["ap"].mean())
 
     rng = np.random.default_rng(seed)
@@ -198,7 +198,7 @@ def bootstrap_macro(S, Y, n_boot: int = 1000, seed: int = 0, level: float = 0.95
         idx = rng.integers(0, n, size=(k, n))
         Sb = S[:, idx].transpose(1, 0, 2).reshape(k * L, n)  # row d*L + l: draw d, label l
         Yb = Y[:, idx].transpose(1, 0, 2).reshape(k * L, n)
-        valid = _has_both_classes(Yb).reshape(k, L).all(axis=1)
+        valid = has_both_classes(Yb).reshape(k, L).all(axis=1)
         n_redrawn += int(k - valid.sum())
         if n_redrawn > 10 * n_boot + 100:
             raise ValueError("most bootstrap draws leave some label with a single class; "
@@ -207,7 +207,7 @@ def bootstrap_macro(S, Y, n_boot: int = 1000, seed: int = 0, level: float = 0.95
             continue
         rows = np.repeat(valid, L)
         Sb, Yb = Sb[rows], Yb[rows]
-        values = _row_metrics(Sb, Yb, Yb.sum(axis=1))
+        values = row_metrics(Sb, Yb, Yb.sum(axis=1))
         auroc_boot.append(values["auroc"].reshape(-1, L).mean(axis=1))
         ap_boot.append(values["ap"].reshape(-1, L).mean(axis=1))
         n_done += int(valid.sum())
@@ -250,17 +250,17 @@ def best_label_test(scores, Y, n_permutations: int = 1000, seed: int = 0, batch_
     :class:`BestLabels` with arrays of shape (m,); ``p = (1 + #{null >= observed}) /
     (1 + n_permutations)`` (with a 1e-12 tolerance for rounding).
     """
-    S = _as_scores(scores)
+    S = as_scores(scores)
     n = S.shape[0]
-    Yb = _as_labels(Y, n)
-    n_pos = _positives(Yb)
+    Yb = as_labels(Y, n)
+    n_pos = positive_counts(Yb)
     if int(n_permutations) < 1 or int(batch_size) < 1:
         raise ValueError(f"n_permutations and batch_size must be >= 1, got {n_permutations} and {batch_size}")
     ranks = rankdata(S, axis=0)  # (N, m); a permutation of the contexts permutes these rows
 
     def aurocs(R):  # R (k, N, m) ranks -> (L, k, m) AUROCs
         sums = np.einsum("ln,knm->lkm", Yb, R)
-        return _auroc_from_rank_sums(sums.reshape(len(Yb), -1), n_pos, n).reshape(sums.shape)
+        return auroc_from_rank_sums(sums.reshape(len(Yb), -1), n_pos, n).reshape(sums.shape)
 
     observed = aurocs(ranks[None])[:, 0]  # (L, m)
     best = np.abs(observed - 0.5).argmax(axis=0)

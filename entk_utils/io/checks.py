@@ -153,12 +153,11 @@ def known_names(names: Iterable[str], valid: Iterable[str], where: str) -> None:
 
 # --------------------------------------------------------------------------- rule sets
 def training(*, epochs: Any, lr: Any, weight_decay: Any, checkpoint_every: Any, seed: Any,
-             batch_size: Any = None, epochs_name: str = "epochs") -> None:
-    """The rules for :func:`entk_utils.settings.modular.train`'s schedule: ``epochs`` (called
-    ``epochs_name`` in the message, e.g. ``"steps"``) and ``checkpoint_every`` positive
-    integers, ``lr`` a real > 0, ``weight_decay`` a real >= 0, ``seed`` an integer >= 0,
-    ``batch_size`` a positive integer or ``None`` (full batch)."""
-    integer(epochs_name, epochs, minimum=1)
+             batch_size: Any = None) -> None:
+    """The rules for :func:`entk_utils.settings.modular.train`'s schedule: ``epochs`` and
+    ``checkpoint_every`` positive integers, ``lr`` a real > 0, ``weight_decay`` a real >= 0,
+    ``seed`` an integer >= 0, ``batch_size`` a positive integer or ``None`` (full batch)."""
+    integer("epochs", epochs, minimum=1)
     real("lr", lr, minimum=0, low_open=True)
     real("weight_decay", weight_decay, minimum=0)
     integer("checkpoint_every", checkpoint_every, minimum=1)

@@ -1,10 +1,16 @@
-"""Processes on one machine that form a ``torch.distributed`` group, listening on 127.0.0.1 only.
+"""Processes in a ``torch.distributed`` group: every helper for the group in one place.
 
-:func:`run_on_local_ranks` runs a function on W processes (gloo over a file store, sockets on
-the loopback interface: tests and benchmarks); :func:`main` (``python -m
-entk_utils.distributed ARGS``) is ``torchrun --standalone ARGS`` with every socket that
-torchrun and its workers listen on bound to 127.0.0.1 (plain ``torchrun --standalone``
-listens on all interfaces).
+* This process in the group: :func:`rank_and_size`, :func:`rank_device` (``cuda:LOCAL_RANK``
+  or the CPU), :func:`start_process_group` / :func:`end_process_group` (what ``torchrun``
+  describes in the environment: NCCL on GPUs, gloo on the CPU), :func:`broadcast_object`,
+  :func:`all_gather_objects`, :func:`on_root` (work done on rank 0, its result or its input
+  error on every rank) and :func:`cached_on_root` (a cache entry looked up and written by
+  rank 0 only).
+* Processes of one machine, listening on 127.0.0.1 only: :func:`run_on_local_ranks` runs a
+  function on W processes (gloo over a file store, sockets on the loopback interface: tests
+  and benchmarks); :func:`main` (``python -m entk_utils.distributed ARGS``) is ``torchrun
+  --standalone ARGS`` with every socket that torchrun and its workers listen on bound to
+  127.0.0.1 (plain ``torchrun --standalone`` listens on all interfaces).
 """
 
 from __future__ import annotations
@@ -18,6 +24,134 @@ import tempfile
 
 import torch
 import torch.distributed as dist
+
+from .cache import cached, entry_path
+
+
+# --------------------------------------------------------------------------- this process in the group
+def rank_and_size(group=None) -> tuple[int, int]:
+    """``(rank, world size)`` in ``group`` (the default group), ``(0, 1)`` without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def rank_device(preference: str = "auto") -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` if ``preference`` is ``auto`` or ``cuda`` and
+    CUDA is available, else the CPU. ``ValueError`` for ``cuda`` without CUDA."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+        raise ValueError(f"--device=cuda: local rank {local_rank} has no CUDA device here "
+                         f"({torch.cuda.device_count()} found); use --device cpu")
+    return torch.device("cuda", local_rank)
+
+
+def start_process_group(device: torch.device, timeout_minutes: float) -> None:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ...): NCCL for CUDA devices, gloo for the CPU; nothing when not launched so.
+    A collective that waits longer than ``timeout_minutes`` fails."""
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+
+
+def end_process_group(failed: bool) -> None:
+    """Leave the process group; after a failure, abort it where the backend can (NCCL), so
+    that no collective is left waiting on this rank."""
+    if not dist.is_initialized():
+        return
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if failed and abort is not None and dist.get_backend() == "nccl":
+        abort()
+    else:
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, src: int = 0, group=None):
+    """``obj`` of rank ``src`` on every rank (pickled; for small things: ids, flags, a metric).
+    Without a process group, ``obj`` itself."""
+    if rank_and_size(group)[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def all_gather_objects(obj, group=None) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    world_size = rank_and_size(group)[1]
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
+def on_root(fn):
+    """``fn()`` on rank 0 and its (picklable) result on every rank. A ``ValueError`` /
+    ``FileNotFoundError`` there (bad input) is raised on every rank with the same message."""
+    rank, _ = rank_and_size()
+    outcome = None
+    if rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except (ValueError, FileNotFoundError) as err:
+            broadcast_object(("error", type(err).__name__, str(err)))
+            raise
+    outcome = broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}[outcome[1]](outcome[2])
+    return outcome[1]
+
+
+def cached_on_root(cache_dir, name: str, compute, /, *, produced_by, **params):
+    """:func:`entk_utils.io.cache.cached` with a process group: rank 0 looks the entry up and
+    tells the others whether to join ``compute()`` (which then runs on every rank, e.g. a
+    data-parallel eigensolver); only rank 0 writes the entry, atomically, after ``compute``
+    returns on it, so a failure on any rank leaves no entry.
+
+    Returns ``(result, computed)``: rank 0's result is the stored one; the other ranks get
+    their own ``compute()`` result, or None where rank 0 found the entry. ``RuntimeError``
+    if the entry could not be written or rank 0 could not use the cache (on every rank).
+    """
+    rank, _ = rank_and_size()
+    if rank != 0:
+        message = broadcast_object(None)
+        if message == "compute":
+            return compute(), True
+        if message == "cached":
+            return None, False
+        raise RuntimeError(f"rank 0 could not use the cache: {message}")
+    computed = False
+
+    def on_miss():
+        nonlocal computed
+        computed = True
+        broadcast_object("compute")
+        return compute()
+
+    try:
+        result = cached(cache_dir, name, on_miss, produced_by=produced_by, **params)
+        path = entry_path(cache_dir, name, produced_by=produced_by, **params)
+        if computed and not path.is_file():
+            raise RuntimeError(f"{name} was computed but could not be written to {path} (see the warning above)")
+    except Exception as err:
+        if not computed:
+            broadcast_object(f"{type(err).__name__}: {err}")
+        raise
+    if not computed:
+        broadcast_object("cached")
+    return result, computed
+
+
+# --------------------------------------------------------------------------- processes of one machine
 
 
 def loopback_interface() -> str:

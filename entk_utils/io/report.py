@@ -32,6 +32,8 @@ SECTIONS = {
     "bench-operators": "benchmarks/results/bench_operators.md",
     "bench-operators-eigs": "benchmarks/results/bench_operators_eigs.md",
     "bench-distributed": "benchmarks/results/bench_distributed.md",
+    "bench-peers": "benchmarks/results/bench_peers.md",
+    "gpu-check": "benchmarks/results/gpu_check.md",
 }
 
 

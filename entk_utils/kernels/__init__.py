@@ -6,6 +6,6 @@ torch.func reference :mod:`.reference`), matrix-free operators for language mode
 from :mod:`.dense`).
 """
 
-from .dense import METHODS, REDUCTIONS, entk, entk_contributions, layerwise_entk, resolve_params
+from .dense import KERNEL_METHODS, REDUCTIONS, entk, entk_contributions, layerwise_entk, resolve_params
 
-__all__ = ["METHODS", "REDUCTIONS", "entk", "entk_contributions", "layerwise_entk", "resolve_params"]
+__all__ = ["KERNEL_METHODS", "REDUCTIONS", "entk", "entk_contributions", "layerwise_entk", "resolve_params"]

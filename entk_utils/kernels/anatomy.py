@@ -3,26 +3,18 @@
 :func:`find_anatomy` finds the decoder layers, the final norm and the output embedding
 (unembedding) through the model's own conventions; :func:`make_contexts` turns token ids,
 an attention mask and output positions into the model's inputs; :func:`run_to_output` runs the
-model's own forward up to where its output embedding receives its input; :func:`hidden` runs a
-forward path (:mod:`.forward_paths`) with some weights substituted. The small tools below them
-(replacing a module's forward for a while, hooks that come off, zeros that take no memory)
-serve the paths.
+model's own forward up to where its output embedding receives its input. How the layers'
+blocks are named is in :mod:`.conventions`; the forward paths built on these parts are in
+:mod:`.forward_paths`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-if TYPE_CHECKING:
-    from .forward_paths import ForwardPath
 
 
 class NotApplicable(ValueError):
@@ -226,93 +218,3 @@ def run_to_output(anatomy: Anatomy, inputs: dict) -> torch.Tensor:
     finally:
         handle.remove()
     raise ValueError(f"{type(anatomy.model).__name__} never called its output embedding")
-
-
-class _Runner(nn.Module):
-    """Holds the model, so that ``functional_call`` substitutes its weights around any function."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn, *args):
-        return fn(*args)
-
-
-def hidden(anatomy: Anatomy, path: ForwardPath, weights: dict, record, inputs: dict, rows: torch.Tensor) -> torch.Tensor:
-    """h (n, d) on ``path`` with the model's parameters named in ``weights`` replaced by the
-    given tensors (differentiable in them: ``torch.func`` transforms go through)."""
-    return functional_call(_Runner(anatomy.model), {f"model.{k}": v for k, v in weights.items()},
-                           (path.hidden, record, inputs, rows))
-
-
-@contextmanager
-def _forwards(replacements: dict[nn.Module, Callable]) -> Iterator[None]:
-    """Replace the ``forward`` of some modules (their hooks still run) and put them back."""
-    saved = {module: module.__dict__.get("forward") for module in replacements}
-    try:
-        for module, forward in replacements.items():
-            module.forward = forward
-        yield
-    finally:
-        for module, previous in saved.items():
-            if previous is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
-
-
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _map_tensors(fn, obj):
-    """``obj`` with ``fn`` applied to every tensor in it (through tuples, lists and dicts)."""
-    return _map_leaves(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, obj)
-
-
-def _tensors(obj) -> list[torch.Tensor]:
-    """The tensors in ``obj`` (through tuples, lists and dicts)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    return [t for item in items for t in _tensors(item)]
-
-
-def _map_leaves(fn, obj):
-    """``obj`` with ``fn`` applied to every leaf (through tuples, lists and dicts)."""
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_leaves(fn, x) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _map_leaves(fn, v) for k, v in obj.items()}
-    return fn(obj)
-
-
-def _zeros(spec, n: int, device):
-    """Materialise a spec of :func:`_spec`: zeros (taking no memory) with batch size ``n``."""
-    return _map_leaves(lambda x: torch.zeros((), dtype=x.dtype, device=device).expand(n, *x.shape)
-                       if isinstance(x, _Zeros) else x, spec)
-
-
-@dataclass(frozen=True)
-class _Zeros:
-    """Stands for a module output that is replayed as zeros: its shape without the batch."""
-
-    shape: torch.Size
-    dtype: torch.dtype
-
-
-def _spec(output):
-    """``output`` with each tensor replaced by a :class:`_Zeros` of its shape (less the batch)."""
-    return _map_tensors(lambda x: _Zeros(x.shape[1:], x.dtype), output)
-
-
-def _idle(spec, n: int, device) -> Callable:
-    """A forward that returns zeros shaped like ``spec``, whatever it is given."""
-    return lambda *args, **kwargs: _zeros(spec, n, device)
-
-
-def _replay(outputs: list) -> Callable:
-    """A forward that returns the recorded ``outputs`` one call after another."""
-    calls = iter(outputs)
-    return lambda *args, **kwargs: next(calls)

@@ -40,14 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gram import _fast_contributions
-from .reference import _reference_contributions
+from .gram import fast_contributions
+from .reference import reference_contributions
 
 
 REDUCTIONS = ("trace", "mean", "full")
 
 
-METHODS = ("auto", "fast", "reference")
+KERNEL_METHODS = ("auto", "fast", "reference")  # how a dense kernel is computed (method=)
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -84,8 +84,8 @@ def resolve_params(model: nn.Module, params: str | Iterable[str] | None = None) 
 def _check_args(inputs: torch.Tensor, reduce: str, method: str, chunk_size: int | None) -> None:
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce={reduce!r}; choose one of {REDUCTIONS}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method={method!r}; choose one of {METHODS}")
+    if method not in KERNEL_METHODS:
+        raise ValueError(f"unknown method={method!r}; choose one of {KERNEL_METHODS}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if not isinstance(inputs, torch.Tensor):
@@ -135,7 +135,7 @@ def entk_contributions(
     inputs = inputs.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    compute = _reference_contributions if method == "reference" else _fast_contributions
+    compute = reference_contributions if method == "reference" else fast_contributions
     try:
         kernels = {n: k.detach() for n, k in compute(model, inputs, names, reduce, chunk_size).items()}
     finally:

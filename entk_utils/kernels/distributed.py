@@ -15,8 +15,8 @@ each rank sends one weight-sized all-reduce (P numbers) and an all-gather of its
 rows (padded to the largest block); both sizes and the time spent in them are logged (rank 0)
 and counted in :attr:`DataParallelOperator.stats`.
 
-Processes on one machine (tests, benchmarks, ``python -m entk_utils.distributed``) are
-started by :mod:`entk_utils.io.ranks`.
+The process group itself (ranks, devices, starting and ending it, objects sent between
+ranks, processes on one machine) is :mod:`entk_utils.io.ranks`.
 """
 
 from __future__ import annotations
@@ -30,20 +30,14 @@ import scipy.sparse.linalg
 import torch
 import torch.distributed as dist
 
+from ..io.ranks import broadcast_object, rank_and_size
 from . import operators
 from .anatomy import math_attention
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- ranks
-def rank_and_size(group=None) -> tuple[int, int]:
-    """``(rank, world size)`` in ``group`` (the default group), ``(0, 1)`` without a process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
+# --------------------------------------------------------------------------- helpers
 def shard_counts(n: int, world_size: int) -> list[int]:
     """How many of ``n`` contexts each of ``world_size`` ranks holds, in rank order (contiguous
     blocks; the first ``n mod world_size`` ranks one more). ``ValueError`` if a rank would get none."""
@@ -53,16 +47,6 @@ def shard_counts(n: int, world_size: int) -> list[int]:
         raise ValueError(f"{n} contexts cannot be shared by {world_size} ranks: every rank needs at least one")
     base, extra = divmod(n, world_size)
     return [base + (r < extra) for r in range(world_size)]
-
-
-def broadcast_object(obj, src: int = 0, group=None):
-    """``obj`` of rank ``src`` on every rank (pickled; for small things: ids, flags, a metric).
-    Without a process group, ``obj`` itself."""
-    if rank_and_size(group)[1] == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]
 
 
 def operator_metric(op) -> torch.Tensor | None:
@@ -130,6 +114,16 @@ class CommStats:
         self.allgather_seconds += allgather
         self.history.append((compute, allreduce, allgather))
 
+    def describe(self, seconds: float) -> str:
+        """One line on what the products cost (``seconds``: their wall-clock total)."""
+        if self.world_size == 1:
+            return f"{self.matvecs} products in {seconds:.1f} s"
+        per = max(self.matvecs, 1)
+        return (f"{self.matvecs} products in {seconds:.1f} s on {self.world_size} ranks; per product "
+                f"{self.compute_seconds / per:.3f} s computing, all-reduce {format_bytes(self.allreduce_bytes)} in "
+                f"{self.allreduce_seconds / per:.3f} s, all-gather {format_bytes(self.allgather_bytes)} in "
+                f"{self.allgather_seconds / per:.3f} s ({100 * self.comm_share:.1f}% communicating)")
+
 
 class DataParallelOperator(scipy.sparse.linalg.LinearOperator):
     """``K~`` over all ranks' contexts as a symmetric (N*d, N*d) ``LinearOperator``.
@@ -143,18 +137,20 @@ class DataParallelOperator(scipy.sparse.linalg.LinearOperator):
     def __init__(self, local, counts: list[int], group=None):
         self.local, self.counts, self.group = local, list(counts), group
         self.rank, self.world_size = rank_and_size(group)
-        if len(self.counts) != self.world_size or self.counts[self.rank] * local.hidden != local.shape[0]:
+        width = getattr(local, "output_size", local.hidden)
+        if len(self.counts) != self.world_size or self.counts[self.rank] * width != local.shape[0]:
             raise ValueError(f"counts {self.counts} do not match {self.world_size} rank(s) and this rank's operator "
                              f"of shape {local.shape}")
         self.start = sum(self.counts[: self.rank])
         self.stop = self.start + self.counts[self.rank]
-        self.hidden, self.device, self.dtype_torch = local.hidden, local.device, local.dtype_torch
+        self.hidden, self.output_size = local.hidden, width
+        self.device, self.dtype_torch = local.device, local.dtype_torch
         self.metric = operator_metric(local)
         self._element = torch.empty((), dtype=self.dtype_torch).element_size()
         self.stats = CommStats(world_size=self.world_size,
-                               allgather_bytes=self.world_size * max(self.counts) * self.hidden * self._element)
+                               allgather_bytes=self.world_size * max(self.counts) * width * self._element)
         n = sum(self.counts)
-        super().__init__(dtype=np.float64, shape=(n * self.hidden, n * self.hidden))
+        super().__init__(dtype=np.float64, shape=(n * width, n * width))
 
     def _apply_metric(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.metric is None else rows @ self.metric
@@ -170,14 +166,14 @@ class DataParallelOperator(scipy.sparse.linalg.LinearOperator):
     def _all_gather(self, rows: torch.Tensor) -> torch.Tensor:
         """(N, d) from every rank's (count, d) rows: blocks padded to the largest, then trimmed."""
         width = max(self.counts)
-        padded = torch.zeros(width, self.hidden, dtype=rows.dtype, device=rows.device)
+        padded = torch.zeros(width, self.output_size, dtype=rows.dtype, device=rows.device)
         padded[: len(rows)] = rows
         blocks = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(blocks, padded, group=self.group)
         return torch.cat([block[:count] for block, count in zip(blocks, self.counts)])
 
     def _matvec(self, v):
-        rows = np.asarray(v, dtype=np.float64).reshape(-1, self.hidden)[self.start: self.stop]
+        rows = np.asarray(v, dtype=np.float64).reshape(-1, self.output_size)[self.start: self.stop]
         rows = torch.as_tensor(rows, dtype=self.dtype_torch, device=self.device)
         parallel = self.world_size > 1
         with torch.no_grad(), math_attention():
@@ -206,16 +202,18 @@ class DataParallelOperator(scipy.sparse.linalg.LinearOperator):
         return self._matvec(v)  # symmetric
 
 
-def data_parallel_operator(model, input_ids: torch.Tensor, layer: int, *, metric="unembedding",
-                           attention_mask: torch.Tensor | None = None, group=None, **kwargs) -> DataParallelOperator:
+def data_parallel_operator(model, input_ids: torch.Tensor, layer: int, *, metric=operators.DEFAULT_METRIC,
+                           attention_mask: torch.Tensor | None = None, output=None, group=None,
+                           **kwargs) -> DataParallelOperator:
     """The layer eNTK operator of :func:`~entk_utils.kernels.operators.layer_entk_operator` with its
     contexts shared over the ranks of ``group`` (default: all; none initialised: one rank).
 
     Call it on every rank with the same ``input_ids`` (N, T) (and ``attention_mask``); each
-    rank keeps its block (:func:`shard_counts`). ``metric="unembedding"`` is computed on
-    rank 0 and broadcast, so every rank applies the same ``A``; a (d, d) tensor or None is
-    used as given. Other keywords (``param``, ``truncate``, ``chunk_size``, ...) go to the
-    local operator. Returns a :class:`DataParallelOperator` of shape (N*d, N*d).
+    rank keeps its block (:func:`shard_counts`). ``metric="unembedding"`` (the default) is
+    computed on rank 0 and broadcast, so every rank applies the same ``A``; a (d, d) tensor
+    or None is used as given. An ``output(h, index)`` receives the contexts' rows in the
+    whole ``input_ids``. Other keywords (``param``, ``truncate``, ``chunk_size``, ...) go to
+    the local operator. Returns a :class:`DataParallelOperator` of shape (N*k, N*k).
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         raise ValueError(f"input_ids must be an (N, T) tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
@@ -223,52 +221,16 @@ def data_parallel_operator(model, input_ids: torch.Tensor, layer: int, *, metric
     counts = shard_counts(len(input_ids), world_size)
     start = sum(counts[:rank])
     block = slice(start, start + counts[rank])
-    if isinstance(metric, str) and metric == "unembedding":
+    if output is None and isinstance(metric, str) and metric == "unembedding":
         metric = broadcast_object(operators.unembedding_metric(model).cpu() if rank == 0 else None, group=group)
-    local = operators.layer_entk_operator(model, input_ids[block], layer, metric=metric,
+    elif output is not None:
+        output = _shifted(output, start)
+    local = operators.layer_entk_operator(model, input_ids[block], layer, metric=metric, output=output,
                                           attention_mask=None if attention_mask is None else attention_mask[block],
                                           **kwargs)
     return DataParallelOperator(local, counts, group)
 
 
-# --------------------------------------------------------------------------- cache
-def cached_on_root(cache_dir, name: str, compute, /, *, produced_by, **params):
-    """:func:`entk_utils.io.cache.cached` with a process group: rank 0 looks the entry up and
-    tells the others whether to join ``compute()`` (which then runs on every rank, e.g. a
-    data-parallel eigensolver); only rank 0 writes the entry, atomically, after ``compute``
-    returns on it, so a failure on any rank leaves no entry.
-
-    Returns ``(result, computed)``: rank 0's result is the stored one; the other ranks get
-    their own ``compute()`` result, or None where rank 0 found the entry. ``RuntimeError``
-    if the entry could not be written or rank 0 could not use the cache (on every rank).
-    """
-    from ..io.cache import cached, entry_path
-
-    rank, _ = rank_and_size()
-    if rank != 0:
-        message = broadcast_object(None)
-        if message == "compute":
-            return compute(), True
-        if message == "cached":
-            return None, False
-        raise RuntimeError(f"rank 0 could not use the cache: {message}")
-    computed = False
-
-    def on_miss():
-        nonlocal computed
-        computed = True
-        broadcast_object("compute")
-        return compute()
-
-    try:
-        result = cached(cache_dir, name, on_miss, produced_by=produced_by, **params)
-        path = entry_path(cache_dir, name, produced_by=produced_by, **params)
-        if computed and not path.is_file():
-            raise RuntimeError(f"{name} was computed but could not be written to {path} (see the warning above)")
-    except Exception as err:
-        if not computed:
-            broadcast_object(f"{type(err).__name__}: {err}")
-        raise
-    if not computed:
-        broadcast_object("cached")
-    return result, computed
+def _shifted(output, start: int):
+    """``output`` called with the rows of the whole ``input_ids`` by a rank whose block starts at ``start``."""
+    return lambda h, index: output(h, index + start)

@@ -4,7 +4,7 @@ The operator's output for context ``n`` is ``h_n`` (d,), the vector the model's 
 embedding (``get_output_embeddings()``, the unembedding) receives at the context's output
 position ``p_n``. A path computes ``h`` for a chunk of contexts as a function of the analysed
 weights, which the caller substitutes with ``torch.func.functional_call`` (:func:`hidden`).
-The paths differ in how much of the model each call runs (:data:`TRUNCATE`):
+The paths differ in how much of the model each call runs (:data:`TRUNCATE_MODES`):
 
 * ``"full"`` (:class:`FullModel`): the model's own forward, stopped where the output
   embedding receives its input (no logits are formed). The reference for the others.
@@ -38,16 +38,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..io.hooks import removing
-from .anatomy import (Anatomy, NotApplicable, _first, _forwards, _idle, _map_tensors, _replay, _spec,
-                      _tensors, math_attention, run_to_output)
+from torch.func import functional_call
 
-TRUNCATE = ("auto", "full", "layer", "module")
-LEGACY_TRUNCATE = {True: "auto", False: "full", "down_proj": "module"}  # the values before the vocabulary above
+from ..io.hooks import removing
+from .anatomy import Anatomy, NotApplicable, math_attention, run_to_output
+from .conventions import CACHE_ARGUMENTS
+from .module_tools import (first_output, idle_forward, map_tensors, output_spec, replaced_forwards, replay_forward,
+                           tensors_in)
+
+TRUNCATE_MODES = ("auto", "full", "layer", "module")
+# The values before the vocabulary above. The third, "down_proj", insists on the module path
+# from an MLP output projection's input (path_choice checks that it is one).
+LEGACY_TRUNCATE = {True: "auto", False: "full"}
+DOWN_PROJ = "down_proj"
 
 
 # --------------------------------------------------------------------------- the last layer at the output rows
-CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past", "past_key_value")  # a layer's key-value cache argument
 
 
 class _KeysReached(Exception):
@@ -100,7 +106,7 @@ def _at_rows(obj, rows: torch.Tensor, t: int):
             return x.expand(n, *x.shape[1:])[batch, rows].unsqueeze(1)
         return x
 
-    return _map_tensors(pick, obj)
+    return map_tensors(pick, obj)
 
 
 def _masked_or_last(args: tuple, kwargs: dict, rows: torch.Tensor) -> bool:
@@ -108,7 +114,7 @@ def _masked_or_last(args: tuple, kwargs: dict, rows: torch.Tensor) -> bool:
     last position, or the layer gets a (.., T, T) attention mask (without one, attention is
     causal by position, which a single query row does not convey)."""
     t = (args[0] if args else kwargs["hidden_states"]).shape[1]
-    masked = any(x.ndim == 4 and x.shape[-2:] == (t, t) for x in _tensors((args, kwargs)))
+    masked = any(x.ndim == 4 and x.shape[-2:] == (t, t) for x in tensors_in((args, kwargs)))
     return masked or bool((rows == t - 1).all())
 
 
@@ -127,6 +133,24 @@ class ForwardPath:
 
     def describe(self) -> str:
         return f"{self.name} path"
+
+
+class _Runner(nn.Module):
+    """Holds the model, so that ``functional_call`` substitutes its weights around any function."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
+def hidden(anatomy: Anatomy, path: ForwardPath, weights: dict, record, inputs: dict, rows: torch.Tensor) -> torch.Tensor:
+    """h (n, d) on ``path`` with the model's parameters named in ``weights`` replaced by the
+    given tensors (differentiable in them: ``torch.func`` transforms go through)."""
+    return functional_call(_Runner(anatomy.model), {f"model.{k}": v for k, v in weights.items()},
+                           (path.hidden, record, inputs, rows))
 
 
 class FullModel(ForwardPath):
@@ -230,20 +254,20 @@ class FromLayer(ForwardPath):
 
     def hidden(self, record, inputs, rows):
         layers, last = self.anatomy.layers, len(self.anatomy.layers) - 1
-        with _forwards(self._replacements(record, rows)):
+        with replaced_forwards(self._replacements(record, rows)):
             h = None
             for i in range(self.start, last + 1):
                 args, kwargs = record[i] if i == self.start else _with_hidden(*record[i], h)
                 if i == last and self.keys_idle is not None and _masked_or_last(args, kwargs, rows):
-                    return self._tail(_first(self._last_at_rows(args, kwargs, rows))[:, 0])
-                h = _first(layers[i](*args, **kwargs))
+                    return self._tail(first_output(self._last_at_rows(args, kwargs, rows))[:, 0])
+                h = first_output(layers[i](*args, **kwargs))
         return self._tail(h[torch.arange(len(rows), device=rows.device), rows])
 
     def _tail(self, h: torch.Tensor) -> torch.Tensor:
         """(n, d) last-layer outputs at the output rows -> the output embedding's inputs."""
         out = h.unsqueeze(1)
         for module in self.tail:
-            out = _first(module(out))
+            out = first_output(module(out))
         return out[:, 0]
 
     def _keys_and_values(self, args: tuple, kwargs: dict, idle: dict) -> tuple:
@@ -252,7 +276,7 @@ class FromLayer(ForwardPath):
         layer = self.anatomy.layers[-1]
         args, kwargs = _with_cache(layer, args, kwargs, _Collect())
         try:
-            with _forwards(idle):
+            with replaced_forwards(idle):
                 layer(*args, **kwargs)
         except _KeysReached as reached:
             return reached.keys, reached.values
@@ -262,7 +286,8 @@ class FromLayer(ForwardPath):
         """The last layer's output (n, 1, d) at the output rows."""
         layer = self.anatomy.layers[-1]
         n, device = len(rows), rows.device
-        keys, values = self._keys_and_values(args, kwargs, {m: _idle(spec, n, device) for m, spec in self.keys_idle.items()})
+        idle = {m: idle_forward(spec, n, device) for m, spec in self.keys_idle.items()}
+        keys, values = self._keys_and_values(args, kwargs, idle)
         t = (args[0] if args else kwargs["hidden_states"]).shape[1]
         args, kwargs = _with_cache(layer, *_at_rows((args, kwargs), rows, t), _Replay(keys, values))
         return layer(*args, **kwargs)
@@ -320,8 +345,8 @@ class FromModule(FromLayer):
         return record
 
     def _replacements(self, record, rows):
-        replay = {m: _replay(outputs) for m, outputs in record["outputs"].items()}
-        return {**replay, **{m: _idle(spec, len(rows), rows.device) for m, spec in self.dead.items()}}
+        replay = {m: replay_forward(outputs) for m, outputs in record["outputs"].items()}
+        return {**replay, **{m: idle_forward(spec, len(rows), rows.device) for m, spec in self.dead.items()}}
 
     def hidden(self, record, inputs, rows):
         substitute = self.first.register_forward_pre_hook(lambda module, args, kwargs: record["first"], with_kwargs=True)
@@ -348,7 +373,7 @@ def _unreached(run: Callable[[], tuple], modules: list[nn.Module], seed: int = 0
     specs = {}
 
     def watch(module, args, output):
-        specs.setdefault(module, _spec(output))
+        specs.setdefault(module, output_spec(output))
 
         def add(x):
             if not x.is_floating_point():
@@ -356,7 +381,7 @@ def _unreached(run: Callable[[], tuple], modules: list[nn.Module], seed: int = 0
             z = torch.zeros_like(x, requires_grad=True)
             probes[module].append(z)
             return x + z
-        return _map_tensors(add, output)
+        return map_tensors(add, output)
 
     generator = torch.Generator().manual_seed(seed)
     with removing([m.register_forward_hook(watch) for m in modules]), torch.enable_grad(), math_attention():

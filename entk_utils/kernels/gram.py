@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..io.hooks import Hooks
-from .reference import _check_output, _reference_contributions
+from .reference import check_output, reference_contributions
 
 FAST_CHUNK = 1024  # inputs per forward/backward pass (it holds activations, not Jacobians)
 PROBE_SIZE = 16  # inputs on which the fast path checks its shortcuts before using them
@@ -68,7 +68,7 @@ def _run_recording(model, x, module_names):
         for m in module_names:
             hooks.add(modules[m].register_forward_hook(recorder(m)))
         out = model(x)
-    return _check_output(out), calls
+    return check_output(out), calls
 
 
 def _backward(z, ys, cotangent, batched=False):
@@ -388,7 +388,7 @@ def _factorised_kernel(x, s, kind, module, reduce):
     return gram.view(n, t, n, t).sum((1, 3)) if t > 1 else gram
 
 
-def _fast_contributions(model, inputs, names, reduce, chunk_size):
+def fast_contributions(model, inputs, names, reduce, chunk_size):
     """Per-parameter kernels: the Gram factorisation where its checks pass, else the reference."""
     owners = _owners(model, names)
     kernels = {}
@@ -405,5 +405,5 @@ def _fast_contributions(model, inputs, names, reduce, chunk_size):
             kernels[name] = _factorised_kernel(*stats[layer], kind, modules[layer], reduce)
     rest = [n for n in names if n not in kernels]
     if rest:
-        kernels.update(_reference_contributions(model, inputs, rest, reduce, chunk_size))
+        kernels.update(reference_contributions(model, inputs, rest, reduce, chunk_size))
     return kernels

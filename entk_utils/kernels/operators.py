@@ -20,6 +20,13 @@ at context n's logits, folded into the outputs (``y_n = A_n h_n``, ``.metric`` N
 ``metric="unembedding"`` is refused. Vectors are laid out as an (N, d) row-major array
 (context ``n``, hidden unit ``i`` at ``n * d + i``).
 
+**Another output.** ``output=f`` replaces ``h`` by ``f(h, index)`` (n, k): any differentiable
+function of the final hidden states ``h`` (n, d) at the output positions and the contexts'
+row numbers ``index`` (n,) in ``input_ids`` (to look up per-context data, such as the token
+that follows). The operator is then the plain eNTK ``J_f J_f^T`` of that output, (N*k, N*k):
+a probe's logit, or the per-example loss, whose kernel is the per-example gradient kernel
+of influence-style methods (the README has a worked example).
+
 ``K~ @ v`` is one VJP (``J^T``) and one JVP (``J``) with ``torch.func``, chunked over
 contexts. How much of the model each runs is the operator's forward path
 (:mod:`entk_utils.kernels.forward_paths`; its name is ``.path``): the whole model (``"full"``), from
@@ -39,11 +46,18 @@ from torch import nn
 from torch.func import jvp, vjp
 
 from . import anatomy as model_anatomy
-from . import forward_paths, path_choice
+from . import conventions, forward_paths, path_choice
 from .anatomy import math_attention
 
 METRICS = ("unembedding", "logits", "identity")
-TRUNCATE = (*forward_paths.TRUNCATE, *forward_paths.LEGACY_TRUNCATE)
+
+
+class _Default(str):
+    """The default ``metric``, told apart from an explicit ``"unembedding"``: with ``output=``
+    the default means the identity, an explicit metric on ``h`` is an error."""
+
+
+DEFAULT_METRIC = _Default("unembedding")
 
 
 def decoder_layers(model: nn.Module, layers=None) -> nn.ModuleList:
@@ -106,21 +120,23 @@ def resolve_weights(model: nn.Module, weights) -> dict[str, nn.Parameter]:
 
 
 class ENTKOperator(scipy.sparse.linalg.LinearOperator):
-    """``K~`` of a set of weights as a symmetric (N*d, N*d) ``LinearOperator``.
+    """``K~`` of a set of weights as a symmetric (N*k, N*k) ``LinearOperator``: k = d for the
+    default output ``h``, else the size of ``output(h, index)``.
 
     Build it with :func:`entk_operator` (or :func:`layer_entk_operator`). ``matvec(v)`` takes
-    and returns a float64 vector of length N*d. The weight-space vector is a dict ``{full
+    and returns a float64 vector of length N*k. The weight-space vector is a dict ``{full
     parameter name: tensor shaped like it}`` throughout: ``rmatvec_params`` returns one,
     ``matvec_params`` and :meth:`weight_direction` take / return one.
 
-    Attributes: ``hidden`` (d), ``metric`` ((d, d) ``A`` or None), ``device``,
-    ``dtype_torch``, ``input_ids`` (N, T), ``attention_mask``, ``positions`` (N,),
-    ``weights`` ({name: tensor}, detached), ``path`` (``"full"``, ``"layer"`` or
-    ``"module"``), ``strategy`` (the forward path; ``strategy.describe()`` says what it
-    runs), ``n_matvecs`` (products so far).
+    Attributes: ``hidden`` (d), ``output_size`` (k), ``output`` (the output function or
+    None), ``metric`` ((d, d) ``A`` or None), ``device``, ``dtype_torch``, ``input_ids``
+    (N, T), ``attention_mask``, ``positions`` (N,), ``weights`` ({name: tensor}, detached),
+    ``path`` (``"full"``, ``"layer"`` or ``"module"``), ``strategy`` (the forward path;
+    ``strategy.describe()`` says what it runs), ``n_matvecs`` (products so far).
     """
 
-    def __init__(self, anatomy, contexts, weights: dict[str, torch.Tensor], strategy, metric, chunk_size: int):
+    def __init__(self, anatomy, contexts, weights: dict[str, torch.Tensor], strategy, metric, chunk_size: int,
+                 output=None):
         self.anatomy, self.model, self.layers = anatomy, anatomy.model, anatomy.layers
         self.contexts, self.strategy, self.path = contexts, strategy, strategy.name
         self.weights = {name: w.detach() for name, w in weights.items()}
@@ -131,21 +147,42 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
         self.chunks = [slice(i, min(i + chunk_size, len(contexts))) for i in range(0, len(contexts), chunk_size)]
         self.records = [strategy.record(contexts.inputs(sl)) for sl in self.chunks]
         self.output_maps = None  # (N, d, d) per-context metrics folded into the outputs
+        self.output, self.output_size = output, self.hidden
+        if output is not None:
+            self.output_size = self._output_size()
         self.n_matvecs = 0
-        n = len(contexts) * self.hidden
+        n = len(contexts) * self.output_size
         super().__init__(dtype=np.float64, shape=(n, n))
 
     # ---------------------------------------------------------------- outputs
     def _output(self, weights: dict, c: int) -> torch.Tensor:
-        """The outputs (n_chunk, d) of chunk ``c`` as a function of the weights."""
+        """The outputs (n_chunk, k) of chunk ``c`` as a function of the weights."""
         sl = self.chunks[c]
-        h = model_anatomy.hidden(self.anatomy, self.strategy, weights, self.records[c], self.contexts.inputs(sl),
+        h = forward_paths.hidden(self.anatomy, self.strategy, weights, self.records[c], self.contexts.inputs(sl),
                                  self.positions[sl])
+        if self.output is not None:
+            index = torch.arange(sl.start, sl.stop, device=h.device)
+            return self.output(h, index).reshape(len(index), -1)
         return h if self.output_maps is None else torch.einsum("nij,nj->ni", self.output_maps[sl], h)
 
+    def _output_size(self) -> int:
+        """k, from the output function on the first chunk; ``ValueError`` if it does not give
+        one floating-point row per context."""
+        sl = self.chunks[0]
+        with torch.no_grad(), math_attention():
+            h = forward_paths.hidden(self.anatomy, self.strategy, self.weights, self.records[0],
+                                     self.contexts.inputs(sl), self.positions[sl])
+            y = self.output(h, torch.arange(sl.start, sl.stop, device=h.device))
+        n = sl.stop - sl.start
+        if not isinstance(y, torch.Tensor) or not y.is_floating_point() or y.ndim not in (1, 2) or len(y) != n \
+                or y.numel() == 0:
+            raise ValueError(f"output(h, index) must return a floating-point tensor (n,) or (n, k) for h ({n}, "
+                             f"{self.hidden}), got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+        return 1 if y.ndim == 1 else int(y.shape[1])
+
     def outputs(self) -> torch.Tensor:
-        """The outputs (N, d) at the current weights: ``h``, or ``A_n h_n`` where a per-context
-        metric is folded in."""
+        """The outputs (N, k) at the current weights: ``h``, ``A_n h_n`` where a per-context
+        metric is folded in, or ``output(h, index)``."""
         with torch.no_grad(), math_attention():
             return torch.cat([self._output(self.weights, c) for c in range(len(self.chunks))])
 
@@ -166,7 +203,7 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
 
     # ---------------------------------------------------------------- J^T and J
     def rmatvec_params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``J^T w`` for output-space rows w (N, d) (already multiplied by the metric):
+        """``J^T w`` for output-space rows w (N, k) (already multiplied by the metric):
         ``{name: tensor shaped like that weight}``."""
         total = {name: torch.zeros_like(t) for name, t in self.weights.items()}
         with torch.no_grad(), math_attention():
@@ -177,7 +214,7 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
         return total
 
     def matvec_params(self, u: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``J u`` (N, d) for a weight-space vector ``u`` ({name: tensor shaped like it})."""
+        """``J u`` (N, k) for a weight-space vector ``u`` ({name: tensor shaped like it})."""
         if not isinstance(u, dict) or set(u) != set(self.weights):
             raise ValueError(f"u must be a dict with the keys {sorted(self.weights)}, got {sorted(u) if isinstance(u, dict) else type(u).__name__}")
         with torch.no_grad(), math_attention():
@@ -185,8 +222,8 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
                               for c in range(len(self.chunks))])
 
     def _rows(self, v) -> torch.Tensor:
-        """A vector of length N*d as output-space rows (N, d) times the metric."""
-        v = torch.as_tensor(np.asarray(v).reshape(-1, self.hidden), dtype=self.dtype_torch, device=self.device)
+        """A vector of length N*k as output-space rows (N, k) times the metric."""
+        v = torch.as_tensor(np.asarray(v).reshape(-1, self.output_size), dtype=self.dtype_torch, device=self.device)
         return v @ self.metric if self.metric is not None else v
 
     def _matvec(self, v):
@@ -208,8 +245,16 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
 LayerENTKOperator = ENTKOperator  # the name before operators took any set of weights
 
 
-def _resolve_metric(model, anatomy, metric, weights: dict) -> tuple[torch.Tensor | None, float | None]:
-    """``(A or None, softcap to fold per context or None)`` for ``metric``."""
+def _resolve_metric(model, anatomy, metric, weights: dict, output=None) -> tuple[torch.Tensor | None, float | None]:
+    """``(A or None, softcap to fold per context or None)`` for ``metric`` (with ``output``:
+    the default metric is the identity, any other than the identity an error)."""
+    if output is not None:
+        if not callable(output):
+            raise ValueError(f"output must be None or a function output(h, index), got {type(output).__name__}")
+        if metric is DEFAULT_METRIC or metric in (None, "identity"):
+            return None, None
+        raise ValueError(f"metric={metric!r} is a geometry of h, and output= replaces h: the kernel is that of "
+                         "output(h, index); leave metric out (or fold a metric into the output function)")
     if metric is None or isinstance(metric, torch.Tensor):
         if metric is not None and tuple(metric.shape) != (anatomy.hidden, anatomy.hidden):
             raise ValueError(f"metric must be a ({anatomy.hidden}, {anatomy.hidden}) tensor, got {tuple(metric.shape)}")
@@ -237,7 +282,8 @@ def entk_operator(
     attention_mask: torch.Tensor | None = None,
     positions=None,
     model_inputs: dict | None = None,
-    metric: str | torch.Tensor | None = "unembedding",
+    output=None,
+    metric: str | torch.Tensor | None = DEFAULT_METRIC,
     truncate: bool | str = "auto",
     chunk_size: int = 64,
     layers=None,
@@ -259,38 +305,41 @@ def entk_operator(
     positions : (N,) output position per context (default: the last non-pad token).
     model_inputs : further keyword arguments of the model (tensors with one row per context
         are split into the chunks; anything else is passed as it is).
-    metric : ``"unembedding"`` (``A = (U^T U)^{1/2}``), ``"logits"`` (the same, or the exact
-        per-context metric where the model caps its logits), ``"identity"`` / ``None`` (the
-        kernel of ``h``), or a (d, d) tensor.
+    output : None (default: ``h``, the output embedding's input, in the geometry ``metric``),
+        or a function ``output(h, index) -> (n,) or (n, k)`` of the final hidden states ``h``
+        (n, d) at the output positions and the contexts' rows ``index`` (n,) in ``input_ids``:
+        the kernel is then the plain eNTK of that output (e.g. a probe's logit, or the
+        per-example loss with the next tokens looked up by ``index``).
+    metric : the geometry of ``h`` (without ``output``): ``"unembedding"`` (default,
+        ``A = (U^T U)^{1/2}``), ``"logits"`` (the same, or the exact per-context metric where
+        the model caps its logits), ``"identity"`` / ``None`` (the kernel of ``h``), or a
+        (d, d) tensor.
     truncate : how much of the model each product runs (all give the same operator; see
         :mod:`entk_utils.kernels.forward_paths`): ``"full"``, ``"layer"``, ``"module"`` insist on a path
-        (``ValueError`` if it cannot apply or fails its probe); ``"auto"`` (default) takes
-        the cheapest that applies and reproduces the full model on a probe, with a warning
-        when a shortcut fails it. Before this vocabulary: ``True`` = ``"auto"``,
-        ``False`` = ``"full"``, ``"down_proj"`` = ``"module"``.
+        (``ValueError`` naming the path and the weights if it cannot apply or fails its
+        probe); ``"auto"`` (default) takes the cheapest that applies and reproduces the full
+        model on a probe, with a warning when a shortcut fails it. Before this vocabulary:
+        ``True`` = ``"auto"``, ``False`` = ``"full"``, and ``"down_proj"`` insists on the
+        module path from an MLP output projection's input.
     chunk_size : contexts per VJP / JVP call (bounds memory).
     layers, final_norm : where the model's conventions do not find them: the decoder layers
         (a ModuleList or its name) and the module(s) between the last layer and the output
         embedding (a module, a name or a list; ``[]`` for none).
 
-    Returns an :class:`ENTKOperator` with ``.shape == (N*d, N*d)`` and ``.matvec(v)``.
+    Returns an :class:`ENTKOperator` with ``.shape == (N*k, N*k)`` (k = d without ``output``)
+    and ``.matvec(v)``.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    if isinstance(truncate, str) or isinstance(truncate, bool):
-        mode = forward_paths.LEGACY_TRUNCATE.get(truncate, truncate)
-    else:
-        mode = None
-    if mode not in forward_paths.TRUNCATE:
-        raise ValueError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
+    mode = truncate_mode(truncate)
     anatomy = model_anatomy.find_anatomy(model, layers, final_norm)
     params = resolve_weights(model, weights)
-    A, cap = _resolve_metric(model, anatomy, metric, params)
+    A, cap = _resolve_metric(model, anatomy, metric, params, output)
     first = next(iter(params.values()))
     contexts = model_anatomy.make_contexts(model, input_ids, attention_mask, positions, model_inputs, first.device)
     detached = {name: p.detach() for name, p in params.items()}
     strategy = path_choice.choose_path(anatomy, contexts, detached, mode)
-    op = ENTKOperator(anatomy, contexts, detached, strategy, A, int(chunk_size))
+    op = ENTKOperator(anatomy, contexts, detached, strategy, A, int(chunk_size), output)
     if cap is not None:
         op.fold_softcap_metric(cap)
     return op
@@ -302,7 +351,7 @@ def layer_entk_operator(
     layer: int,
     *,
     param: str = "mlp.down_proj.weight",
-    metric: str | torch.Tensor | None = "unembedding",
+    metric: str | torch.Tensor | None = DEFAULT_METRIC,
     truncate: bool | str = True,
     chunk_size: int = 64,
     attention_mask: torch.Tensor | None = None,
@@ -310,14 +359,20 @@ def layer_entk_operator(
 ) -> ENTKOperator:
     """:func:`entk_operator` of one weight of one decoder layer: ``param`` relative to layer
     ``layer`` (``0 <= layer < number of layers``), default the MLP's ``down_proj``. Further
-    keyword arguments (``positions``, ``model_inputs``, ``layers``, ``final_norm``) are
-    passed on."""
-    anatomy = model_anatomy.find_anatomy(model, kwargs.get("layers"))
-    n_layers = len(anatomy.layers)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
-        raise ValueError(f"layer must be an integer in 0..{n_layers - 1}, got {layer!r}")
-    own = dict(anatomy.layers[layer].named_parameters())
-    if param not in own:
-        raise ValueError(f"layer {layer} has no parameter {param!r}; it has {list(own)}")
-    return entk_operator(model, input_ids, f"{anatomy.layer_names[layer]}.{param}", metric=metric, truncate=truncate,
-                         chunk_size=chunk_size, attention_mask=attention_mask, **kwargs)
+    keyword arguments (``positions``, ``model_inputs``, ``output``, ``layers``,
+    ``final_norm``) are passed on."""
+    weight = conventions.layer_weight(model_anatomy.find_anatomy(model, kwargs.get("layers")), layer, param)
+    return entk_operator(model, input_ids, weight, metric=metric, truncate=truncate, chunk_size=chunk_size,
+                         attention_mask=attention_mask, **kwargs)
+
+
+def truncate_mode(truncate) -> str:
+    """The forward path mode :func:`entk_operator` asks for: one of
+    :data:`~entk_utils.kernels.forward_paths.TRUNCATE_MODES`, or ``"down_proj"``; the legacy
+    ``True`` / ``False`` as ``"auto"`` / ``"full"``. ``ValueError`` for anything else."""
+    if isinstance(truncate, bool):
+        return forward_paths.LEGACY_TRUNCATE[truncate]
+    if isinstance(truncate, str) and truncate in (*forward_paths.TRUNCATE_MODES, forward_paths.DOWN_PROJ):
+        return truncate
+    raise ValueError(f"truncate must be one of {forward_paths.TRUNCATE_MODES} (or, as before them, True, False, "
+                     f"'down_proj'), got {truncate!r}")

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from .anatomy import Anatomy, Contexts, NotApplicable, hidden, math_attention
-from .forward_paths import FromLayer, FromModule, ForwardPath, FullModel, Trace, trace
+from .anatomy import Anatomy, Contexts, NotApplicable, math_attention
+from .conventions import is_mlp_output
+from .forward_paths import DOWN_PROJ, FromLayer, FromModule, ForwardPath, FullModel, Trace, hidden, trace
 
 PROBE_CONTEXTS = 8  # contexts in the probe batch that a shortcut is checked on
 
@@ -80,7 +81,18 @@ def module_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromModule
     return FromModule(anatomy, base.start, base.tail, first, [m for m in done if m not in inner])
 
 
-BUILDERS = {"module": module_path, "layer": layer_path}
+def _down_projection_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromModule:
+    """The ``"module"`` path, insisted on starting at an MLP output projection's input (the
+    legacy ``truncate="down_proj"``); :class:`NotApplicable` if its first module is another."""
+    path = module_path(anatomy, tr, names)
+    if not is_mlp_output(anatomy, path.first):
+        raise NotApplicable(f"its first analysed module, {anatomy.names()[path.first]}, is not an MLP output "
+                            "(down-) projection")
+    return path
+
+
+BUILDERS = {"module": module_path, "layer": layer_path, DOWN_PROJ: _down_projection_path}
+INSTEAD = {"module": "'layer' or 'full'", DOWN_PROJ: "'module', 'layer' or 'full'", "layer": "'full'"}
 
 
 # --------------------------------------------------------------------------- probes
@@ -129,14 +141,16 @@ class _Probe:
 
 def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.Tensor], truncate: str,
                 seed: int = 0) -> ForwardPath:
-    """The path for ``truncate`` (one of :data:`TRUNCATE`), checked on a probe batch (the first
-    :data:`PROBE_CONTEXTS` contexts): its outputs and their JVP along a random weight direction
-    must equal the full model's within :func:`_tolerance`.
+    """The path for ``truncate`` (one of :data:`~entk_utils.kernels.forward_paths.TRUNCATE_MODES`,
+    or ``"down_proj"``: the module path from an MLP output projection's input), checked on a
+    probe batch (the first :data:`PROBE_CONTEXTS` contexts): its outputs and their JVP along a
+    random weight direction must equal the full model's within :func:`_tolerance`.
 
     ``"auto"`` takes the first of ``"module"``, ``"layer"``, ``"full"`` that applies and passes
-    (a failed probe is a warning); ``"layer"`` / ``"module"`` raise ``ValueError`` where they
-    cannot apply or fail the probe. Running the last layer at the output positions only is
-    tried first and dropped, with a warning, if only that fails.
+    (a failed probe is a warning); an insisted path (``"layer"``, ``"module"``,
+    ``"down_proj"``) raises ``ValueError`` naming the path and the weights where it cannot
+    apply or fails the probe. Running the last layer at the output positions only is tried
+    first and dropped, with a warning, if only that fails.
     """
     full = FullModel(anatomy)
     if truncate == "full":
@@ -148,6 +162,7 @@ def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.T
     direction = {k: torch.randn(v.shape, generator=generator, dtype=torch.float64).to(v) for k, v in weights.items()}
     probe = _Probe(anatomy, inputs, rows, weights, direction,
                    _value_and_jvp(anatomy, full, weights, direction, None, inputs, rows))
+    insisted = f"truncate={truncate!r} insists on the {truncate} path for {', '.join(weights)}"
     failures = []
     for mode in ("module", "layer") if truncate == "auto" else (truncate,):
         try:
@@ -155,8 +170,7 @@ def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.T
         except NotApplicable as err:
             if truncate == "auto":
                 continue
-            instead = "'layer' or 'full'" if mode == "module" else "'full'"
-            raise ValueError(f"truncate={truncate!r} cannot apply: {err}; use truncate={instead}") from None
+            raise ValueError(f"{insisted}, which cannot apply: {err}; use truncate={INSTEAD[mode]}") from None
         for at_rows in (True, False) if path.can_run_last_at_rows() else (False,):
             failure = probe.failure(path, at_rows)
             if failure is None:
@@ -165,7 +179,7 @@ def choose_path(anatomy: Anatomy, contexts: Contexts, weights: dict[str, torch.T
                 return path
             failures.append(failure)
         if truncate != "auto":
-            raise ValueError(f"truncate={truncate!r}: {failures[-1]}; use truncate='full'")
+            raise ValueError(f"{insisted}: {failures[-1]}; use truncate='full'")
     if failures:
         warnings.warn("; ".join(failures) + "; falling back to the full model", stacklevel=3)
     return full

@@ -11,7 +11,7 @@ from torch.func import functional_call, jacrev, vmap
 REFERENCE_MEMORY = 2 * 2**30  # bytes of per-example Jacobians held at once
 
 
-def _check_output(out: torch.Tensor) -> torch.Tensor:
+def check_output(out: torch.Tensor) -> torch.Tensor:
     """``out`` if it is a batch of output vectors (n, C), else ``ValueError``."""
     if out.ndim != 2:
         raise ValueError(f"the model must map (N, ...) inputs to (N, C) outputs, got output shape {tuple(out.shape)}")
@@ -46,7 +46,7 @@ def _jacobian_gram(ja: torch.Tensor, jb: torch.Tensor, reduce: str) -> torch.Ten
     return ja.reshape(n, -1) @ jb.reshape(m, -1).T / c
 
 
-def _reference_contributions(model, inputs, names, reduce, chunk_size):
+def reference_contributions(model, inputs, names, reduce, chunk_size):
     """Per-parameter kernels ``{name: K}`` from explicit per-example Jacobians.
 
     ``chunk_size`` inputs per ``vmap(jacrev)`` call; ``None`` sizes the blocks by
@@ -58,13 +58,13 @@ def _reference_contributions(model, inputs, names, reduce, chunk_size):
     chosen = {n: params[n].detach() for n in names}
 
     def example_outputs(theta, x):  # one example -> its (C,) outputs, or (1,) their mean
-        out = _check_output(functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),)))[0]
+        out = check_output(functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),)))[0]
         return out.mean(0, keepdim=True) if reduce == "mean" else out
 
     jacobians = vmap(jacrev(example_outputs), in_dims=(None, 0))
     n = len(inputs)
     with torch.no_grad():
-        n_out = _check_output(model(inputs[:1])).shape[1]
+        n_out = check_output(model(inputs[:1])).shape[1]
     n_rows = 1 if reduce == "mean" else n_out
     itemsize = next(iter(chosen.values())).element_size()
     block = chunk_size or _reference_block(n, n_rows * sum(p.numel() for p in chosen.values()) * itemsize)

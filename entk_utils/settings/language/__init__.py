@@ -1,12 +1,18 @@
 """The language-model setting: the corpus (:mod:`.corpus`), grammar labels from spaCy
-(:mod:`.tags`), the model (:mod:`.models`) and the context dataset (:mod:`.contexts`)."""
+(:mod:`.tags`), the model, loaded from any source (:mod:`.models`), and the contexts sampled
+from a text (:mod:`.contexts`)."""
 
-from .contexts import GENERATED_TOKENS, ContextDataset, build_context_dataset, greedy_generate_fn, word_starts
-from .corpus import SEPARATOR, STORIES_ENV, hash_text, load_stories, read_stories, read_text, stories_path
-from .models import HUB_ID, MODEL_SOURCES, LoadedModel, gguf_path, last_token_activations, load_gemma, model_shape
+from .contexts import (GENERATED_TOKENS, ContextDataset, cached_contexts, context_tail, greedy_generate_fn,
+                       load_token_ids, sample_contexts, word_starts)
+from .corpus import (SEPARATOR, STORIES_ENV, hash_text, load_stories, read_documents, read_stories, read_text,
+                     stories_path)
+from .models import (HUB_ID, MODEL_SOURCES, LoadedModel, ResolvedSource, gguf_path, is_hub_id, last_token_activations,
+                     load_gemma, load_model, model_outline, resolve_source)
 from .tags import SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_spacy
 
 __all__ = ["GENERATED_TOKENS", "HUB_ID", "MODEL_SOURCES", "SEPARATOR", "SPACY_MODELS", "STORIES_ENV", "TAGS",
-           "ContextDataset", "LoadedModel", "build_context_dataset", "first_word_after", "gguf_path", "grammar_labels",
-           "greedy_generate_fn", "hash_text", "last_token_activations", "load_gemma", "load_spacy", "load_stories",
-           "model_shape", "read_stories", "read_text", "stories_path", "word_starts"]
+           "ContextDataset", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
+           "gguf_path", "grammar_labels", "greedy_generate_fn", "hash_text", "is_hub_id", "last_token_activations",
+           "load_gemma", "load_model", "load_spacy", "load_stories", "load_token_ids", "model_outline",
+           "read_documents", "read_stories", "read_text", "resolve_source", "sample_contexts", "stories_path",
+           "word_starts"]

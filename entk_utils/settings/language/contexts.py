@@ -1,15 +1,31 @@
-"""The context dataset: 64-token contexts that end just before a word, kept when the model's
-own greedy continuation has the same part of speech as the story's real next word."""
+"""Contexts: windows of token ids that end just before a word, with what the text says next.
+
+One sampler, :func:`sample_contexts`, with two policies:
+
+* ``n_per_tag=``: a quota of contexts per part of speech of the next word, kept only where
+  the model's own greedy continuation has the same part of speech (the paper's dataset,
+  notebook 03);
+* ``n_contexts=``: that many windows, whatever the model predicts (any model and text,
+  notebook 06).
+
+:func:`cached_contexts` runs it with a loaded model's greedy continuation and caches the
+result by the text, the model and the parameters. :func:`context_tail` shows a context's end
+as text; :func:`load_token_ids` reads contexts saved by ``torch.save`` (the batch job).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...io.cache import cache_key, cached
+from .corpus import hash_text
 from .tags import TAGS, first_word_after
 
 
@@ -81,7 +97,29 @@ def greedy_generate_fn(model, tokenizer, max_new_tokens: int = GENERATED_TOKENS,
     return generate
 
 
-def build_context_dataset(
+# --------------------------------------------------------------------------- sampling
+def sample_contexts(documents: Sequence[str], tokenizer, nlp, predict: Callable[[torch.Tensor], list[str]], *,
+                    context_len: int, seed: int = 0, n_per_tag: int | None = None, tags: Sequence[str] = TAGS,
+                    n_contexts: int | None = None, progress: bool = True) -> ContextDataset:
+    """Contexts of ``context_len`` tokens (no BOS) that end just before a word of ``documents``.
+
+    Give exactly one of ``n_per_tag`` (a quota per part of speech in ``tags``, kept where the
+    model agrees: :func:`_agreeing_contexts`) and ``n_contexts`` (that many windows:
+    :func:`_windows`). ``predict(contexts (B, T)) -> [continuation text]`` is the model's
+    greedy continuation (:func:`greedy_generate_fn`); ``nlp`` a spaCy pipeline; ``tokenizer``
+    a fast tokenizer (character offsets). Same seed, same contexts.
+    """
+    if (n_per_tag is None) == (n_contexts is None):
+        raise ValueError(f"give exactly one of n_per_tag (a quota per part of speech) and n_contexts (windows), got "
+                         f"n_per_tag={n_per_tag!r}, n_contexts={n_contexts!r}")
+    if n_per_tag is not None:
+        return _agreeing_contexts(documents, tokenizer, predict, nlp, n_per_tag=n_per_tag, tags=tags,
+                                  context_len=context_len, seed=seed, progress=progress)
+    return _windows(documents, tokenizer, nlp, predict, n_contexts=n_contexts, context_len=context_len, seed=seed,
+                    progress=progress)
+
+
+def _agreeing_contexts(
     stories: Sequence[str],
     tokenizer,
     generate_fn: Callable[[torch.Tensor], list[str]],
@@ -163,3 +201,110 @@ def build_context_dataset(
         token=[j for _, j, *_ in rows],
         report={"rounds": rounds, "generated": tried, "stories": len(stories), "counts": counts},
     )
+
+
+def _windows(documents: Sequence[str], tokenizer, nlp, predict: Callable[[torch.Tensor], list[str]], *,
+             n_contexts: int, context_len: int, seed: int = 0, progress: bool = True) -> ContextDataset:
+    """``n_contexts`` windows of ``context_len`` tokens that end just before a word.
+
+    Documents are visited in a seeded random order, each tokenised and tagged by spaCy when
+    first visited; each round draws one unused word position per document (one whose word
+    starts at a token boundary with at least ``context_len`` tokens before it), until the
+    count is reached. ``predict`` gives the model's continuation of each window
+    (``generated``); ``upos`` / ``morph`` / ``words`` describe the word that really follows.
+    ``ValueError`` if the text has too few such positions.
+    """
+    if n_contexts < 1 or context_len < 1:
+        raise ValueError(f"n_contexts and context_len must be >= 1, got {n_contexts}, {context_len}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(documents))
+    found, chosen, rounds = {}, [], 0
+    with tqdm(total=n_contexts, desc="contexts", disable=not progress) as bar:
+        while len(chosen) < n_contexts:
+            rounds += 1
+            before = len(chosen)
+            for d in order:
+                if d not in found:
+                    enc = tokenizer(documents[d], add_special_tokens=False, return_offsets_mapping=True)
+                    starts = word_starts(nlp(documents[d]), enc.offset_mapping, documents[d], context_len)
+                    found[d] = (enc.input_ids, [starts[i] for i in rng.permutation(len(starts))])
+                ids, starts = found[d]
+                if starts:
+                    j, word = starts.pop()
+                    chosen.append((int(d), j, word, ids[j - context_len:j]))
+                    bar.update(1)
+                if len(chosen) == n_contexts:
+                    break
+            if len(chosen) == before:
+                raise ValueError(f"the text holds only {len(chosen)} word positions with {context_len} tokens before "
+                                 f"them; n_contexts={n_contexts} needs more text or a smaller context_len")
+    input_ids = torch.tensor([ids for *_, ids in chosen])
+    return ContextDataset(
+        input_ids=input_ids, upos=[w.pos_ for _, _, w, _ in chosen], morph=[str(w.morph) for _, _, w, _ in chosen],
+        words=[w.text for _, _, w, _ in chosen], generated=predict(input_ids), story=[d for d, *_ in chosen],
+        token=[j for _, j, *_ in chosen], report={"rounds": rounds, "documents": len(documents), "tagged": len(found)})
+
+
+# What a cached context dataset depends on besides its parameters, the text and the model.
+CONTEXTS_CODE = (sample_contexts, _agreeing_contexts, _windows, word_starts, first_word_after, greedy_generate_fn,
+                 ContextDataset)
+
+
+def cached_contexts(cache_dir, documents: Sequence[str], lm, nlp, *, context_len: int, seed: int = 0,
+                    n_per_tag: int | None = None, tags: Sequence[str] = TAGS, n_contexts: int | None = None,
+                    progress: bool = True) -> ContextDataset:
+    """:func:`sample_contexts` with the loaded model's (``lm``, a
+    :class:`~entk_utils.settings.language.models.LoadedModel`) greedy continuation
+    (:data:`GENERATED_TOKENS` tokens under a quota per tag, one token otherwise), cached in
+    ``cache_dir`` by the parameters, the text's content, the model's description and
+    weights, and the spaCy pipeline."""
+    def compute():
+        tokens = GENERATED_TOKENS if n_per_tag is not None else 1
+        predict = greedy_generate_fn(lm.model, lm.tokenizer, max_new_tokens=tokens)
+        return sample_contexts(documents, lm.tokenizer, nlp, predict, context_len=context_len, seed=seed,
+                               n_per_tag=n_per_tag, tags=tags, n_contexts=n_contexts, progress=progress).to_dict()
+
+    text = cache_key(n=len(documents), text=[hash_text(d) for d in documents])
+    quota = {"n_per_tag": n_per_tag, "tags": list(tags)} if n_per_tag is not None else {"n_contexts": n_contexts}
+    return ContextDataset(**cached(cache_dir, "contexts", compute, produced_by=CONTEXTS_CODE, **quota,
+                                   context_len=context_len, seed=seed, text=text, model=lm.description,
+                                   weights=lm.fingerprint, nlp=f"{nlp.meta['name']}-{nlp.meta['version']}"))
+
+
+# --------------------------------------------------------------------------- reading contexts
+def context_tail(tokenizer, ids: Sequence[int], n_tokens: int = 12) -> str:
+    """The last ``n_tokens`` tokens of a context as text, the last one in brackets
+    (``"…the big red [ball]"``), line breaks shown as ``⏎``."""
+    def text(part):
+        return tokenizer.decode(part).replace("\r", "").replace("\n", "⏎")
+
+    ids = list(ids)
+    last = text(ids[-1:])
+    word = last.lstrip() or last
+    return f"…{text(ids[-n_tokens:-1])}{last[:len(last) - len(word)]}[{word}]"
+
+
+def load_token_ids(path: str | os.PathLike, *, min_contexts: int = 1, max_len: int | None = None,
+                   name: str = "--contexts") -> torch.Tensor:
+    """The (N, T) token ids ``torch.save``d at ``path`` (read with ``weights_only=True``),
+    checked: an integer tensor of non-negative ids, N at least ``min_contexts``, T at most
+    ``max_len`` (the model's longest context) when given. Errors name the value as ``name``."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{name}={str(path)!r}: no such file")
+    try:
+        ids = torch.load(file, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"{name}={str(path)!r}: not a torch.save'd tensor ({type(err).__name__}: {err})") from None
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool \
+            or ids.dtype.is_complex or 0 in ids.shape:
+        raise ValueError(f"{name}={str(path)!r}: must hold a non-empty (N, T) integer tensor of token ids, got "
+                         f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))} {getattr(ids, 'dtype', '')}")
+    if int(ids.min()) < 0:
+        raise ValueError(f"{name}={str(path)!r}: token ids must be >= 0, found {int(ids.min())}")
+    if len(ids) < min_contexts:
+        raise ValueError(f"{name}={str(path)!r}: N={len(ids)} contexts, at least {min_contexts} needed "
+                         "(every rank needs one)")
+    if max_len is not None and ids.shape[1] > max_len:
+        raise ValueError(f"{name}={str(path)!r}: contexts of T={ids.shape[1]} tokens, longer than the model's {max_len}")
+    return ids.long()

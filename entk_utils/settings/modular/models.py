@@ -139,7 +139,7 @@ def paper_transformer_init(model: OneLayerTransformer, seed: int) -> OneLayerTra
     return model
 
 
-def _seeded(make, seed: int):
+def build_seeded(make, seed: int):
     """Build a module under ``torch.manual_seed(seed)`` without disturbing the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,7 +151,7 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     (on the same device, eval mode): the kernel "with the data but not the learned features"."""
     if not hasattr(model, "init_args"):
         raise ValueError(f"{type(model).__name__} does not record its constructor arguments (init_args)")
-    fresh = _seeded(lambda: type(model)(**model.init_args), seed)
+    fresh = build_seeded(lambda: type(model)(**model.init_args), seed)
     return fresh.to(next(model.parameters()).device).eval()
 
 

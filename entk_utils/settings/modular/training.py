@@ -1,14 +1,17 @@
 """Training on modular addition with checkpoints, accuracy curves and a cache.
 
-:func:`train` is the loop (AdamW, full batch or shuffled minibatches); :func:`train_gromov_mlp`
-and :func:`train_transformer` run each paper recipe on its data and split and cache the run
-in ``cache_dir``, keyed by every argument and by the code that trains (:func:`training_code`).
+:func:`train` is the loop (AdamW, full batch or shuffled minibatches). Each paper recipe is a
+dataclass, :class:`MLPRecipe` and :class:`TransformerRecipe`, that spells every argument
+once; :func:`train_gromov_mlp` and :func:`train_transformer` run one on its data and split
+and cache the run in ``cache_dir``, keyed by the recipe and by the code that trains
+(:func:`training_code`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,9 +22,8 @@ from tqdm.auto import tqdm
 
 from ...io import checks
 from ...io.cache import cached
-from ...io.checks import check_modulus
 from .data import SPLITS, modular_addition_pairs, one_hot_pairs, paper_split, split_indices, train_test_split, transformer_tokens
-from .models import TRANSFORMER_INITS, GromovMLP, OneLayerTransformer, _seeded, paper_transformer_init
+from .models import TRANSFORMER_INITS, GromovMLP, OneLayerTransformer, build_seeded, paper_transformer_init
 
 
 @dataclass
@@ -163,91 +165,83 @@ class ModularRun:
     model: nn.Module
 
 
-def train_gromov_mlp(
-    p: int = 29,
-    width: int = 512,
-    steps: int = 500,
-    *,
-    seed: int = 0,
-    split: str = "seeded",
-    split_seed: int = 0,
-    train_frac: float = 0.7,
-    lr: float = 0.05,
-    weight_decay: float = 0.01,
-    checkpoint_every: int = 10,
-    cache_dir=None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> ModularRun:
-    """Train the Gromov MLP on modular addition as the eNTK paper's code does.
+# --------------------------------------------------------------------------- the two recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: every argument that changes the trained model, spelled once (the
+    fields of a subclass). :meth:`check` validates them; :meth:`key` is what a cached run is
+    keyed by; :meth:`of` builds one from keyword arguments, old names included."""
 
-    Full-batch AdamW on MSE against one-hot targets; ``seed`` seeds the weights; ``split``
-    chooses the train/test split (:func:`split_indices`: ``"seeded"`` draws it with
-    ``split_seed``, ``"paper"`` is the Transformer code's fixed split). The result is cached
-    in ``cache_dir`` (keyed by every argument that changes it) so re-running a notebook does
-    not retrain.
-    """
-    check_mlp_arguments(p=p, width=width, steps=steps, seed=seed, split=split, split_seed=split_seed,
-                         train_frac=train_frac, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every,
-                         device=device, cache_dir=cache_dir)
-    p = check_modulus(p)
-    pairs, labels = modular_addition_pairs(p)
-    inputs = one_hot_pairs(pairs, p)
-    train_idx, test_idx = split_indices(len(pairs), train_frac, split, split_seed)
-    model = _seeded(lambda: GromovMLP(p, width), seed)
+    RENAMED: ClassVar[dict[str, str]] = {}  # {old name: field} still accepted, with a warning
 
-    key = dict(p=p, width=width, steps=steps, seed=seed, split=split,
-               split_seed=split_seed if split == "seeded" else None, train_frac=train_frac,
-               lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every)
-    return _cached_run("gromov_mlp", key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir,
-                       epochs=steps, lr=lr, weight_decay=weight_decay, loss="mse",
-                       checkpoint_every=checkpoint_every, device=device, progress=progress)
+    @classmethod
+    def names(cls) -> list[str]:
+        """The field names, then the old names still accepted."""
+        return [f.name for f in fields(cls)] + list(cls.RENAMED)
 
+    @classmethod
+    def of(cls, recipe: "Recipe | None" = None, /, **values) -> "Recipe":
+        """``recipe`` (default: the paper's) with ``values`` replacing its fields; an old name
+        (:attr:`RENAMED`) is taken with a ``DeprecationWarning``, an unknown one is a
+        ``ValueError`` listing the fields."""
+        if recipe is not None and not isinstance(recipe, cls):
+            raise ValueError(f"recipe must be a {cls.__name__}, got {type(recipe).__name__} {recipe!r}")
+        for old, new in cls.RENAMED.items():
+            if old in values:
+                if new in values and values[new] != values[old]:
+                    raise ValueError(f"{old}={values[old]!r} and {new}={values[new]!r}: {old} is the old name of "
+                                     f"{new}; give one")
+                warnings.warn(f"{old} is now called {new}", DeprecationWarning, stacklevel=3)
+                values[new] = values.pop(old)
+        checks.known_names(values, [f.name for f in fields(cls)], cls.__name__)
+        return replace(recipe or cls(), **values)
 
-def _cached_run(name, key, model, p, pairs, labels, inputs, train_idx, test_idx, cache_dir, code=(), **train_kwargs):
-    """Train (or read back from ``cache_dir``, keyed by ``key`` and by the source of
-    :func:`training_code`, the model's class and ``code``), load the final weights and bundle
-    everything as a :class:`ModularRun`."""
-    result = TrainResult.from_dict(cached(
-        cache_dir, name, lambda: train(model, inputs, labels, train_idx, test_idx, **train_kwargs).to_dict(),
-        produced_by=(*training_code(), type(model), *code), **key, torch=torch.__version__,
-    ))
-    model.load_state_dict(result.final_state())
-    return ModularRun(p, pairs, labels, inputs, train_idx, test_idx, result, model.to(train_kwargs["device"]).eval())
+    def check(self) -> None:
+        """``ValueError`` (one line naming the field) for a value the recipe cannot run."""
+        raise NotImplementedError
+
+    def key(self) -> dict:
+        """The fields, as a cached run is keyed (a split seed that the split ignores is None)."""
+        key = asdict(self)
+        if self.split == "paper":
+            key["split_seed"] = None
+        return key
 
 
-def training_code() -> tuple:
-    """What a cached training run depends on besides its arguments and its model class: the
-    training loop, the data and split functions and the seeded construction (looked up when
-    called, so the cache follows the code this process runs)."""
-    return (train, _loss, _evaluate, TrainResult, modular_addition_pairs, one_hot_pairs, split_indices, paper_split,
-            train_test_split, _seeded)
+@dataclass(frozen=True)
+class MLPRecipe(Recipe):
+    """The Gromov MLP on modular addition as the eNTK paper's code trains it: full-batch
+    AdamW on MSE against one-hot targets (one epoch is one step), ``seed`` seeding the
+    weights, ``split`` the train/test split (:func:`split_indices`: ``"seeded"`` draws it
+    with ``split_seed``, ``"paper"`` is the Transformer code's fixed split)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "epochs"}
+
+    p: int = 29
+    width: int = 512
+    epochs: int = 500
+    seed: int = 0
+    split: str = "seeded"
+    split_seed: int = 0
+    train_frac: float = 0.7
+    lr: float = 0.05
+    weight_decay: float = 0.01
+    checkpoint_every: int = 10
+
+    def check(self) -> None:
+        checks.check_modulus(self.p)
+        checks.integer("width", self.width, minimum=1)
+        checks.training(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                        checkpoint_every=self.checkpoint_every, seed=self.seed)
+        check_data_split(train_frac=self.train_frac, split=self.split, split_seed=self.split_seed, none_seed="")
 
 
-def train_transformer(
-    p: int = 29,
-    epochs: int = 4000,
-    *,
-    seed: int = 2,
-    split: str = "paper",
-    split_seed: int | None = None,
-    init: str = "paper",
-    train_frac: float = 0.5,
-    lr: float = 3e-4,
-    weight_decay: float = 1.0,
-    batch_size: int = 64,
-    d_model: int = 64,
-    n_heads: int = 4,
-    d_mlp: int = 256,
-    checkpoint_every: int = 20,
-    cache_dir=None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> ModularRun:
-    """Train :class:`OneLayerTransformer` on modular addition as the eNTK paper's code does.
-
+@dataclass(frozen=True)
+class TransformerRecipe(Recipe):
+    """:class:`OneLayerTransformer` on modular addition as the eNTK paper's code trains it:
     AdamW, cross-entropy over the first ``p`` logits at the last position, shuffled
-    minibatches. ``seed`` seeds the weights and the shuffling.
+    minibatches of ``batch_size`` (None: full batch); ``seed`` seeds the weights and the
+    shuffling.
 
     split : ``"paper"`` (default) the authors' one fixed split for every seed
         (:func:`paper_split`), ``"seeded"`` a split drawn with ``split_seed`` (default:
@@ -255,29 +249,106 @@ def train_transformer(
     init : ``"paper"`` (default) draws the weights as the authors' code does
         (:func:`paper_transformer_init`), ``"torch"`` with ``nn.init.normal_`` after
         PyTorch's default initialisation (the same distributions, other draws).
-
-    Cached in ``cache_dir`` by every argument.
     """
-    check_transformer_arguments(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed, init=init,
-                                 train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                                 d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
-                                 device=device, cache_dir=cache_dir)
-    p = check_modulus(p)
-    split_seed = seed if split_seed is None else split_seed
-    pairs, labels = modular_addition_pairs(p)
-    tokens = transformer_tokens(pairs, p)
-    train_idx, test_idx = split_indices(len(pairs), train_frac, split, split_seed)
-    model = _seeded(lambda: OneLayerTransformer(p, d_model, n_heads, d_mlp), seed)
-    if init == "paper":
-        paper_transformer_init(model, seed)
-    key = dict(p=p, epochs=epochs, seed=seed, split=split, split_seed=split_seed if split == "seeded" else None,
-               init=init, train_frac=train_frac, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-               d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, checkpoint_every=checkpoint_every)
-    return _cached_run("transformer", key, model, p, pairs, labels, tokens, train_idx, test_idx, cache_dir,
-                       code=(transformer_tokens, paper_transformer_init),
-                       epochs=epochs, lr=lr, weight_decay=weight_decay, loss="cross_entropy",
-                       batch_size=batch_size, checkpoint_every=checkpoint_every, n_classes=p, seed=seed,
-                       device=device, progress=progress)
+
+    p: int = 29
+    epochs: int = 4000
+    seed: int = 2
+    split: str = "paper"
+    split_seed: int | None = None
+    init: str = "paper"
+    train_frac: float = 0.5
+    lr: float = 3e-4
+    weight_decay: float = 1.0
+    batch_size: int | None = 64
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int = 256
+    checkpoint_every: int = 20
+
+    def check(self) -> None:
+        checks.check_modulus(self.p)
+        checks.training(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                        checkpoint_every=self.checkpoint_every, seed=self.seed, batch_size=self.batch_size)
+        check_data_split(train_frac=self.train_frac, split=self.split, split_seed=self.split_seed, none_seed="the seed")
+        checks.one_of("init", self.init, TRANSFORMER_INITS)
+        checks.integer("n_heads", self.n_heads, minimum=1)
+        if checks.integer("d_model", self.d_model, minimum=1) % self.n_heads:
+            raise checks.fail("d_model", self.d_model, f"a multiple of n_heads={self.n_heads}")
+        checks.integer("d_mlp", self.d_mlp, minimum=1)
+
+    def key(self) -> dict:
+        key = super().key()
+        if self.split == "seeded" and self.split_seed is None:
+            key["split_seed"] = self.seed
+        return key
+
+
+def check_run_arguments(device, cache_dir) -> None:
+    """The arguments of a training run besides its recipe: a torch device, a folder or None."""
+    checks.torch_device("device", device)
+    checks.folder("cache_dir", cache_dir)
+
+
+def train_gromov_mlp(recipe: MLPRecipe | None = None, /, *, cache_dir=None, device: str | torch.device = "cpu",
+                     progress: bool = True, **changes) -> ModularRun:
+    """Train the Gromov MLP by ``recipe`` (:class:`MLPRecipe`; default the paper's) with
+    ``changes`` to its fields (``train_gromov_mlp(p=19, epochs=300)``). The run is cached in
+    ``cache_dir``, keyed by the recipe and the training code, so re-running a notebook does
+    not retrain."""
+    recipe = MLPRecipe.of(recipe, **changes)
+    recipe.check()
+    check_run_arguments(device, cache_dir)
+    pairs, labels = modular_addition_pairs(recipe.p)
+    inputs = one_hot_pairs(pairs, recipe.p)
+    train_idx, test_idx = split_indices(len(pairs), recipe.train_frac, recipe.split, recipe.split_seed)
+    model = build_seeded(lambda: GromovMLP(recipe.p, recipe.width), recipe.seed)
+    return _cached_run("gromov_mlp", recipe, model, pairs, labels, inputs, train_idx, test_idx, cache_dir, device,
+                       progress, loss="mse")
+
+
+def train_transformer(recipe: TransformerRecipe | None = None, /, *, cache_dir=None,
+                      device: str | torch.device = "cpu", progress: bool = True, **changes) -> ModularRun:
+    """Train :class:`OneLayerTransformer` by ``recipe`` (:class:`TransformerRecipe`; default
+    the paper's) with ``changes`` to its fields; cached as :func:`train_gromov_mlp`."""
+    recipe = TransformerRecipe.of(recipe, **changes)
+    recipe.check()
+    check_run_arguments(device, cache_dir)
+    split_seed = recipe.seed if recipe.split_seed is None else recipe.split_seed
+    pairs, labels = modular_addition_pairs(recipe.p)
+    tokens = transformer_tokens(pairs, recipe.p)
+    train_idx, test_idx = split_indices(len(pairs), recipe.train_frac, recipe.split, split_seed)
+    model = build_seeded(lambda: OneLayerTransformer(recipe.p, recipe.d_model, recipe.n_heads, recipe.d_mlp),
+                         recipe.seed)
+    if recipe.init == "paper":
+        paper_transformer_init(model, recipe.seed)
+    return _cached_run("transformer", recipe, model, pairs, labels, tokens, train_idx, test_idx, cache_dir, device,
+                       progress, code=(transformer_tokens, paper_transformer_init), loss="cross_entropy",
+                       batch_size=recipe.batch_size, n_classes=recipe.p, seed=recipe.seed)
+
+
+def _cached_run(name, recipe: Recipe, model, pairs, labels, inputs, train_idx, test_idx, cache_dir, device, progress,
+                code=(), **train_kwargs):
+    """Train by ``recipe`` (or read back from ``cache_dir``, keyed by :meth:`Recipe.key` and by
+    the source of :func:`training_code`, the model's class and ``code``), load the final
+    weights and bundle everything as a :class:`ModularRun`."""
+    def compute():
+        return train(model, inputs, labels, train_idx, test_idx, epochs=recipe.epochs, lr=recipe.lr,
+                     weight_decay=recipe.weight_decay, checkpoint_every=recipe.checkpoint_every, device=device,
+                     progress=progress, **train_kwargs).to_dict()
+
+    result = TrainResult.from_dict(cached(cache_dir, name, compute, produced_by=(*training_code(), type(model), *code),
+                                          **recipe.key(), torch=torch.__version__))
+    model.load_state_dict(result.final_state())
+    return ModularRun(recipe.p, pairs, labels, inputs, train_idx, test_idx, result, model.to(device).eval())
+
+
+def training_code() -> tuple:
+    """What a cached training run depends on besides its arguments and its model class: the
+    training loop, the data and split functions and the seeded construction (looked up when
+    called, so the cache follows the code this process runs)."""
+    return (train, _loss, _evaluate, TrainResult, modular_addition_pairs, one_hot_pairs, split_indices, paper_split,
+            train_test_split, build_seeded)
 
 
 # --------------------------------------------------------------------------- argument rules
@@ -292,33 +363,3 @@ def check_data_split(*, train_frac: Any, split: Any, split_seed: Any, none_seed:
         raise checks.fail("split_seed", split_seed,
                           "an integer >= 0 under split='seeded' (None would draw an unseeded split)")
     checks.integer("split_seed", split_seed, minimum=0, allow_none=True)
-
-
-def check_mlp_arguments(*, p: Any, width: Any, steps: Any, seed: Any, split: Any, split_seed: Any, train_frac: Any, lr: Any,
-                  weight_decay: Any, checkpoint_every: Any, device: Any, cache_dir: Any = None,
-                  progress: Any = True) -> None:
-    """The rules for the arguments of :func:`train_gromov_mlp` (same names)."""
-    checks.check_modulus(p)
-    checks.integer("width", width, minimum=1)
-    checks.training(epochs=steps, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
-                    epochs_name="steps")
-    check_data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="")
-    checks.torch_device("device", device)
-    checks.folder("cache_dir", cache_dir)
-
-
-def check_transformer_arguments(*, p: Any, epochs: Any, seed: Any, split: Any, split_seed: Any, init: Any, train_frac: Any,
-                          lr: Any, weight_decay: Any, batch_size: Any, d_model: Any, n_heads: Any, d_mlp: Any,
-                          checkpoint_every: Any, device: Any, cache_dir: Any = None, progress: Any = True) -> None:
-    """The rules for the arguments of :func:`train_transformer` (same names)."""
-    checks.check_modulus(p)
-    checks.training(epochs=epochs, lr=lr, weight_decay=weight_decay, checkpoint_every=checkpoint_every, seed=seed,
-                    batch_size=batch_size)
-    check_data_split(train_frac=train_frac, split=split, split_seed=split_seed, none_seed="the seed")
-    checks.one_of("init", init, TRANSFORMER_INITS)
-    checks.integer("n_heads", n_heads, minimum=1)
-    if checks.integer("d_model", d_model, minimum=1) % n_heads:
-        raise checks.fail("d_model", d_model, f"a multiple of n_heads={n_heads}")
-    checks.integer("d_mlp", d_mlp, minimum=1)
-    checks.torch_device("device", device)
-    checks.folder("cache_dir", cache_dir)
