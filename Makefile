@@ -57,13 +57,17 @@ figures: $(STAMP)
 
 # Every notebook runs once: nbval re-executes the committed notebooks with their defaults
 # (comparing the cells marked NBVAL_CHECK_OUTPUT); tests/test_notebooks.py runs 04 and 06,
-# which nbval skips, with their quick profiles.
+# which nbval skips, with their quick profiles. The suite runs on TEST_WORKERS processes
+# (pytest-xdist), each test file and each notebook whole on one of them, the longest first
+# (conftest.py); the slowest tests are listed at the end.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 test: $(STAMP) chromium
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(XDIST) --durations=15
 
-# Unit tests only (no notebook, browser or slow test): a couple of minutes.
+# Unit tests only (no notebook, browser or slow test): under two minutes.
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not notebook and not browser and not slow" -p no:cacheprovider
+	$(PY) -m pytest tests -m "not notebook and not browser and not slow" -p no:cacheprovider $(XDIST) --durations=5
 
 test-browser: $(STAMP) chromium
 	$(PY) -m pytest tests -m browser -p no:cacheprovider

@@ -193,12 +193,70 @@ def _describe(place: ResolvedSource, dtype) -> str:
 def _load(place: ResolvedSource, *, device, dtype, attn_implementation: str, tokenizer: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name, kwargs = place.pretrained()
+    name, kwargs = (str(dequantised_gemma(place.path)), {}) if place.offline_gemma else place.pretrained()
     tok = AutoTokenizer.from_pretrained(name, **kwargs) if tokenizer else None
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
     fingerprint = (f"{place.location}@{getattr(model.config, '_commit_hash', None)}" if place.kind == "hub"
                    else path_fingerprint(place.path))
     return LoadedModel(model.to(device).eval(), tok, _describe(place, dtype), fingerprint)
+
+
+def dequantised_gemma(gguf: Path) -> Path:
+    """A ``save_pretrained`` folder of the offline Gemma's GGUF ``gguf`` dequantised to float32
+    (weights, config, tokenizer), written once beside it: it loads in seconds where the GGUF
+    takes a minute to parse and dequantise.
+
+    The folder is named by the GGUF file (name, size, time) and the versions of transformers
+    (which dequantises) and torch; it is built in a temporary folder, read back and checked
+    against the GGUF's own load (every tensor, the logits of a probe batch and the tokenizer's
+    ids and offsets on a probe text, all to the bit), and only then renamed into place, so a
+    folder that exists is complete and equal to what the GGUF gives.
+    """
+    import transformers
+
+    key = hashlib.sha256(repr((gguf.name, path_fingerprint(gguf), transformers.__version__,
+                               torch.__version__)).encode()).hexdigest()[:12]
+    folder = gguf.parent / f"{gguf.stem}-float32-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(dir=gguf.parent, prefix=f".{folder.name}."))
+    tmp.chmod(0o755)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
+        _check_same((tok, model), (AutoTokenizer.from_pretrained(tmp), AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process renamed its copy first
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _check_same(original: tuple, copy: tuple) -> None:
+    """``RuntimeError`` unless the (tokenizer, model) ``copy`` equals ``original`` to the bit."""
+    (tok, model), (tok_copy, model_copy) = original, copy
+    text = "Once upon a time, a little girl named Lily found a shiny red ball.\n\nShe smiled."
+    if tok(text, return_offsets_mapping=True) != tok_copy(text, return_offsets_mapping=True):
+        raise RuntimeError("the saved tokenizer does not encode a probe text as the GGUF's does")
+    state, state_copy = model.state_dict(), model_copy.state_dict()
+    if state.keys() != state_copy.keys() or not all(torch.equal(state[k], state_copy[k]) for k in state):
+        raise RuntimeError("the saved weights differ from the GGUF's dequantised weights")
+    ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        if not torch.equal(model.eval()(ids).logits, model_copy.eval()(ids).logits):
+            raise RuntimeError("the saved model's logits differ from the GGUF's on a probe text")
 
 
 def load_model(source: str | os.PathLike = "auto", *, device: str | torch.device = "cpu", dtype=torch.float32,
@@ -245,7 +303,8 @@ def model_outline(source: str | os.PathLike = "auto", cache_dir: str | Path | No
     def outline(place: ResolvedSource) -> dict:
         if place.local_only:  # is the model there at all? (cheap; raises OSError if not)
             place.config()
-        return cached(cache_dir, "model-outline", lambda: _outline(place.config()), source=place.key())
+        return cached(cache_dir, "model-outline", lambda: _outline(place.config()), produced_by=(_outline,),
+                      source=place.key())
 
     return _first_available(source, outline)
 
