@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed gpu-check clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers gpu-check clean
 
 env: $(STAMP)
 
@@ -59,18 +59,21 @@ figures: $(STAMP)
 # (comparing the cells marked NBVAL_CHECK_OUTPUT); tests/test_notebooks.py runs 04 and 06,
 # which nbval skips, with their quick profiles. The suite runs on TEST_WORKERS processes
 # (pytest-xdist), each test file and each notebook whole on one of them, the longest first
-# (conftest.py); the slowest tests are listed at the end.
+# (conftest.py), each with one torch thread (two workers of two threads on two cores made
+# small computations many times slower: idle threads spin); the slowest tests are listed at
+# the end.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider
 test: $(STAMP) chromium
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(XDIST) --durations=15
+	$(PYTEST) tests notebooks --nbval-lax $(XDIST) --durations=15
 
 # Unit tests only (no notebook, browser or slow test): under two minutes.
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not notebook and not browser and not slow" -p no:cacheprovider $(XDIST) --durations=5
+	$(PYTEST) tests -m "not notebook and not browser and not slow" $(XDIST) --durations=5
 
 test-browser: $(STAMP) chromium
-	$(PY) -m pytest tests -m browser -p no:cacheprovider
+	$(PYTEST) tests -m browser
 
 # The browser tests drive Debian's chromium package. Install it where we can (as root, with
 # apt-get); where we cannot, those tests skip themselves and say why.
@@ -119,6 +122,24 @@ benchmark-gemma-full: $(STAMP)
 # N = 64, per-layer costs, and a labelled projection of the paper profile on GPUs (about 10 minutes).
 benchmark-distributed: $(STAMP)
 	$(PY) benchmarks/bench_distributed.py
+
+# neural-tangents against the fast eNTK (about 5 minutes on an idle 2-core CPU). JAX and
+# TensorFlow are not the project's dependencies: they live in .venv-peers, built from
+# benchmarks/peers/requirements.txt with the project itself (rebuilt when either file changes).
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_REQUIREMENTS := benchmarks/peers/requirements.txt
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): $(PEERS_REQUIREMENTS) pyproject.toml
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet --upgrade pip
+	$(PEERS_PY) -m pip install --quiet -r $(PEERS_REQUIREMENTS) -e .
+	$(PEERS_PY) -m pip check
+	touch $(PEERS_STAMP)
+
+benchmark-peers: $(PEERS_STAMP)
+	$(PEERS_PY) benchmarks/bench_peers.py
 
 # For a lent GPU machine, in one call of under 10 minutes: the dense eNTK and the operator on CUDA
 # against the CPU, python -m entk_utils.eigs under torchrun with NCCL on every GPU, and the

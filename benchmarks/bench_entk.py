@@ -16,9 +16,10 @@ than one of a few large ones. Columns:
   for ``reduce="mean"`` (the mean over all output pairs is the kernel of the mean output);
 * reference: ``entk_utils.kernels`` with ``method="reference"``.
 
-neural-tangents is not a column: its last release (0.6.5) imports TensorFlow unless paired
-with jax 0.4.23 or older, which needs numpy < 2, and the project pins numpy 2, so it cannot
-share this process.
+neural-tangents is not a column here: it brings JAX and TensorFlow, which the project does not
+depend on, so it runs in an environment of its own (``.venv-peers``): ``bench_peers.py``
+(``make benchmark-peers``) times neural-tangents 0.6.5 (jax 0.4.30, numpy 2) against the fast
+path on the MLP's trace eNTK and the Transformer's ``reduce="mean"`` eNTKs, in one process.
 
 Workloads: the trace eNTK of the trained p=29 Gromov MLP (width 512) on all 841 inputs, and
 the nine layerwise eNTKs of the trained 1-layer Transformer (seed 2) with ``reduce="mean"``
@@ -278,8 +279,10 @@ def main():
             f"reference.\n\n"
             f"| workload | fast path | {PEER} | {REFERENCE} | largest relative difference |\n"
             "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n\n"
-            "neural-tangents is not a column: its last release imports TensorFlow unless paired with jax 0.4.23 "
-            "or older, which needs numpy < 2, and the project pins numpy 2.\n")
+            "neural-tangents is measured in an environment of its own (it brings JAX and TensorFlow, which the "
+            "project does not depend on): `make benchmark-peers` times neural-tangents 0.6.5 (jax 0.4.30, numpy 2) "
+            "against the fast path on the MLP's trace eNTK and the Transformer's `reduce=\"mean\"` eNTKs, in one "
+            "process; results in `benchmarks/results/bench_peers.md`.\n")
         update_readme(RESULTS.parents[2])
 
 

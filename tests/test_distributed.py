@@ -81,6 +81,7 @@ def test_shard_counts_reject_more_ranks_than_contexts():
         distributed.shard_counts(3, 4)
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-N{c[1]}")
 def test_two_processes_give_the_eigenpairs_of_one_process(case, on_two_ranks):
     """Also: both ranks hold the same eigenpairs, and one process equals the plain operator."""
@@ -97,6 +98,7 @@ def test_two_processes_give_the_eigenpairs_of_one_process(case, on_two_ranks):
     np.testing.assert_allclose(single["evecs"], evecs, atol=1e-12)
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_an_output_function_sees_the_rows_of_the_whole_input_on_every_rank(on_two_ranks):
     single = loss_products(5)
     assert single.shape == (5, 3)
@@ -104,6 +106,7 @@ def test_an_output_function_sees_the_rows_of_the_whole_input_on_every_rank(on_tw
         np.testing.assert_allclose(result["loss"], single, rtol=1e-5)
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-N{c[1]}")
 def test_counters_hold_the_message_sizes_and_times_of_each_product(case, on_two_ranks):
     kind, n = case
@@ -149,6 +152,7 @@ def dict_operator_product(n: int, hidden: int):
     return op.matvec(v.numpy()), (IA @ J @ J.T @ IA @ v).numpy()
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_weight_vectors_given_as_dicts_are_summed_over_ranks_in_one_collective():
     for got, expected in distributed.run_on_local_ranks(dict_operator_product, 2, 5, 3):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -164,6 +168,7 @@ def test_operator_metric_reads_metric_or_the_older_name_A():
     assert distributed.operator_metric(New()) == "m" and distributed.operator_metric(Old()) == "a"
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_the_torchrun_launcher_listens_on_loopback_only(tmp_path):
     """Every listening socket of the launcher (its rendezvous and worker stores) and of its
     workers (gloo) is on 127.0.0.1; plain ``torchrun --standalone`` listens on all interfaces."""

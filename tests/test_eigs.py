@@ -44,6 +44,7 @@ def run(command, **env):
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_out_file_under_torchrun_with_two_ranks_equals_the_single_process_one(tiny, tmp_path):
     one = run([sys.executable, *EIGS, *file_job(tiny, tmp_path / "one.npz")])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -58,6 +59,7 @@ def test_out_file_under_torchrun_with_two_ranks_equals_the_single_process_one(ti
     assert int(b["allreduce_bytes"]) == 16 * 24 * 4 and int(b["allgather_bytes"]) == 2 * 3 * 16 * 4
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_a_rank_raising_mid_run_fails_the_job_with_its_error_and_writes_no_file(tiny, tmp_path):
     out = tmp_path / "never.npz"
     job = run([*LAUNCH, str(HERE / "eigs_failing_rank.py"), *file_job(tiny, out)], FAIL_RANK="1", FAIL_AT="5")
@@ -125,6 +127,7 @@ def test_the_cache_entries_are_those_cached_layer_eigenpairs_reads(tmp_path):
     torch.testing.assert_close(read["evecs"], stored["evecs"])
 
 
+@pytest.mark.slow  # several processes: make test runs it, make test-fast does not
 def test_a_rank_failing_in_a_layer_leaves_no_entry_for_it_and_the_rerun_resumes(tmp_path):
     """Layer 1 takes products 1-12, so product 15 falls in layer 2."""
     with pytest.raises(Exception, match="injected failure in product 15"):
