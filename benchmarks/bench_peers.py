@@ -105,6 +105,7 @@ finally:
 from entk_utils.io.report import update_readme  # noqa: E402
 from entk_utils.kernels import entk  # noqa: E402
 from entk_utils.settings.modular import train_gromov_mlp, train_transformer  # noqa: E402
+from bench_entk import with_threads  # noqa: E402 - the torch columns are run as there
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_peers.md"
 NT_COLUMN = "neural-tangents `empirical_ntk_fn`, jitted"
@@ -292,18 +293,6 @@ def clock(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, result
-
-
-def with_threads(fn, n):
-    """``fn`` run with ``n`` torch intra-op threads, restored after."""
-    def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(before)
-    return run
 
 
 def interleaved(columns, rounds, repeats):

@@ -34,6 +34,22 @@ def outline_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("outline-cache")
 
 
+@pytest.fixture(scope="session")
+def nlp():
+    """The spaCy English pipeline."""
+    from entk_utils.settings import language
+
+    return language.load_spacy()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A tiny byte-level BPE tokenizer trained on :data:`tiny_models.TEXT`."""
+    from tiny_models import TEXT, train_tokenizer
+
+    return train_tokenizer([TEXT] * 3, vocab_size=200)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -6,24 +6,9 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from tiny_models import train_tokenizer  # noqa: E402
+from tiny_models import TEXT  # noqa: E402
 
 from entk_utils.settings import language  # noqa: E402
-
-TEXT = ("The cat sat on the mat. It was a sunny day, and the children played in the park.\n\n"
-        "Tom liked red apples. He ate them every morning before school.\n\n"
-        "Lily found a small box under her bed. Inside was a shiny key!")
-
-
-@pytest.fixture(scope="module")
-def nlp():
-    return language.load_spacy()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer([TEXT] * 3, vocab_size=200)
-
 
 def test_read_documents_takes_stories_or_paragraphs(tmp_path):
     stories = tmp_path / "stories.txt"

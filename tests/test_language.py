@@ -230,12 +230,9 @@ def test_model_outline_of_the_offline_gguf_matches_the_loaded_model_and_is_cache
 
 
 # ---------------------------------------------------------------- any model: a folder, a Hub id
-TEXT = "The cat sat on the mat. It was a sunny day, and the children played in the park."
-
-
 @pytest.fixture(scope="module")
 def tiny_llama_folder(tmp_path_factory):
-    return tiny_models.save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), [TEXT] * 3, layers=2)
+    return tiny_models.save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), [tiny_models.TEXT] * 3, layers=2)
 
 
 def test_a_local_folder_loads_and_outlines_without_weights(tiny_llama_folder, tmp_path):

@@ -5,25 +5,10 @@ import pandas as pd
 import pytest
 
 transformers = pytest.importorskip("transformers")
-from tiny_models import train_tokenizer  # noqa: E402
+from tiny_models import TEXT  # noqa: E402
 
 from entk_utils.experiments import your_model  # noqa: E402
 from entk_utils.settings import language  # noqa: E402
-
-TEXT = ("The cat sat on the mat. It was a sunny day, and the children played in the park.\n\n"
-        "Tom liked red apples. He ate them every morning before school.\n\n"
-        "Lily found a small box under her bed. Inside was a shiny key!")
-
-
-@pytest.fixture(scope="module")
-def nlp():
-    return language.load_spacy()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer([TEXT] * 3, vocab_size=200)
-
 
 def test_strongest_contexts_are_the_top_scores_in_the_named_orientation(tokenizer, nlp):
     documents = TEXT.split("\n\n")

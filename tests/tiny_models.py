@@ -7,6 +7,10 @@ import torch
 import transformers
 
 VOCAB, HIDDEN, LAYERS = 40, 16, 3
+# Three short paragraphs: a text to sample contexts from and to train a tiny tokenizer on.
+TEXT = ("The cat sat on the mat. It was a sunny day, and the children played in the park.\n\n"
+        "Tom liked red apples. He ate them every morning before school.\n\n"
+        "Lily found a small box under her bed. Inside was a shiny key!")
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=24, num_hidden_layers=LAYERS,
                num_attention_heads=2, max_position_embeddings=32)
 
