@@ -240,7 +240,17 @@ GEMMA_CASES = [
                                       "numbers > 0"),
     (dict(model_source="no such model"), "model_source='no such model': must be one of 'auto', 'hub', 'gguf', an "
                                         "existing"),
+    (dict(sae="gemma-scope-2-270m-pt-res-all/layer_99_width_16k"), "sae='gemma-scope-2-270m-pt-res-all/layer_99_width_"
+                                                                   "16k': must be 'train', an existing folder"),
+    (dict(sae=""), "sae='': must be 'train'"),
+    (dict(sae_k=600), "sae_k=600: must be an integer <= 512 \\(sae_width\\)"),
+    (dict(sae_documents=0), "sae_documents=0: must be an integer >= 1 or None"),
+    (dict(sae_tokens=1.5), "sae_tokens=1.5: must be an integer"),
 ]
+
+
+def test_a_published_sae_from_the_registry_passes(gemma_values):
+    parameters.check_gemma_notebook({**gemma_values, "sae": "gemma-scope-2-270m-pt-res-all/layer_16_width_16k_l0_small"})
 
 
 @pytest.mark.parametrize("bad, message", GEMMA_CASES, ids=[m.split(":")[0] for _, m in GEMMA_CASES])

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from ..features.causal import next_token_shift
-from ..features.directions import entk_scores, pca_scores, random_scores
+from ..features.directions import entk_scores
+from ..features.finders import FinderInputs, find_directions
 from ..features.scoring import best_direction_metrics, mean_abs_cosine, score_directions
 from ..features.significance import bonferroni, bootstrap_macro, holm, permutation_test
 from ..kernels.eigen import fix_signs
@@ -41,7 +42,8 @@ class LayerScores:
     :func:`~entk_utils.features.scoring.score_directions` with ``layer, method, kind``;
     ``scores[method, layer]`` (N, n_eigs) per-context scores; per layer ``spectra``
     (n_eigs,), ``shares`` (n_eigs,) of :func:`~entk_utils.features.directions.entk_scores`,
-    ``eigenvectors`` (N*d, n_eigs) and ``seconds`` of Lanczos."""
+    ``eigenvectors`` (N*d, n_eigs) and ``seconds`` of Lanczos, ``activations`` (N, h) the
+    residual stream after the layer at the contexts' last token (what PCA reads)."""
 
     table: pd.DataFrame
     scores: dict = field(default_factory=dict)
@@ -49,25 +51,27 @@ class LayerScores:
     shares: dict = field(default_factory=dict)
     eigenvectors: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    activations: dict = field(default_factory=dict)
 
 
 def score_layers(lm: LoadedModel, data: ContextDataset, labels: pd.DataFrame, kinds: dict, layers, *, n_eigs: int,
                  lanczos_steps: int, seed: int, metric, select, evaluate, cache_dir, key: str) -> LayerScores:
     """For each layer: the top eigenpairs of the ``down_proj`` operator (cached), the eNTK,
     PCA and random scores with the same budget in the residual stream after that layer, and
-    each method's best direction per label (chosen on ``select``, scored on ``evaluate``)."""
+    each method's best direction per label (chosen on ``select``, scored on ``evaluate``); the
+    directions come from the finders' registry (:func:`~entk_utils.features.finders.find_directions`)."""
     result, rows = LayerScores(table=pd.DataFrame()), []
     for layer in layers:
         eig = cached_layer_eigenpairs(cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps,
                                       seed=seed, metric=metric, key=key)
         result.spectra[layer], result.seconds[layer] = eig["evals"].numpy(), eig["seconds"]
         result.eigenvectors[layer] = eig["evecs"].numpy()
-        entk_s, result.shares[layer] = entk_scores(result.eigenvectors[layer], len(data))
-        acts = last_token_activations(lm.model, data.input_ids, layer).numpy()
-        for method, scores in {"entk": entk_s, "pca": pca_scores(acts, n_eigs),
-                               "random": random_scores(acts, n_eigs, seed=seed)}.items():
-            result.scores[method, layer] = scores
-            table = score_directions(scores, labels, select, evaluate)
+        result.shares[layer] = entk_scores(result.eigenvectors[layer], len(data))[1]
+        result.activations[layer] = last_token_activations(lm.model, data.input_ids, layer).numpy()
+        inputs = FinderInputs(activations=result.activations[layer], eigenvectors=result.eigenvectors[layer])
+        for method, found in find_directions(DIRECTION_METHODS, inputs, n_eigs, seed).items():
+            result.scores[method, layer] = found.scores
+            table = score_directions(found.scores, labels, select, evaluate)
             rows.append(table.assign(layer=layer, method=method, kind=table.label.map(kinds)))
     result.table = pd.concat(rows, ignore_index=True)
     return result

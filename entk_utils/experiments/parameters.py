@@ -208,9 +208,33 @@ def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwa
     _check_common(v)
 
 
+SAE_PARAMETERS = ("sae", "sae_documents", "sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out")
 GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lanczos_steps", "min_positives",
-                  "n_permutations", "n_boot", "causal_labels", "causal_contexts", "relative_norms", "model_source",
-                  "stories_path", "device", "out_dir", "cache_dir")
+                  "n_permutations", "n_boot", "causal_labels", "causal_contexts", "relative_norms", *SAE_PARAMETERS,
+                  "model_source", "stories_path", "device", "out_dir", "cache_dir")
+
+
+def check_sae_parameters(v: Mapping[str, Any]) -> None:
+    """The SAE parameters of notebooks 03 and 06: ``sae`` is ``"train"``, an existing folder or
+    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline, against the registry SAELens
+    installs); the recipe's counts (:meth:`~entk_utils.features.sae.SAERecipe` fields) positive,
+    ``sae_k`` at most ``sae_width``; ``sae_documents`` None or positive."""
+    spec = v["sae"]
+    if not isinstance(spec, str) or not spec:
+        raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
+    if spec != "train" and not Path(spec).is_dir():
+        release, _, sae_id = spec.partition("/")
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        if release not in directory or sae_id not in directory[release].saes_map:
+            raise checks.fail("sae", spec, "'train', an existing folder saved by SAELens, or '<release>/<sae_id>' of "
+                                           "SAELens' registry (e.g. 'gemma-scope-2-270m-pt-res-all/"
+                                           "layer_16_width_16k_l0_small')")
+    checks.integer("sae_documents", v["sae_documents"], minimum=1, allow_none=True)
+    for name in ("sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out"):
+        checks.integer(name, v[name], minimum=1)
+    checks.integer("sae_k", v["sae_k"], maximum=v["sae_width"], note=" (sae_width)")
 
 
 def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -235,6 +259,7 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
         checks.integer(name, v[name], minimum=1)
     checks.integer("causal_contexts", v["causal_contexts"], minimum=1, allow_none=True)
     checks.reals("relative_norms", v["relative_norms"], minimum=0, low_open=True)
+    check_sae_parameters(v)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])

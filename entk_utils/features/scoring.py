@@ -367,3 +367,44 @@ def with_best_layer(per_layer: pd.DataFrame, by: str = "auroc") -> tuple[pd.Data
                  for m, layer in best_layer.items()]
     table = pd.concat([per_layer.assign(layer=per_layer.layer.astype(str)), *best_rows], ignore_index=True)
     return table, best_layer
+
+
+# ----------------------------------------------------------------------------- k-sparse probing
+
+
+def k_sparse_probe(scores, labels: pd.DataFrame, select, evaluate, ks=(1, 2, 5)) -> pd.DataFrame:
+    """SAEBench's k-sparse probing, for any score columns: per label and k, the k columns with
+    the largest |difference of class means| on the ``select`` contexts (columns standardised
+    there first, so that the choice does not depend on each method's scale), a scikit-learn
+    ``LogisticRegression`` fit on those k columns of the ``select`` contexts, and its AUROC and
+    accuracy on the ``evaluate`` contexts.
+
+    scores : (N, m); labels : (N, L) binary DataFrame. Returns one row per (label, k):
+    ``label, k, chosen`` (the column indices), ``auroc, accuracy``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    S = as_scores(scores)
+    N = S.shape[0]
+    select, evaluate = index_array(select, N, "select", min_size=2), index_array(evaluate, N, "evaluate", min_size=2)
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1 or max(ks) > S.shape[1]:
+        raise ValueError(f"ks must lie in 1..{S.shape[1]} (the number of score columns), got {ks}")
+    mean, std = S[select].mean(0), S[select].std(0)
+    Z = (S - mean) / np.where(std > 0, std, 1.0)
+    rows = []
+    for name in labels.columns:
+        y = labels[name].to_numpy().astype(bool)
+        y_sel, y_eval = y[select], y[evaluate]
+        if y_sel.all() or not y_sel.any() or y_eval.all() or not y_eval.any():
+            raise ValueError(f"label {name!r} has only one class in a half")
+        gap = np.abs(Z[select][y_sel].mean(0) - Z[select][~y_sel].mean(0))
+        ranked = np.lexsort((np.arange(len(gap)), -gap))  # largest gap first, ties to the lower column
+        for k in ks:
+            columns = np.sort(ranked[:k])
+            probe = LogisticRegression(max_iter=5000).fit(Z[select][:, columns], y_sel)
+            rows.append({"label": name, "k": k, "chosen": columns.tolist(),
+                         "auroc": roc_auc_score(y_eval, probe.decision_function(Z[evaluate][:, columns])),
+                         "accuracy": accuracy_score(y_eval, probe.predict(Z[evaluate][:, columns]))})
+    return pd.DataFrame(rows)

@@ -106,3 +106,18 @@ def load_stories(source: str = "local", path: str | Path | None = None, split: s
 def hash_text(text: str) -> str:
     """A short (12 hex digits) sha256 of ``text``, for cache keys."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def corpus_files(first: str | Path) -> list[Path]:
+    """The text file ``first`` and then every other ``.txt`` file in its folder (sorted by
+    name): the local corpus an SAE is trained on, with the scored stories' file first so that
+    its documents keep their indices."""
+    first = Path(first)
+    if not first.is_file():
+        raise FileNotFoundError(f"text file {first} not found")
+    return [first, *sorted(p for p in first.parent.glob("*.txt") if p.resolve() != first.resolve())]
+
+
+def documents_of(paths) -> list[str]:
+    """The documents of each file in ``paths``, in order (:func:`read_documents`)."""
+    return [doc for path in paths for doc in read_documents(path)]

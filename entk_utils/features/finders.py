@@ -1,0 +1,203 @@
+"""The direction finders compared with the eNTK, in one registry.
+
+Every finder reads the same :class:`FinderInputs` (the activations of the N scored contexts,
+the eNTK eigenvectors, an SAE, and, for the supervised ceilings only, the labels of the
+``select`` half) and returns :class:`Directions`: per-context scores (N, k) for its k
+directions with a short description. The scoring (:mod:`.scoring`), the significance tests
+(:mod:`.significance`) and notebooks 03 and 06 take them all alike.
+
+=================  =====================================================================
+``entk``           top singular component of each eNTK eigenvector laid out as (N, d)
+``pca``            top principal components of the activations
+``random``         projections on random directions of the activation space
+``ica``            scikit-learn ``FastICA`` components of the activations (k of them)
+``sae``            the k SAE latents most often active on the contexts (no labels used)
+``sae-all``        every latent of the SAE (the larger budget: the whole dictionary)
+``mean-difference``  per label, the difference of class means (select half): supervised
+``logistic``       per label, a logistic regression's score (select half): supervised
+=================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .directions import entk_scores, pca_scores, principal_components, random_scores
+from .sae import decoder_rows, describe_sae, sae_latents
+
+
+@dataclass
+class FinderInputs:
+    """What the finders read. ``activations`` (N, d): the hidden states of the N scored
+    contexts (e.g. the residual stream after the analysed layer); ``eigenvectors``
+    (N*d_out, m): eNTK eigenvectors, or None; ``sae``: an SAELens SAE over the same
+    activations, or None; ``labels`` (N, L) binary DataFrame and ``select``: the half the
+    supervised finders may fit on (they never see the other half's labels)."""
+
+    activations: np.ndarray
+    eigenvectors: np.ndarray | None = None
+    sae: object | None = None
+    labels: pd.DataFrame | None = None
+    select: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.activations = np.asarray(self.activations, dtype=np.float64)
+        if self.activations.ndim != 2 or not np.all(np.isfinite(self.activations)):
+            raise ValueError(f"activations must be a finite (N, d) matrix, got shape {self.activations.shape}")
+
+    @property
+    def n(self) -> int:
+        return len(self.activations)
+
+    def needs(self, what: str, method: str):
+        value = getattr(self, what)
+        if value is None:
+            raise ValueError(f"finder {method!r} needs FinderInputs.{what}, which is None")
+        return value
+
+
+@dataclass
+class Directions:
+    """A finder's directions: ``scores`` (N, k), a signed score per context and direction;
+    ``description`` in a few words; ``supervised`` if the labels chose them (fit on the
+    select half only); ``larger_budget`` if k exceeds the budget the others get; ``vectors``
+    (k, d): each direction in the space of the activations where it has one (the principal
+    axes, ICA's mixing columns, the SAE's decoder rows), unit length."""
+
+    method: str
+    scores: np.ndarray
+    description: str
+    supervised: bool = False
+    larger_budget: bool = False
+    vectors: np.ndarray | None = None  # (k, d) where each direction lies in activation space, if it has one
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+
+# --------------------------------------------------------------------------- the finders
+def _entk(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    evecs = inputs.needs("eigenvectors", "entk")
+    if evecs.shape[1] < k:
+        raise ValueError(f"finder 'entk' asked for k={k} directions but has {evecs.shape[1]} eigenvectors")
+    scores, _ = entk_scores(evecs[:, :k], inputs.n)
+    return Directions("entk", scores, f"top {k} eNTK eigenvectors, top singular component each")
+
+
+def _pca(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    axes = principal_components(inputs.activations, k)[2]
+    return Directions("pca", pca_scores(inputs.activations, k), f"top {k} principal components",
+                      vectors=axes * np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])[:, None])
+
+
+def _random(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    return Directions("random", random_scores(inputs.activations, k, seed=seed), f"{k} random directions (seed {seed})")
+
+
+def independent_components(activations, k: int, seed: int = 0, max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``FastICA(k, whiten="unit-variance")`` fit on the activations (N, d)
+    (within their top-k principal subspace, as FastICA whitens): ``(sources (N, k), mixing
+    (k, d))``, each mixing row the unit direction along which its source writes. A convergence
+    warning is passed on."""
+    from sklearn.decomposition import FastICA
+
+    X = np.asarray(activations, dtype=np.float64)
+    if not 1 <= k <= min(X.shape):
+        raise ValueError(f"ICA needs 1 <= k <= min(N, d) = {min(X.shape)}, got k={k}")
+    ica = FastICA(n_components=k, whiten="unit-variance", random_state=seed, max_iter=max_iter)
+    sources = ica.fit_transform(X)
+    return sources, (ica.mixing_ / np.linalg.norm(ica.mixing_, axis=0)).T
+
+
+def _ica(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    sources, mixing = independent_components(inputs.activations, k, seed)
+    return Directions("ica", sources, f"{k} FastICA components (seed {seed})", vectors=mixing)
+
+
+def most_active_latents(latents: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` latents active (non-zero) on the most inputs, ties broken by the
+    larger mean activation, then the lower index: a choice that uses no labels."""
+    active, mean = (latents != 0).sum(0), latents.mean(0)
+    return np.lexsort((np.arange(latents.shape[1]), -mean, -active))[:k]
+
+
+def _sae(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    sae = inputs.needs("sae", "sae")
+    latents = sae_latents(sae, inputs.activations)
+    chosen = most_active_latents(latents, k)
+    return Directions("sae", latents[:, chosen], f"{describe_sae(sae)}: the {k} most often active on the contexts",
+                      vectors=decoder_rows(sae)[chosen])
+
+
+def _sae_all(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    sae = inputs.needs("sae", "sae-all")
+    latents = sae_latents(sae, inputs.activations)
+    return Directions("sae-all", latents, f"{describe_sae(sae)}: the whole dictionary", larger_budget=True,
+                      vectors=decoder_rows(sae))
+
+
+def mean_difference_scores(activations, labels: np.ndarray, fit) -> np.ndarray:
+    """(N, L): for each label column of ``labels`` (N, L) the projection of the centred
+    activations on the difference of the class means over the ``fit`` contexts."""
+    X = np.asarray(activations, dtype=np.float64)
+    Xf, Yf = X[fit], np.asarray(labels, dtype=bool)[fit]
+    directions = np.column_stack([Xf[y].mean(0) - Xf[~y].mean(0) for y in Yf.T])
+    return (X - Xf.mean(0)) @ directions
+
+
+def logistic_scores(activations, labels: np.ndarray, fit, C: float = 1.0) -> np.ndarray:
+    """(N, L): for each label column the decision function of a scikit-learn
+    ``LogisticRegression(C)`` on standardised activations, fit on the ``fit`` contexts."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(activations, dtype=np.float64)
+    Y = np.asarray(labels, dtype=bool)
+    out = []
+    for y in Y.T:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+        out.append(probe.fit(X[fit], y[fit]).decision_function(X))
+    return np.column_stack(out)
+
+
+def _mean_difference(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    labels, select = inputs.needs("labels", "mean-difference"), inputs.needs("select", "mean-difference")
+    return Directions("mean-difference", mean_difference_scores(inputs.activations, labels.to_numpy(), select),
+                      "per label, the difference of class means (select half)", supervised=True)
+
+
+def _logistic(inputs: FinderInputs, k: int, seed: int) -> Directions:
+    labels, select = inputs.needs("labels", "logistic"), inputs.needs("select", "logistic")
+    return Directions("logistic", logistic_scores(inputs.activations, labels.to_numpy(), select),
+                      "per label, a logistic regression on the activations (select half)", supervised=True)
+
+
+FINDERS: dict[str, Callable[[FinderInputs, int, int], Directions]] = {
+    "entk": _entk, "pca": _pca, "random": _random, "ica": _ica, "sae": _sae, "sae-all": _sae_all,
+    "mean-difference": _mean_difference, "logistic": _logistic,
+}
+UNSUPERVISED = ("entk", "pca", "random", "ica", "sae", "sae-all")
+SUPERVISED = ("mean-difference", "logistic")
+
+
+def find_directions(methods: Sequence[str], inputs: FinderInputs, k: int, seed: int = 0) -> dict[str, Directions]:
+    """``{method: Directions}`` for each of ``methods`` (names of :data:`FINDERS`), each with
+    ``k`` directions (the supervised ones: one per label; ``sae-all``: the whole dictionary).
+    Unknown names and missing inputs fail before any work, naming them."""
+    unknown = [m for m in methods if m not in FINDERS]
+    if unknown:
+        raise ValueError(f"unknown direction finder(s) {unknown}; choose from {list(FINDERS)}")
+    for method in methods:
+        for what, users in (("eigenvectors", ("entk",)), ("sae", ("sae", "sae-all")), ("labels", SUPERVISED),
+                            ("select", SUPERVISED)):
+            if method in users:
+                inputs.needs(what, method)
+    if not 1 <= int(k) <= min(inputs.activations.shape):
+        raise ValueError(f"k must lie in 1..{min(inputs.activations.shape)} (= min(N, d)), got {k}")
+    return {method: FINDERS[method](inputs, int(k), seed) for method in methods}
