@@ -129,3 +129,7 @@ def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
     assert len(contexts) == n_eigs * params["top_contexts"] and contexts.context.str.endswith("]").all()
     summary = pd.read_csv(out / "summary_your_model.csv").set_index("method")
     assert list(summary.index) == ["entk", "pca"] and (summary.N == params["n_contexts"]).all()
+    finders = pd.read_csv(out / "table_your_model_finders.csv").set_index("method")
+    assert list(finders.index) == ["entk", "pca", "ica", "sae", "sae-all", "random", "mean-difference", "logistic"]
+    assert finders.loc["sae-all", "directions"] == params["sae_width"] and finders.loc["sae", "directions"] == n_eigs
+    assert finders.auroc.between(0, 1).all() and finders.loc[["mean-difference", "logistic"], "supervised"].all()

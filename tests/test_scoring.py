@@ -18,6 +18,17 @@ def test_stratified_halves_keep_class_proportions():
         assert (classes[evaluate] == c).sum() == 5
 
 
+def test_stratified_halves_pool_classes_with_a_single_member():
+    classes = np.array(["a"] * 10 + ["b"] * 10 + ["x", "y"])
+    select, evaluate = stratified_halves(classes, seed=0)
+    assert len(select) == len(evaluate) == 11
+    assert {classes[i] for i in np.concatenate([select, evaluate]) if classes[i] in "xy"} == {"x", "y"}
+    assert sum(classes[i] in "xy" for i in evaluate) == 1  # the pooled pair is split between the halves
+    lone = np.array(["a"] * 10 + ["b"] * 10 + ["x"])
+    select, evaluate = stratified_halves(lone, seed=0)  # a single rare member joins the largest class
+    assert len(select) + len(evaluate) == 21
+
+
 def test_score_directions_finds_the_planted_direction_and_sign():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 40)

@@ -110,13 +110,15 @@ class Comparison:
     row per (method, label) of the paper's metric (chosen on select, scored on evaluate);
     ``probing``: one row per (method, label, k) of k-sparse probing; ``tests``: per
     (method, label) the permutation p-value of the eNTK's AUROC minus the method's, and its
-    Holm correction over labels; ``summary``: one row per method (macro values)."""
+    Holm correction over labels; ``summary``: one row per method (macro values); ``dropped``:
+    labels left out because a half holds a single class of them."""
 
     directions: dict
     per_label: pd.DataFrame
     probing: pd.DataFrame
     tests: pd.DataFrame
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dropped: list = field(default_factory=list)
 
 
 def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate, *, n_boot: int,
@@ -126,7 +128,13 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate
     would have to be repeated on every shuffle, nor the whole SAE dictionary, whose thousands
     of columns make a thousand shuffles too slow here), and summarise per method with
     bootstrap intervals of the macro AUROC and AP. ``paper``: ``{method: {"auroc", "ap"}}``
-    shown beside (e.g. :data:`PAPER_LAYER16`)."""
+    shown beside (e.g. :data:`PAPER_LAYER16`). Labels with a single class in a half are left
+    out (named in ``dropped``)."""
+    halves = [labels.iloc[np.asarray(select)], labels.iloc[np.asarray(evaluate)]]
+    dropped = [c for c in labels.columns if any(h[c].nunique() < 2 for h in halves)]
+    labels = labels.drop(columns=dropped)
+    if labels.empty:
+        raise ValueError(f"every label has a single class in a half ({dropped}); use more contexts")
     Y = labels.T.to_numpy()
     per_label, probing, tests, summary = [], [], [], []
     for method, d in found.items():
@@ -159,7 +167,7 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate
     return Comparison(directions=found, per_label=pd.concat(per_label, ignore_index=True),
                       probing=pd.concat(probing, ignore_index=True),
                       tests=pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(),
-                      summary=pd.DataFrame(summary).set_index("method"))
+                      summary=pd.DataFrame(summary).set_index("method"), dropped=dropped)
 
 
 def significant_labels(tests: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:

@@ -367,8 +367,8 @@ def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: s
 
 
 YOUR_MODEL_NOTEBOOK = ("seed", "model_source", "weights", "text_path", "n_contexts", "context_len", "n_eigs",
-                       "lanczos_steps", "min_positives", "n_permutations", "top_contexts", "device", "out_dir",
-                       "cache_dir")
+                       "lanczos_steps", "min_positives", "n_permutations", "top_contexts", *SAE_PARAMETERS, "n_boot",
+                       "device", "out_dir", "cache_dir")
 
 
 def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -392,6 +392,8 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
                             note=" (at most lanczos_steps and n_contexts: PCA uses as many components)")
     checks.integer("n_permutations", v["n_permutations"], minimum=1)
     checks.integer("top_contexts", v["top_contexts"], minimum=1)
+    checks.integer("n_boot", v["n_boot"], minimum=1)
+    check_sae_parameters(v)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])

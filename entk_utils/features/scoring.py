@@ -311,11 +311,21 @@ def mean_abs_cosine(scores, Y, top: int = 10, reduce: str = "mean") -> np.ndarra
 
 
 def stratified_halves(classes, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A 50/50 split of ``range(N)`` stratified by ``classes`` (N,): (select, evaluate) indices."""
+    """A 50/50 split of ``range(N)`` stratified by ``classes`` (N,): (select, evaluate) indices.
+    Classes with a single member are pooled into one stratum (and that, if still alone, into
+    the largest class), since a stratum needs a member in each half."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(classes))
-    select, evaluate = train_test_split(idx, test_size=0.5, stratify=np.asarray(classes), random_state=seed)
+    strata = np.asarray(classes)
+    values, counts = np.unique(strata, return_counts=True)
+    if (counts < 2).any():
+        strata, values = strata.astype(str), values.astype(str)
+        rare = np.isin(strata, values[counts < 2])
+        strata = np.where(rare, "\0rare", strata)
+        if rare.sum() < 2:
+            strata = np.where(rare, values[counts.argmax()], strata)
+    idx = np.arange(len(strata))
+    select, evaluate = train_test_split(idx, test_size=0.5, stratify=strata, random_state=seed)
     return np.sort(select), np.sort(evaluate)
 
 
