@@ -306,9 +306,7 @@ inputs = baselines.comparison_inputs(found.activations[layer], found.eigenvector
 comparison = baselines.compare(baselines.run_finders(inputs, n_eigs, seed), labels, select, evaluate, n_boot=n_boot,
                                n_permutations=n_permutations, seed=seed,
                                paper=baselines.PAPER_LAYER16 if layer == 16 else None)
-plotting.save_table(comparison.summary.reset_index(), "table5_finders_gemma", out_dir)
-plotting.save_table(comparison.per_label, "table5_finders_gemma_per_label", out_dir)
-plotting.save_table(comparison.probing.drop(columns="chosen"), "table5_finders_gemma_probing", out_dir)
+baselines.save_comparison(comparison, "table5_finders_gemma", out_dir)
 comparison.summary.drop(columns="description").round(3)
 
 # %%

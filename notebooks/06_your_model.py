@@ -227,7 +227,7 @@ select, evaluate = scoring.stratified_halves(np.array(data.upos), seed=seed)
 inputs = baselines.comparison_inputs(activations, eig["evecs"].numpy(), trained, labels, select)
 comparison = baselines.compare(baselines.run_finders(inputs, n_eigs, seed), labels, select, evaluate, n_boot=n_boot,
                                n_permutations=n_permutations, seed=seed)
-plotting.save_table(comparison.summary.reset_index(), "table_your_model_finders", out_dir)
+baselines.save_comparison(comparison, "table_your_model_finders", out_dir)
 plotting.save_figure(baselines.comparison_figure(comparison, title=f"{len(data)} contexts, layer {layer}"),
                      "fig_your_model_finders", out_dir)
 if comparison.dropped:

@@ -20,6 +20,7 @@ from ..features.finders import Directions, FinderInputs, find_directions
 from ..features.scoring import best_direction_metrics, k_sparse_probe, score_directions
 from ..features.significance import bootstrap_macro, holm, permutation_test
 from ..io.cache import cached
+from ..io.plotting import save_table
 
 # Every finder the comparison runs, in table order; the eNTK first.
 COMPARED = ("entk", "pca", "ica", "sae", "sae-all", "random", "mean-difference", "logistic")
@@ -38,7 +39,7 @@ def cached_trained_sae(cache_dir, activations: torch.Tensor, recipe: sae_tools.S
         return {"state": {k: v.cpu() for k, v in trained.sae.state_dict().items()},
                 "cfg": json.dumps(trained.sae.cfg.to_dict(), default=str), "quality": trained.quality}
 
-    entry = cached(cache_dir, "sae", compute, produced_by=(sae_tools.train_sae, sae_tools.SAERecipe, sae_tools.sae_quality),
+    entry = cached(cache_dir, "sae", compute, produced_by=(*sae_tools.TRAINING_CODE, sae_tools.sae_quality),
                    activations=activations, recipe=asdict(recipe))
     return sae_tools.TrainedSAE(sae=_sae_from_entry(entry, device), quality=entry["quality"], recipe=recipe)
 
@@ -168,6 +169,17 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate
                       probing=pd.concat(probing, ignore_index=True),
                       tests=pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(),
                       summary=pd.DataFrame(summary).set_index("method"), dropped=dropped)
+
+
+def save_comparison(comparison: Comparison, name: str, out_dir) -> None:
+    """Write the comparison's tables to ``out_dir``: ``name`` (the summary without the
+    descriptions), ``name_methods`` (what each method is), ``name_per_label`` and
+    ``name_probing``."""
+    summary = comparison.summary.reset_index()
+    save_table(summary.drop(columns="description"), name, out_dir)
+    save_table(summary[["method", "description"]], f"{name}_methods", out_dir)
+    save_table(comparison.per_label, f"{name}_per_label", out_dir)
+    save_table(comparison.probing.drop(columns="chosen"), f"{name}_probing", out_dir)
 
 
 def significant_labels(tests: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:

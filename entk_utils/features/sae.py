@@ -172,6 +172,10 @@ def _to_inference(training_sae):
         return SAE.load_from_disk(folder, device=str(training_sae.device))
 
 
+# What a trained SAE depends on besides its data and recipe (for cache keys).
+TRAINING_CODE = (train_sae, _batches, _to_inference, SAERecipe, TrainedSAE)
+
+
 @torch.no_grad()
 def sae_quality(sae, activations: torch.Tensor, batch_size: int = 4096) -> dict:
     """How well ``sae`` reconstructs ``activations`` (M, d): ``fve`` = 1 - sum |x - x_hat|^2 /

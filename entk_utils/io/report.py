@@ -23,6 +23,8 @@ SECTIONS = {
     "gemma-summary": "paper_figures/summary_gemma.md",
     "gemma-n1024-summary": "paper_figures/gemma_n1024_layer16/summary_gemma.md",
     "gemma-n1024-causal": "paper_figures/gemma_n1024_layer16/table4_causal_gemma.md",
+    "gemma-finders": "paper_figures/table5_finders_gemma.md",
+    "gemma-n1024-finders": "paper_figures/gemma_n1024_layer16/table5_finders_gemma.md",
     "seeds-summary": "paper_figures/summary_seeds.md",
     "seeds-paper-summary": "paper_figures/seeds_paper/summary_seeds.md",
     "seeds-paper-reliability": "paper_figures/seeds_paper/table_seeds_transformer_overlaps.md",
