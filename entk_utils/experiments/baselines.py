@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..features import sae as sae_tools
 from ..features.finders import Directions, FinderInputs, find_directions
@@ -123,7 +124,7 @@ class Comparison:
 
 
 def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate, *, n_boot: int,
-            n_permutations: int, seed: int, ks=PROBE_KS, paper: dict | None = None) -> Comparison:
+            n_permutations: int, seed: int, ks=PROBE_KS, paper: dict | None = None, progress: bool = True) -> Comparison:
     """Score every finder's directions on ``labels`` (N, L) both ways, test the eNTK against
     every unsupervised method with the same budget (not the supervised ceilings, whose fit
     would have to be repeated on every shuffle, nor the whole SAE dictionary, whose thousands
@@ -156,15 +157,14 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate
             row["paper ap"] = paper.get(method, {}).get("ap", np.nan)
         row["description"] = d.description
         summary.append(row)
-    if "entk" in found:
-        for method, d in found.items():
-            if method == "entk" or d.supervised or d.larger_budget:
-                continue
-            p = [permutation_test(found["entk"].scores, d.scores, labels[label].to_numpy(), select, evaluate,
-                                  n_permutations=n_permutations, seed=seed) for label in labels.columns]
-            tests.append(pd.DataFrame({"method": method, "label": labels.columns,
-                                       "entk minus method auroc": [t.observed for t in p],
-                                       "p_perm": [t.p_value for t in p], "p_holm": holm([t.p_value for t in p])}))
+    tested = [m for m, d in found.items() if "entk" in found and m != "entk" and not (d.supervised or d.larger_budget)]
+    for method in tqdm(tested, desc="permutation tests, eNTK against", disable=not progress):
+        d = found[method]
+        p = [permutation_test(found["entk"].scores, d.scores, labels[label].to_numpy(), select, evaluate,
+                              n_permutations=n_permutations, seed=seed) for label in labels.columns]
+        tests.append(pd.DataFrame({"method": method, "label": labels.columns,
+                                   "entk minus method auroc": [t.observed for t in p],
+                                   "p_perm": [t.p_value for t in p], "p_holm": holm([t.p_value for t in p])}))
     return Comparison(directions=found, per_label=pd.concat(per_label, ignore_index=True),
                       probing=pd.concat(probing, ignore_index=True),
                       tests=pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(),

@@ -54,6 +54,7 @@ class FinderInputs:
         return len(self.activations)
 
     def needs(self, what: str, method: str):
+        """The input ``what`` that finder ``method`` reads; ``ValueError`` naming both if it is None."""
         value = getattr(self, what)
         if value is None:
             raise ValueError(f"finder {method!r} needs FinderInputs.{what}, which is None")
