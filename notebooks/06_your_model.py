@@ -220,7 +220,7 @@ token_acts = language.cached_token_activations(cache_dir, lm, documents[:sae_doc
 recipe = sae_tools.SAERecipe(width=sae_width, k=sae_k, tokens=sae_tokens, batch_size=sae_batch_size,
                              held_out=sae_held_out, seed=seed)
 trained = baselines.notebook_sae(sae, token_acts, recipe, cache_dir=cache_dir, device=device)
-baselines.sae_report(trained, len(token_acts)).to_frame("").style.format(precision=3)
+baselines.sae_report(trained, len(token_acts)).to_frame("")
 
 # %%
 select, evaluate = scoring.stratified_halves(np.array(data.upos), seed=seed)

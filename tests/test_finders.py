@@ -121,6 +121,17 @@ def test_sae_recovers_planted_sparse_directions(small_sae):
     assert q["fve"] > 0.9 and 0 < q["l0"] <= 3 and q["n"] == 2000 and 0 <= q["dead"] <= 16
 
 
+def test_an_sae_learns_around_a_large_constant_offset():
+    """Residual streams can carry a constant far larger than their variation (Gemma-3's does):
+    the decoder bias must start at the mean for a short training to explain the variance."""
+    X, directions, _ = planted(20_000, D, 6, 0.15, seed=1)
+    X[:, 3] += 500.0
+    trained = train_sae(torch.tensor(X, dtype=torch.float32),
+                        SAERecipe(width=16, k=3, tokens=40_000, batch_size=256, lr=3e-3, held_out=2000, seed=0))
+    assert trained.quality["fve"] > 0.9
+    assert best_cosines(trained.sae.W_dec.detach().double().numpy(), directions).min() > 0.9
+
+
 def test_sae_training_is_seeded_and_quality_is_measured_on_held_out_data(small_sae):
     X, _, _ = planted(20_000, D, 6, 0.15, seed=1)
     again = train_sae(torch.tensor(X, dtype=torch.float32), small_sae.recipe)

@@ -89,8 +89,8 @@ def sae_report(trained: sae_tools.TrainedSAE, n_tokens: int) -> pd.Series:
     """What the SAE is and how well it reconstructs: kind and width, its training budget
     (for one trained here) next to Gemma Scope's, and its quality on held-out activations."""
     q = trained.quality
-    row = {"SAE": sae_tools.describe_sae(trained.sae), "fraction of variance explained": q["fve"],
-           "L0 (active latents per token)": q["l0"], "dead latents (on the held-out tokens)": f"{q['dead']} "
+    row = {"SAE": sae_tools.describe_sae(trained.sae), "fraction of variance explained": round(q["fve"], 3),
+           "L0 (active latents per token)": round(q["l0"], 1), "dead latents (on the held-out tokens)": f"{q['dead']} "
            f"({q['dead_fraction']:.1%})", "held-out tokens": q["n"]}
     if trained.recipe is not None:
         r = trained.recipe

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,14 +87,19 @@ class SAERecipe:
     ``tokens`` training samples (activations drawn in a seeded order, ``passes`` over the data
     if that is more than there are), batches of ``batch_size``, Adam at ``lr`` with a linear
     decay over the last fifth; ``held_out`` activations (a seeded random subset) are kept out of
-    training to measure the SAE (:func:`sae_quality`). Activations are rescaled to norm
-    sqrt(d) during training (SAELens' ``expected_average_only_in``) and the scale folded back."""
+    training to measure the SAE (:func:`sae_quality`). A residual stream can carry a
+    constant part far larger than its variation (Gemma-3's at layer 16: a mean of norm 3e4,
+    almost all in one coordinate, against 1e4 of variation around it), so during training
+    the activations are rescaled to a mean *centred* norm of sqrt(d) (SAELens'
+    ``expected_average_only_in`` rescales the raw norm, which would shrink the variation to a
+    sliver) and the decoder bias starts at their mean; the scale is folded back into the
+    weights afterwards."""
 
     width: int = 4096
     k: int = 32
     tokens: int = 2_000_000
     batch_size: int = 4096
-    lr: float = 4e-4
+    lr: float = 1e-3
     held_out: int = 8192
     seed: int = 0
 
@@ -121,12 +127,12 @@ class TrainedSAE:
     recipe: SAERecipe
 
 
-def _batches(train: torch.Tensor, recipe: SAERecipe, rng: np.random.Generator):
-    """Endless batches of ``train`` rows, a fresh seeded permutation per pass."""
+def _batches(train: torch.Tensor, recipe: SAERecipe, rng: np.random.Generator, scale: float):
+    """Endless batches of ``train`` rows times ``scale``, a fresh seeded permutation per pass."""
     while True:
         order = torch.from_numpy(rng.permutation(len(train)))
         for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
-            yield train[order[start:start + recipe.batch_size]].float()
+            yield train[order[start:start + recipe.batch_size]].float() * scale
 
 
 def train_sae(activations: torch.Tensor, recipe: SAERecipe = SAERecipe(), *, device: str = "cpu") -> TrainedSAE:
@@ -145,17 +151,21 @@ def train_sae(activations: torch.Tensor, recipe: SAERecipe = SAERecipe(), *, dev
     keep = torch.ones(len(X), dtype=torch.bool)
     keep[held] = False
     train = X[keep]
+    mean = train.double().mean(0)
+    scale = math.sqrt(X.shape[1]) / float((train.double() - mean).norm(dim=1).mean())
     torch.manual_seed(recipe.seed)
     cfg = TopKTrainingSAEConfig(d_in=X.shape[1], d_sae=recipe.width, k=recipe.k, device=str(device),
-                                normalize_activations="expected_average_only_in", apply_b_dec_to_input=True)
+                                normalize_activations="none", apply_b_dec_to_input=True)
     sae = TopKTrainingSAE(cfg)
+    with torch.no_grad():
+        sae.b_dec.copy_((mean * scale).to(sae.b_dec))
     steps = recipe.tokens // recipe.batch_size
     trainer_cfg = SAETrainerConfig(total_training_samples=steps * recipe.batch_size,
                                    train_batch_size_samples=recipe.batch_size, lr=recipe.lr, lr_end=0.0,
                                    lr_scheduler_name="constant", lr_decay_steps=steps // 5, device=str(device),
-                                   dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
-                                   n_batches_for_norm_estimate=min(64, max(1, len(train) // recipe.batch_size)))
-    trained = SAETrainer(trainer_cfg, sae, _batches(train, recipe, rng)).fit()  # SAELens draws a progress bar
+                                   dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2))
+    trained = SAETrainer(trainer_cfg, sae, _batches(train, recipe, rng, scale)).fit()  # SAELens draws a progress bar
+    trained.fold_activation_norm_scaling_factor(scale)
     inference = _to_inference(trained)
     return TrainedSAE(sae=inference, quality=sae_quality(inference, X[held]), recipe=recipe)
 
