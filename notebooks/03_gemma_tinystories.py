@@ -291,7 +291,7 @@ recipe = sae_tools.SAERecipe(width=sae_width, k=sae_k, tokens=sae_tokens, batch_
                              held_out=sae_held_out, seed=seed)
 trained = baselines.notebook_sae(sae, token_acts, recipe, cache_dir=cache_dir, device=device)
 print(f"{len(token_acts):,} token activations from {len(sae_corpus)} documents (the {len(data)} scored contexts left out)")
-baselines.sae_report(trained, len(token_acts)).to_frame("").style.format(precision=3)
+baselines.sae_report(trained, len(token_acts)).to_frame("")
 
 # %% [markdown]
 # Every finder gets the same budget of `n_eigs` directions on the same contexts (the SAE's
