@@ -54,3 +54,13 @@ def test_the_per_example_loss_example_is_the_gram_of_per_example_loss_gradients(
     G = torch.stack([torch.cat([g[k].reshape(-1) for k in params]) for g in grads]).detach().double().numpy()
     expected = G @ G.T
     assert np.abs(K_loss - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_the_finders_example_runs():
+    namespace = {}
+    exec(compile(example("language model") + example("finders"), "README.md", "exec"), namespace)
+    found, table, probe = namespace["found"], namespace["table"], namespace["probe"]
+    assert set(found) == {"entk", "pca", "ica", "logistic"}
+    assert all(d.scores.shape == (16, 5) for m, d in found.items() if m != "logistic")
+    assert found["logistic"].scores.shape == (16, 1) and found["logistic"].supervised
+    assert list(table.label) == ["feature"] and list(probe.k) == [1, 2]
