@@ -138,6 +138,19 @@ def test_the_comparison_scores_every_finder_and_tests_the_same_budget_ones():
     assert list(table.columns) == ["eNTK better", "eNTK worse", "labels"] and (table["labels"] == 2).all()
 
 
+def test_a_label_with_a_single_class_in_a_half_is_left_out_and_named():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, D_IN))
+    select, evaluate = np.arange(20), np.arange(20, 40)
+    labels = pd.DataFrame({"a": (X[:, 0] > 0).astype(int), "only later": np.r_[np.zeros(20), np.ones(20)].astype(int),
+                           "one late": np.r_[np.zeros(39), 1].astype(int)})
+    inputs = baselines.comparison_inputs(X, rng.standard_normal((80, 5)), None, labels, select)
+    assert list(inputs.labels.columns) == ["a"]  # the supervised finders fit only what the select half can teach
+    result = baselines.compare(baselines.run_finders(inputs, k=3, seed=0), labels, select, evaluate, n_boot=20,
+                               n_permutations=10, seed=0, progress=False)
+    assert result.dropped == ["only later", "one late"] and set(result.per_label.label) == {"a"}
+
+
 def test_without_an_sae_the_sae_finders_are_left_out():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, D_IN))

@@ -196,9 +196,11 @@ def significant_labels(tests: pd.DataFrame, level: float = 0.05) -> pd.DataFrame
 def comparison_inputs(activations, eigenvectors, trained: sae_tools.TrainedSAE | None, labels: pd.DataFrame,
                       select) -> FinderInputs:
     """The finders' inputs for one layer: the contexts' activations (N, d), the eNTK
-    eigenvectors, the SAE (or None) and the labels of the select half."""
+    eigenvectors, the SAE (or None) and the labels for the supervised finders to fit on the
+    select half (those with both classes there; :func:`compare` names the others)."""
+    fit = labels.iloc[np.asarray(select)]
     return FinderInputs(activations=activations, eigenvectors=eigenvectors, sae=None if trained is None else trained.sae,
-                        labels=labels, select=select)
+                        labels=labels[[c for c in labels.columns if fit[c].nunique() == 2]], select=select)
 
 
 def run_finders(inputs: FinderInputs, k: int, seed: int, methods=COMPARED) -> dict[str, Directions]:
