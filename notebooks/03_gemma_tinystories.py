@@ -328,10 +328,10 @@ print("labels where the eNTK differs significantly (Holm 5%):")
 print(baselines.significant_labels(comparison.tests).to_string())
 
 # %% [markdown]
-# In the default run (N = 64, a small SAE of 512 latents trained on 16 thousand tokens) no
-# unsupervised method is distinguishable from another: every interval overlaps, and no label's
-# eNTK difference survives Holm's correction. The supervised ceilings sit well above them all
-# (logistic regression, fit on 32 contexts, near .85): the grammar is linearly readable at this
-# layer, and none of the unsupervised finders gives it a direction of its own at this size.
+# In the default run (N = 64, a small SAE trained on the first hundred stories) the
+# unsupervised methods' intervals overlap and no label's eNTK difference survives Holm's
+# correction, while the supervised ceilings sit well above them all: the grammar is linearly
+# readable at this layer, and at this size none of the unsupervised finders gives it a
+# direction of its own.
 # The README's section 3b sets out the same comparison at the paper's N = 1024, with an SAE
 # trained on all of the local TinyStories.
