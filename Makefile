@@ -94,6 +94,7 @@ gemma-n1024: $(STAMP)
 	mkdir -p paper_figures/gemma_n1024_layer16
 	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
 	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
+	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb > /dev/null
 	$(PY) -m entk_utils.io.report
 
 # Notebook 04 with its paper profile: 10 Transformer seeds under each split policy and a 7 x 4
