@@ -4,6 +4,7 @@ from a text (:mod:`.contexts`) and the activations at every token of a text
 (:mod:`.activations`)."""
 
 from .activations import TokenActivations, cached_token_activations, residual_stream, token_activations
+from .candidates import context_candidates
 from .contexts import (GENERATED_TOKENS, ContextDataset, cached_contexts, context_tail, greedy_generate_fn,
                        load_token_ids, sample_contexts, word_starts)
 from .corpus import (SEPARATOR, STORIES_ENV, corpus_files, documents_of, hash_text, load_stories, read_documents,
@@ -13,7 +14,7 @@ from .models import (HUB_ID, MODEL_SOURCES, LoadedModel, ResolvedSource, gguf_pa
 from .tags import SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_spacy
 
 __all__ = ["GENERATED_TOKENS", "HUB_ID", "MODEL_SOURCES", "SEPARATOR", "SPACY_MODELS", "STORIES_ENV", "TAGS",
-           "ContextDataset", "TokenActivations", "cached_token_activations", "corpus_files", "documents_of",
+           "ContextDataset", "TokenActivations", "cached_token_activations", "context_candidates", "corpus_files", "documents_of",
            "residual_stream", "token_activations", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
            "gguf_path", "grammar_labels", "greedy_generate_fn", "hash_text", "is_hub_id", "last_token_activations",
            "load_gemma", "load_model", "load_spacy", "load_stories", "load_token_ids", "model_outline",
