@@ -120,11 +120,12 @@ class SAERecipe:
 @dataclass
 class TrainedSAE:
     """What :func:`train_sae` returns: the inference ``sae`` (SAELens ``TopKSAE``), its
-    ``quality`` on the held-out activations (:func:`sae_quality`) and the ``recipe``."""
+    ``quality`` on the held-out activations (:func:`sae_quality`) and the ``recipe`` (None for an
+    SAE loaded rather than trained here)."""
 
     sae: object
     quality: dict
-    recipe: SAERecipe
+    recipe: SAERecipe | None  # None for a published or saved SAE
 
 
 def _batches(train: torch.Tensor, recipe: SAERecipe, rng: np.random.Generator, scale: float):
