@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from entk_utils.features.explanations import explain_directions, held_out_pvalues
+from entk_utils.features.explanations import (discovery_table, explain_directions, held_out_pvalues,
+                                              random_explanation_floor)
 from entk_utils.features.scoring import stratified_halves
 
 N = 400
@@ -58,3 +59,27 @@ def test_unusable_candidates_and_bad_arguments_fail_clearly(planted):
         explain_directions(scores, candidates.iloc[:10], select, evaluate)
     with pytest.raises(ValueError, match="fdr must lie"):
         explain_directions(scores, candidates, select, evaluate, fdr=1.5)
+
+
+def test_the_discovery_table_counts_what_beats_random_directions():
+    """Activations where one axis carries a property strongly and every axis weakly: any
+    direction is 'explained', only the aligned one beyond the random floor."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(N) < 0.4).astype(int)
+    X = rng.standard_normal((N, 20)) + 0.4 * y[:, None]
+    X[:, 0] += 2.5 * y
+    candidates = pd.DataFrame({"planted": y, "noise": (rng.random(N) < 0.3).astype(int)})
+    select, evaluate = stratified_halves(y, seed=0)
+    floor = random_explanation_floor(X, candidates, select, evaluate, n_directions=100, seed=0)
+    assert 0.6 < floor < 0.95
+    aligned = np.column_stack([X[:, 0], X[:, 1]])  # axis 0 strongly, axis 1 weakly
+    tables = {"aligned": explain_directions(aligned, candidates, select, evaluate, n_permutations=200)[0],
+              "noise": explain_directions(rng.standard_normal((N, 2)), candidates, select, evaluate,
+                                          n_permutations=200)[0]}
+    table = discovery_table(tables, floor)
+    assert table.loc["aligned"].to_dict() == pytest.approx(
+        {"directions": 2, "explained": 1.0, "distinct": 1, "mean_auroc": tables["aligned"].auroc.mean(),
+         "beyond_random": 0.5, "distinct_beyond_random": 1})
+    assert table.loc["noise", "beyond_random"] == 0 and "beyond_random" not in discovery_table(tables).columns
+    with pytest.raises(ValueError, match="quantile"):
+        random_explanation_floor(X, candidates, select, evaluate, quantile=1.5)

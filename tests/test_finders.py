@@ -54,6 +54,9 @@ def test_every_finder_gives_n_by_k_scores_and_is_seeded(inputs, small_sae):
         if d.vectors is not None:
             assert d.vectors.shape == (width, D)
             np.testing.assert_allclose(np.linalg.norm(d.vectors, axis=1), 1, atol=1e-6)
+        if d.read is not None:  # the score function, applied to one hidden state at a time
+            np.testing.assert_allclose(d.read(inputs.activations[:7]), d.scores[:7], rtol=1e-6, atol=1e-6)
+    assert {m for m, d in found.items() if d.read is not None} == {"pca", "random", "ica", "sae", "sae-all"}
     np.testing.assert_array_equal(found["entk"].scores, entk_scores(inputs.eigenvectors[:, :K], N)[0])
     np.testing.assert_array_equal(found["pca"].scores, pca_scores(inputs.activations, K))
     assert not np.allclose(found["random"].scores, finders.find_directions(["random"], full, K, seed=4)["random"].scores)

@@ -405,6 +405,28 @@ def test_weight_direction_is_j_transpose_a_v():
     np.testing.assert_allclose(unembedding_metric(model).numpy(), op.metric.numpy())
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "gemma3"])
+def test_token_output_changes_are_the_operator_at_every_prefix(arch):
+    """Each position t of token_output_changes equals the operator's J step (metric applied) on
+    the contexts cut after t; at the last position, K~ v for step = J^T (I kron A) v."""
+    model = tiny_model(arch)
+    ids, _ = contexts("none")
+    op = entk_operator(model, ids, WEIGHTS[arch][:2])
+    v = np.random.default_rng(1).standard_normal(op.shape[0])
+    step = op.weight_direction(v)
+    changes = op.token_output_changes(step, ids, chunk_size=2)
+    assert changes.shape == (*ids.shape, op.hidden)
+    np.testing.assert_allclose(changes[:, -1].reshape(-1).numpy(), op.matvec(v), rtol=tolerance(arch),
+                               atol=tolerance(arch) * np.abs(op.matvec(v)).max())
+    t = ids.shape[1] // 2
+    prefix = entk_operator(model, ids[:, :t + 1], WEIGHTS[arch][:2])
+    expected = (prefix.matvec_params(step) @ prefix.metric).numpy()
+    np.testing.assert_allclose(changes[:, t].numpy(), expected, rtol=tolerance(arch),
+                               atol=tolerance(arch) * np.abs(expected).max())
+    with pytest.raises(ValueError, match="step must be a dict"):
+        op.token_output_changes({"nope": step[next(iter(step))]}, ids)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(layer=3), r"layer must be an integer in 0\.\.2"),
     (dict(layer=-1), "layer must be"),

@@ -63,8 +63,14 @@ def pca_scores(activations, k: int) -> np.ndarray:
 def random_scores(activations, k: int, seed: int = 0) -> np.ndarray:
     """Projections (N, k) of the centred activations on ``k`` random unit directions."""
     X = np.asarray(activations, dtype=np.float64)
-    directions = np.random.default_rng(seed).standard_normal((X.shape[1], k))
-    return (X - X.mean(0)) @ (directions / np.linalg.norm(directions, axis=0))
+    return (X - X.mean(0)) @ random_unit_directions(X.shape[1], k, seed)
+
+
+def random_unit_directions(d: int, k: int, seed: int = 0) -> np.ndarray:
+    """(d, k) independent uniformly random unit vectors (normalised Gaussian columns drawn from
+    ``numpy.random.default_rng(seed)``; not orthogonalised): :func:`random_scores`' axes."""
+    directions = np.random.default_rng(seed).standard_normal((int(d), int(k)))
+    return directions / np.linalg.norm(directions, axis=0)
 
 
 def entk_scores(evecs, n_contexts: int) -> tuple[np.ndarray, np.ndarray]:

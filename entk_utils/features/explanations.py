@@ -9,6 +9,13 @@ beforehand), and the false discovery rate is controlled (Benjamini-Hochberg) ove
 direction x candidate pairs. A direction's explanation is its best candidate on the select
 half among those validated, with its held-out AUROC as the effect size; otherwise "none
 found", with its best candidate shown.
+
+A validated explanation says that a direction is more than noise about a property, not that
+it is about that property more than any direction would be: the last word and its morphology
+can be read off a hidden state along almost any direction. :func:`random_explanation_floor`
+measures how strongly random directions of the same activations are explained;
+:func:`discovery_table` counts per method the directions explained, and those explained more
+strongly than that floor.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control, rankdata
 
 from ..io.checks import index_array
+from .directions import random_scores
 from .scoring import as_labels, as_scores, auroc_matrix, auroc_from_rank_sums
 
 
@@ -83,3 +91,36 @@ def explain_directions(scores, candidates: pd.DataFrame, select, evaluate, *, n_
         rows.append({"direction": j, "explanation": best.candidate if len(valid) else "none found",
                      **best.drop(["direction", "strength"]).to_dict()})
     return pd.DataFrame(rows), pairs.drop(columns="strength")
+
+
+def random_explanation_floor(activations, candidates: pd.DataFrame, select, evaluate, *, n_directions: int = 200,
+                             quantile: float = 0.95, seed: int = 0) -> float:
+    """The ``quantile`` of the held-out AUROC of the best candidate (chosen on ``select``) over
+    ``n_directions`` random directions of the ``activations`` (N, d): how strongly a direction
+    drawn with no method at all is explained. A method's direction explained above it is
+    explained more strongly than 95% (by default) of random ones."""
+    if not 0 < quantile < 1 or int(n_directions) < 1:
+        raise ValueError(f"need 0 < quantile < 1 and n_directions >= 1, got {quantile} and {n_directions}")
+    scores = random_scores(activations, int(n_directions), seed=seed)
+    table, _ = explain_directions(scores, candidates, select, evaluate, n_permutations=0, seed=seed)
+    return float(np.quantile(table.auroc, quantile))
+
+
+def discovery_table(explanations: dict[str, pd.DataFrame], floor: float | None = None, fdr: float = 0.05
+                    ) -> pd.DataFrame:
+    """Per method (``{method: explain_directions(...)[0]}``): ``directions`` (k),
+    ``explained`` (share with a validated explanation, q < ``fdr``), ``distinct`` (how many
+    different candidates those explanations are), ``mean_auroc`` (held-out AUROC of the
+    validated ones) and, with a ``floor`` (:func:`random_explanation_floor`),
+    ``beyond_random`` / ``distinct_beyond_random``: the same counts for explanations whose
+    held-out AUROC also exceeds it."""
+    rows = []
+    for method, table in explanations.items():
+        valid = table[table.q < fdr]
+        row = {"method": method, "directions": len(table), "explained": len(valid) / len(table),
+               "distinct": valid.candidate.nunique(), "mean_auroc": valid.auroc.mean() if len(valid) else np.nan}
+        if floor is not None:
+            strong = valid[valid.auroc > floor]
+            row |= {"beyond_random": len(strong) / len(table), "distinct_beyond_random": strong.candidate.nunique()}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")

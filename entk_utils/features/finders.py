@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .directions import entk_scores, pca_scores, principal_components, random_scores
+from .directions import entk_scores, pca_scores, principal_components, random_scores, random_unit_directions
 from .sae import decoder_rows, describe_sae, sae_latents
 
 
@@ -67,7 +67,11 @@ class Directions:
     ``description`` in a few words; ``supervised`` if the labels chose them (fit on the
     select half only); ``larger_budget`` if k exceeds the budget the others get; ``vectors``
     (k, d): each direction in the space of the activations where it has one (the principal
-    axes, ICA's mixing columns, the SAE's decoder rows), unit length."""
+    axes, ICA's mixing columns, the SAE's decoder rows), unit length; ``read``: the score
+    function itself where it is one of a single hidden state, mapping activations (M, d) to
+    scores (M, k) (``read(inputs.activations)`` gives ``scores``): what a dashboard applies to
+    every token of a context. The eNTK's scores are no such function (see
+    :mod:`entk_utils.experiments.dashboard`)."""
 
     method: str
     scores: np.ndarray
@@ -75,6 +79,7 @@ class Directions:
     supervised: bool = False
     larger_budget: bool = False
     vectors: np.ndarray | None = None  # (k, d) where each direction lies in activation space, if it has one
+    read: Callable[[np.ndarray], np.ndarray] | None = None  # activations (M, d) -> scores (M, k)
 
     @property
     def k(self) -> int:
@@ -90,21 +95,33 @@ def _entk(inputs: FinderInputs, k: int, seed: int) -> Directions:
     return Directions("entk", scores, f"top {k} eNTK eigenvectors, top singular component each")
 
 
+def centred_projection(mean: np.ndarray, vectors: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The function ``X -> (X - mean) @ vectors.T``: activations (M, d) read along the rows of
+    ``vectors`` (k, d) from ``mean`` (d,)."""
+    mean, vectors = np.array(mean, dtype=np.float64), np.array(vectors, dtype=np.float64)
+    return lambda X: (np.asarray(X, dtype=np.float64) - mean) @ vectors.T
+
+
 def _pca(inputs: FinderInputs, k: int, seed: int) -> Directions:
     axes = principal_components(inputs.activations, k)[2]
-    return Directions("pca", pca_scores(inputs.activations, k), f"top {k} principal components",
-                      vectors=axes * np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])[:, None])
+    axes = axes * np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])[:, None]
+    return Directions("pca", pca_scores(inputs.activations, k), f"top {k} principal components", vectors=axes,
+                      read=centred_projection(inputs.activations.mean(0), axes))
 
 
 def _random(inputs: FinderInputs, k: int, seed: int) -> Directions:
-    return Directions("random", random_scores(inputs.activations, k, seed=seed), f"{k} random directions (seed {seed})")
+    vectors = random_unit_directions(inputs.activations.shape[1], k, seed).T
+    return Directions("random", random_scores(inputs.activations, k, seed=seed), f"{k} random directions (seed {seed})",
+                      vectors=vectors, read=centred_projection(inputs.activations.mean(0), vectors))
 
 
-def independent_components(activations, k: int, seed: int = 0, max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+def independent_components(activations, k: int, seed: int = 0, max_iter: int = 2000, with_transform: bool = False
+                           ) -> tuple:
     """scikit-learn's ``FastICA(k, whiten="unit-variance")`` fit on the activations (N, d)
     (within their top-k principal subspace, as FastICA whitens): ``(sources (N, k), mixing
-    (k, d))``, each mixing row the unit direction along which its source writes. A convergence
-    warning is passed on."""
+    (k, d))``, each mixing row the unit direction along which its source writes; with
+    ``with_transform`` also the fitted unmixing as a function of activations (M, d) -> (M, k).
+    A convergence warning is passed on."""
     from sklearn.decomposition import FastICA
 
     X = np.asarray(activations, dtype=np.float64)
@@ -112,12 +129,15 @@ def independent_components(activations, k: int, seed: int = 0, max_iter: int = 2
         raise ValueError(f"ICA needs 1 <= k <= min(N, d) = {min(X.shape)}, got k={k}")
     ica = FastICA(n_components=k, whiten="unit-variance", random_state=seed, max_iter=max_iter)
     sources = ica.fit_transform(X)
-    return sources, (ica.mixing_ / np.linalg.norm(ica.mixing_, axis=0)).T
+    mixing = (ica.mixing_ / np.linalg.norm(ica.mixing_, axis=0)).T
+    if with_transform:
+        return sources, mixing, lambda A: ica.transform(np.asarray(A, dtype=np.float64))
+    return sources, mixing
 
 
 def _ica(inputs: FinderInputs, k: int, seed: int) -> Directions:
-    sources, mixing = independent_components(inputs.activations, k, seed)
-    return Directions("ica", sources, f"{k} FastICA components (seed {seed})", vectors=mixing)
+    sources, mixing, read = independent_components(inputs.activations, k, seed, with_transform=True)
+    return Directions("ica", sources, f"{k} FastICA components (seed {seed})", vectors=mixing, read=read)
 
 
 def most_active_latents(latents: np.ndarray, k: int) -> np.ndarray:
@@ -132,14 +152,14 @@ def _sae(inputs: FinderInputs, k: int, seed: int) -> Directions:
     latents = sae_latents(sae, inputs.activations)
     chosen = most_active_latents(latents, k)
     return Directions("sae", latents[:, chosen], f"{describe_sae(sae)}: the {k} most often active on the contexts",
-                      vectors=decoder_rows(sae)[chosen])
+                      vectors=decoder_rows(sae)[chosen], read=lambda X: sae_latents(sae, X)[:, chosen])
 
 
 def _sae_all(inputs: FinderInputs, k: int, seed: int) -> Directions:
     sae = inputs.needs("sae", "sae-all")
     latents = sae_latents(sae, inputs.activations)
     return Directions("sae-all", latents, f"{describe_sae(sae)}: the whole dictionary", larger_budget=True,
-                      vectors=decoder_rows(sae))
+                      vectors=decoder_rows(sae), read=lambda X: sae_latents(sae, X))
 
 
 def mean_difference_scores(activations, labels: np.ndarray, fit) -> np.ndarray:

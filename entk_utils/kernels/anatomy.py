@@ -207,12 +207,18 @@ class _OutputReached(Exception):
 def run_to_output(anatomy: Anatomy, inputs: dict) -> torch.Tensor:
     """(n, T, d): what the output embedding receives, by the model's own forward (stopped
     there: no logits are formed)."""
+    return output_embedding_input(anatomy, lambda: anatomy.model(**inputs))
+
+
+def output_embedding_input(anatomy: Anatomy, run) -> torch.Tensor:
+    """(n, T, d): what the output embedding receives when ``run()`` calls the model (e.g.
+    through ``functional_call``), stopped there: no logits are formed."""
     def stop(module, args):
         raise _OutputReached(args[0])
 
     handle = anatomy.output_embedding.register_forward_pre_hook(stop)
     try:
-        anatomy.model(**inputs)
+        run()
     except _OutputReached as reached:
         return reached.hidden
     finally:

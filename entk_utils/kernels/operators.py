@@ -242,6 +242,42 @@ class ENTKOperator(scipy.sparse.linalg.LinearOperator):
         return self.rmatvec_params(self._rows(v))
 
 
+    def token_output_changes(self, step: dict[str, torch.Tensor], input_ids: torch.Tensor,
+                             attention_mask: torch.Tensor | None = None, chunk_size: int = 8) -> torch.Tensor:
+        """(B, T, d): the first-order change of the output at every position of ``input_ids``
+        (B, T), metric applied (``A dh``), when the weights move along ``step`` ({name:
+        tensor}, e.g. :meth:`weight_direction`): ``J(x_t) step`` for every prefix ``x_t``, by
+        forward-mode AD through the model's own forward (every layer, no shortcut path).
+
+        At an operator's context and position this is its row of ``J step``; for
+        ``step = J^T (I kron A) v`` with ``v`` an eigenvector of eigenvalue ``lam``, it divided
+        by ``lam`` extends ``v`` to every token (the Nystrom extension of the eigenfunction).
+        With a per-context metric folded in (a soft-capped model's ``metric="logits"``) or an
+        ``output`` function there is no single metric for every token: ``ValueError``."""
+        if self.output is not None or self.output_maps is not None:
+            raise ValueError("token_output_changes needs the operator's outputs to be h (or A h): this one has "
+                             + ("an output function" if self.output is not None else "a per-context metric folded in"))
+        if not isinstance(step, dict) or set(step) != set(self.weights):
+            raise ValueError(f"step must be a dict with the keys {sorted(self.weights)}")
+        import torch.autograd.forward_ad as fwAD
+        from torch.func import functional_call
+
+        out = []
+        with torch.no_grad(), math_attention(), fwAD.dual_level():
+            duals = {name: fwAD.make_dual(w, step[name].to(w.device, w.dtype)) for name, w in self.weights.items()}
+            for start in range(0, len(input_ids), chunk_size):
+                inputs = {"input_ids": input_ids[start:start + chunk_size].to(self.device), "use_cache": False}
+                if attention_mask is not None:
+                    inputs["attention_mask"] = attention_mask[start:start + chunk_size].to(self.device)
+                hidden = model_anatomy.output_embedding_input(
+                    self.anatomy, lambda: functional_call(self.model, duals, (), inputs))
+                change = fwAD.unpack_dual(hidden).tangent
+                if change is None:  # the weights do not reach the output
+                    change = torch.zeros_like(hidden)
+                out.append(change @ self.metric if self.metric is not None else change)
+        return torch.cat(out)
+
+
 LayerENTKOperator = ENTKOperator  # the name before operators took any set of weights
 
 

@@ -1,0 +1,240 @@
+"""Feature dashboards: a card per direction for the eNTK and every baseline finder, with its
+explanation, and the discovery table (notebooks 03 and 06, and a static site per run).
+
+What a card shows, and how each number is read:
+
+- **scores**: the direction's score of every context (:class:`~entk_utils.features.finders.Directions`),
+  oriented so that its explanation's candidate (validated or only the best) sits at the high end;
+  a histogram, and the contexts at the top and at score quantiles.
+- **per-token reading**: the direction's score function applied at every token of a shown
+  context, so that at the context's last token it *is* the context's score (checked).
+  For PCA, random directions, ICA and SAE latents that is the score function of one hidden
+  state (:attr:`Directions.read`) applied to each token's hidden state after the layer. An eNTK
+  score is no function of one hidden state: it is the eigenvector ``v`` (eigenvalue ``lam``)
+  read along its top right singular vector ``r``. It is extended to every token as the
+  eigenfunction is (Nystrom): the first-order change of the outputs at token t under the weight
+  step ``J^T (I kron A) v``, divided by ``lam`` and read along ``r``.
+- **logit effects**: the first-order change of the next-token logits at the direction's top
+  contexts (mean over them), per unit of the direction, when the model is moved along it:
+  the eNTK by its weight step (as above), the others by adding the direction's vector (the
+  principal axis, ICA's mixing column, the SAE's decoder row, the random unit vector) to the
+  residual stream after the layer at the context's last token, through every layer above.
+- **AUROC per label** over all contexts, in the card's orientation; **explanation** from
+  :func:`~entk_utils.features.explanations.explain_directions`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..features.explanations import explain_directions
+from ..features.finders import Directions
+from ..features.scoring import auroc_matrix
+from ..io.site import Card, Context, write_site
+from ..kernels.anatomy import find_anatomy, math_attention, output_embedding_input
+from ..settings.language import ContextDataset
+from ..settings.language.activations import residual_stream
+
+CARDED = ("entk", "pca", "ica", "sae", "random")  # the same-budget unsupervised finders
+QUANTILES = (0.9, 0.75, 0.5, 0.25, 0.1)
+READING_CHECK = 0.1  # largest relative gap allowed between a last token's reading and its context's score
+
+
+@dataclass
+class ENTKReading:
+    """What extends eNTK eigenvectors to every token: the ``operator`` they are eigenvectors
+    of (its contexts are the scored ones), ``eigenvectors`` (N*d, m) and ``eigenvalues`` (m,)."""
+
+    operator: object
+    eigenvectors: np.ndarray
+    eigenvalues: np.ndarray
+
+
+def explain(found: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=CARDED,
+            n_permutations: int = 1000, seed: int = 0, fdr: float = 0.05) -> dict[str, pd.DataFrame]:
+    """``{method: explanations}`` (:func:`~entk_utils.features.explanations.explain_directions`,
+    one false discovery rate per method over its direction x candidate pairs) for each of
+    ``methods`` in ``found``."""
+    return {m: explain_directions(found[m].scores, candidates, select, evaluate, n_permutations=n_permutations,
+                                  seed=seed, fdr=fdr)[0] for m in methods if m in found}
+
+
+def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, int]]:
+    """``[(label, context index)]``: the ``top`` highest scores, then for each quantile the
+    context whose score is nearest it among those not shown yet."""
+    order = np.argsort(-scores, kind="stable")
+    shown = [(f"top {i + 1}", int(n)) for i, n in enumerate(order[:top])]
+    taken = {n for _, n in shown}
+    for q in quantiles:
+        free = np.array([n for n in range(len(scores)) if n not in taken])
+        if not len(free):
+            break
+        n = int(free[np.argmin(np.abs(scores[free] - np.quantile(scores, q)))])
+        shown.append((f"quantile {q:.2f}", n))
+        taken.add(n)
+    return shown
+
+
+def singular_axes(eigenvectors: np.ndarray, n_contexts: int) -> np.ndarray:
+    """(m, d): each eigenvector's (N, d) top right singular vector ``r``, signed so that
+    ``V r`` is :func:`~entk_utils.features.directions.entk_scores`' score."""
+    axes = []
+    for v in np.asarray(eigenvectors, dtype=np.float64).T:
+        U, s, Vt = np.linalg.svd(v.reshape(n_contexts, -1), full_matrices=False)
+        axes.append(Vt[0])
+    return np.array(axes)
+
+
+def entk_token_readings(reading: ENTKReading, j: int, rows) -> tuple[np.ndarray, np.ndarray]:
+    """eNTK direction ``j`` read at every token of contexts ``rows`` (Nystrom, see the module
+    docstring): ``(values (B, T), output changes at the last token per unit score (B, d),
+    metric undone)``."""
+    op = reading.operator
+    lam = float(reading.eigenvalues[j])
+    axis = torch.as_tensor(singular_axes(reading.eigenvectors[:, [j]], len(op.input_ids))[0], dtype=op.dtype_torch)
+    step = op.weight_direction(reading.eigenvectors[:, j])
+    changes = op.token_output_changes(step, op.input_ids[torch.as_tensor(rows)].cpu(),
+                                      None if op.attention_mask is None else op.attention_mask[rows].cpu()) / lam
+    last = changes[:, -1]
+    if op.metric is not None:
+        last = torch.linalg.solve(op.metric, last.T).T
+    return (changes @ axis.to(changes.device)).double().cpu().numpy(), last.double().cpu()
+
+
+def steering_logit_change(model, input_ids: torch.Tensor, layer: int, vector: np.ndarray) -> torch.Tensor:
+    """(V,): the first-order change of the next-token logits (before any soft cap), mean
+    over the contexts ``input_ids`` (B, T), when ``vector`` (d,) is added to the residual
+    stream after decoder block ``layer`` at the last position (through every layer above)."""
+    import torch.autograd.forward_ad as fwAD
+
+    anatomy = find_anatomy(model)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    v = torch.as_tensor(vector, dtype=dtype, device=device)
+    ids = input_ids.to(device)
+    with torch.no_grad(), math_attention(), fwAD.dual_level():
+        epsilon = fwAD.make_dual(torch.zeros((), dtype=dtype, device=device), torch.ones((), dtype=dtype, device=device))
+        at_last = torch.zeros(ids.shape[1], 1, dtype=dtype, device=device)
+        at_last[-1] = 1
+
+        def add(module, args, output):
+            if isinstance(output, tuple):
+                return (output[0] + epsilon * at_last * v, *output[1:])
+            return output + epsilon * at_last * v
+
+        handle = anatomy.layers[layer].register_forward_hook(add)
+        try:
+            hidden = output_embedding_input(anatomy, lambda: model(input_ids=ids, use_cache=False))
+        finally:
+            handle.remove()
+        change = fwAD.unpack_dual(hidden).tangent[:, -1].mean(0)
+    return anatomy.output_embedding.weight.detach().to(change.dtype) @ change
+
+
+def _token_texts(tokenizer, ids) -> list[str]:
+    return [tokenizer.decode([int(i)]).replace("\n", "⏎") for i in ids]
+
+
+def _extremes(change: torch.Tensor, tokenizer, n: int) -> tuple[list, list]:
+    up, down = torch.topk(change, n), torch.topk(-change, n)
+    return ([(tokenizer.decode([int(i)]), float(x)) for x, i in zip(up.values, up.indices)],
+            [(tokenizer.decode([int(i)]), -float(x)) for x, i in zip(down.values, down.indices)])
+
+
+def _explanation_text(row, floor: float | None, fdr: float) -> tuple[bool, str]:
+    """(validated?, the effect in words)."""
+    at = "high" if row.sign > 0 else "low"
+    effect = f"held-out AUROC {row.auroc:.2f} (at the {at} end), q = {row.q:.2g}"
+    if row.q >= fdr:
+        return False, f"{row.candidate!r}: {effect}"
+    if floor is not None:
+        effect += (" · stronger than random directions" if row.auroc > floor
+                   else f" · no stronger than random directions (their 95th percentile: {floor:.2f})")
+    return True, effect
+
+
+def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
+                    labels: pd.DataFrame, *, layer: int, entk: ENTKReading | None = None, top: int = 5,
+                    quantiles=QUANTILES, logit_contexts: int = 3, n_logits: int = 8, tokens_shown: int = 32,
+                    floor: float | None = None, fdr: float = 0.05, progress: bool = True) -> list[Card]:
+    """One :class:`~entk_utils.io.site.Card` per direction of every method in
+    ``explanations`` (see the module docstring for what each shows). ``found``: the finders'
+    directions on the contexts ``data`` (their activations: the residual stream after
+    ``layer`` at the last token); ``entk``: what extends the eNTK to every token (needed for
+    ``"entk"``); ``logit_contexts``: how many top contexts the logit effects average over;
+    ``tokens_shown``: the last tokens of each context shown. A last token's reading that
+    does not give its context's score (relative gap over 10%: an unconverged eigenvector, or
+    activations from another layer) is an error."""
+    methods = list(explanations)
+    if "entk" in methods and entk is None:
+        raise ValueError("cards for 'entk' need entk=ENTKReading(operator, eigenvectors, eigenvalues)")
+    missing = [m for m in methods if m not in found or (m != "entk" and (found[m].read is None or found[m].vectors is None))]
+    if missing:
+        raise ValueError(f"no cards for {missing}: a method needs its Directions with read and vectors (or the eNTK)")
+    tokenizer, Y = lm.tokenizer, labels.to_numpy().T
+    plan = {}  # (method, j) -> (orientation, shown contexts)
+    for m in methods:
+        for row in explanations[m].itertuples():
+            s = found[m].scores[:, row.direction] * row.sign
+            plan[m, row.direction] = (row.sign, shown_contexts(s, top, quantiles))
+    rows = sorted({n for _, shown in plan.values() for _, n in shown})
+    where = {n: i for i, n in enumerate(rows)}
+    with torch.no_grad():
+        hidden = torch.cat([residual_stream(lm.model, data.input_ids[rows[i:i + 16]], layer).float().cpu()
+                            for i in range(0, len(rows), 16)]).double().numpy()  # (R, T, d)
+    cards = []
+    for (m, j), (sign, shown) in tqdm(plan.items(), desc="direction cards", disable=not progress):
+        d, row = found[m], explanations[m].set_index("direction").loc[j]
+        scores = d.scores[:, j] * sign
+        index = [n for _, n in shown]
+        if m == "entk":
+            values, last = entk_token_readings(entk, j, index)
+            values *= sign
+            change = _entk_logit_change(lm, last[:logit_contexts], sign)
+            note = ("per-token reading: the eNTK eigenfunction extended to every token (output change under the "
+                    "eigenvector's weight step, over its eigenvalue, along its top singular vector)")
+        else:
+            H = hidden[[where[n] for n in index]]
+            values = d.read(H.reshape(-1, H.shape[-1]))[:, j].reshape(H.shape[:2]) * sign
+            change = sign * steering_logit_change(lm.model, data.input_ids[index[:logit_contexts]], layer, d.vectors[j])
+            note = f"per-token reading: the {m} score of each token's hidden state after layer {layer}"
+        gap = np.abs(values[:, -1] - scores[index]).max() / max(np.abs(scores).max(), 1e-30)
+        if gap > READING_CHECK:
+            raise ValueError(f"{m} direction {j}: the last token's reading differs from the context's score by "
+                             f"{gap:.1%} of the largest score (an unconverged eigenvector, or activations from "
+                             f"another layer than {layer}?)")
+        up, down = _extremes(change.double(), tokenizer, n_logits)
+        validated, detail = _explanation_text(row, floor, fdr)
+        contexts = []
+        for (label, n), vals in zip(shown, values):
+            ids = data.input_ids[n].tolist()[-tokens_shown:]
+            contexts.append(Context(label, float(scores[n]), _token_texts(tokenizer, ids),
+                                    [float(x) for x in vals[-tokens_shown:]], data.words[n],
+                                    " ".join(x for x in (data.upos[n], data.morph[n]) if x), data.generated[n]))
+        aurocs = auroc_matrix(scores[:, None], Y)[:, 0]
+        cards.append(Card(key=f"{m}-{j}", method=m, title=f"{m} direction {j}", explanation=row.candidate,
+                          explained=validated, detail=detail, scores=scores, contexts=contexts, logits_up=up,
+                          logits_down=down, aurocs=dict(zip(labels.columns, map(float, aurocs))),
+                          notes=[note, f"last-token reading vs score: largest gap {gap:.1e} of the largest score",
+                                 f"logit effects: mean first-order change at the top {logit_contexts} contexts"]))
+    return cards
+
+
+def _entk_logit_change(lm, last: torch.Tensor, sign: int) -> torch.Tensor:
+    """(V,): the logit change ``U dh`` of the eNTK weight step (over lam) at the top contexts,
+    mean over them, oriented by ``sign`` (``last``: (n, d) output changes, metric undone)."""
+    U = lm.model.get_output_embeddings().weight.detach().double().cpu()
+    return sign * (U @ last.double().T).mean(1)
+
+
+def write_dashboard(cards: list[Card], out_dir: str | os.PathLike, *, title: str, discovery: pd.DataFrame | None = None,
+                    intro: str = "") -> Path:
+    """The run's static site: ``out_dir/dashboard/index.html`` and one page per card."""
+    return write_site(cards, Path(out_dir) / "dashboard", title=title, intro=intro, discovery=discovery)
