@@ -71,24 +71,44 @@ def test_each_tokens_reading_ends_at_the_contexts_score(run):
         assert np.max(np.abs([c.values[:-1] for c in card.contexts])) > 0  # earlier tokens are read too
 
 
-def test_the_steering_logit_change_is_a_finite_difference(run):
+def test_the_direct_logit_change_is_a_finite_difference(run):
+    """Adding eps * v to the final norm's input at the last position (hooked on the last layer's
+    output) changes the mean last-position logits by eps * logit_change, to first order."""
     lm, ids = run["lm"], run["data"].input_ids[:2]
     v = run["found"]["pca"].vectors[0]
-    change = dashboard.steering_logit_change(lm.model, ids, LAYER, v)
-    eps = 1e-3  # Llama's RMSNorm computes in float32 even in a float64 model: a larger step, a looser check
+    final = dashboard.FinalNorm(lm.model, ids)
+    change = final.logit_change(v, [0, 1])
+    last_layer = lm.model.model.layers[-1]
 
     def logits(shift):
-        layer = lm.model.model.layers[LAYER]
-        handle = layer.register_forward_hook(lambda m, a, out: out + shift * torch.as_tensor(v) * (
-            torch.arange(ids.shape[1]) == ids.shape[1] - 1)[:, None])
+        at_last = (torch.arange(ids.shape[1]) == ids.shape[1] - 1)[:, None]
+        handle = last_layer.register_forward_hook(lambda m, a, out: out + shift * torch.as_tensor(v) * at_last)
         try:
             with torch.no_grad():
                 return lm.model(input_ids=ids).logits[:, -1].mean(0)
         finally:
             handle.remove()
 
+    eps = 1e-3  # Llama's RMSNorm computes in float32 even in a float64 model: a larger step, a looser check
     expected = ((logits(eps) - logits(-eps)) / (2 * eps)).numpy()
     np.testing.assert_allclose(change.numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_a_soft_capped_models_entk_is_read_at_the_last_token_only():
+    """Gemma2 caps its logits: the logit metric differs per context, so there is no reading
+    between contexts; at each context's last token the reading is still its score."""
+    from entk_utils.features.directions import entk_scores
+    from tiny_models import tiny_model
+
+    model = tiny_model("gemma2", dtype=torch.float32)
+    ids = torch.randint(0, 40, (6, 5), generator=torch.Generator().manual_seed(0))
+    op = operators.entk_operator(model, ids, ["model.layers.1.mlp"], metric="logits")
+    assert op.output_maps is not None
+    evals, evecs = top_eigenpairs(op, 2, seed=0, steps=60, progress=False)
+    values, last = dashboard.entk_token_readings(dashboard.ENTKReading(op, evecs, evals), 1, [0, 3, 4])
+    assert np.isnan(values[:, :-1]).all() and last.shape == (3, op.hidden)
+    np.testing.assert_allclose(values[:, -1], entk_scores(evecs, 6)[0][[0, 3, 4], 1], rtol=1e-3,
+                               atol=1e-3 * np.abs(entk_scores(evecs, 6)[0][:, 1]).max())
 
 
 def test_cards_refuse_what_they_cannot_read(run):

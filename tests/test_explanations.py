@@ -68,7 +68,7 @@ def test_the_discovery_table_counts_what_beats_random_directions():
     y = (rng.random(N) < 0.4).astype(int)
     X = rng.standard_normal((N, 20)) + 0.4 * y[:, None]
     X[:, 0] += 2.5 * y
-    candidates = pd.DataFrame({"planted": y, "noise": (rng.random(N) < 0.3).astype(int)})
+    candidates = pd.DataFrame({"next word: planted": y, "noise": (rng.random(N) < 0.3).astype(int)})
     select, evaluate = stratified_halves(y, seed=0)
     floor = random_explanation_floor(X, candidates, select, evaluate, n_directions=100, seed=0)
     assert 0.6 < floor < 0.95
@@ -79,7 +79,7 @@ def test_the_discovery_table_counts_what_beats_random_directions():
     table = discovery_table(tables, floor)
     assert table.loc["aligned"].to_dict() == pytest.approx(
         {"directions": 2, "explained": 1.0, "distinct": 1, "mean_auroc": tables["aligned"].auroc.mean(),
-         "beyond_random": 0.5, "distinct_beyond_random": 1})
+         "beyond_random": 0.5, "distinct_beyond_random": 1, "next_word_beyond_random": 0.5})
     assert table.loc["noise", "beyond_random"] == 0 and "beyond_random" not in discovery_table(tables).columns
     with pytest.raises(ValueError, match="quantile"):
         random_explanation_floor(X, candidates, select, evaluate, quantile=1.5)

@@ -133,3 +133,10 @@ def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
     assert list(finders.index) == ["entk", "pca", "ica", "sae", "sae-all", "random", "mean-difference", "logistic"]
     assert finders.loc["sae-all", "directions"] == params["sae_width"] and finders.loc["sae", "directions"] == n_eigs
     assert finders.auroc.between(0, 1).all() and finders.loc[["mean-difference", "logistic"], "supervised"].all()
+    discovery = pd.read_csv(out / "table_your_model_discovery.csv").set_index("method")
+    assert list(discovery.index) == ["entk", "pca", "ica", "sae", "random"] and (discovery.directions == n_eigs).all()
+    assert discovery.explained.between(0, 1).all() and (discovery.beyond_random <= discovery.explained).all()
+    site = out / "dashboard_your_model"
+    pages = {p.name for p in site.iterdir()}
+    assert pages == {"index.html"} | {f"{m}-{j}.html" for m in discovery.index for j in range(n_eigs)}
+    assert "span class=\"tok\"" in (site / "entk-0.html").read_text()

@@ -21,6 +21,7 @@ from torch.func import functional_call, jacrev  # noqa: E402
 from entk_utils.kernels import anatomy, conventions, forward_paths, path_choice  # noqa: E402
 from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
 from entk_utils.kernels.operators import (  # noqa: E402
+    TokenReading,
     entk_operator,
     layer_entk_operator,
     resolve_weights,
@@ -427,6 +428,22 @@ def test_token_output_changes_are_the_operator_at_every_prefix(arch):
         op.token_output_changes({"nope": step[next(iter(step))]}, ids)
 
 
+@pytest.mark.parametrize("truncate", ["full", "layer", "auto"])
+def test_a_token_reading_of_some_contexts_is_path_independent(truncate):
+    """Recorded once on any forward path and read for a subset of the contexts in any order,
+    chunked so that a chunk's batch equals neither T nor the subset: the full model's changes."""
+    model = tiny_model("llama")
+    ids = torch.randint(1, VOCAB, (9, 7), generator=torch.Generator().manual_seed(3))
+    op = entk_operator(model, ids, WEIGHTS["llama"][:2], truncate=truncate)
+    step = op.weight_direction(np.random.default_rng(2).standard_normal(op.shape[0]))
+    reference = entk_operator(model, ids, WEIGHTS["llama"][:2], truncate="full").token_output_changes(step, ids)
+    reading = TokenReading(op, ids, chunk_size=ids.shape[1])
+    assert all(sl.stop - sl.start != ids.shape[1] for sl in reading.chunks) and len(reading.chunks) == 2
+    rows = [len(ids) - 1, 0, 2]
+    np.testing.assert_allclose(reading.changes(step, rows).numpy(), reference[rows].numpy(), rtol=tolerance("llama"),
+                               atol=tolerance("llama") * reference.abs().max().item())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(layer=3), r"layer must be an integer in 0\.\.2"),
     (dict(layer=-1), "layer must be"),
@@ -469,7 +486,7 @@ def test_anatomy_is_found_by_convention():
         assert names[parts.layers] == layers
         ids, _ = contexts("none")
         traced = forward_paths.trace(parts, {"input_ids": ids, "use_cache": False})
-        assert [names[m] for m in path_choice._traced_tail(parts, traced)] == tail
+        assert [names[m] for m in path_choice.traced_tail(parts, traced)] == tail
 
 
 def test_no_hooks_or_replaced_forwards_are_left_behind():

@@ -246,6 +246,7 @@ GEMMA_CASES = [
     (dict(sae_k=600), "sae_k=600: must be an integer <= 512 \\(sae_width\\)"),
     (dict(sae_documents=0), "sae_documents=0: must be an integer >= 1 or None"),
     (dict(sae_tokens=1.5), "sae_tokens=1.5: must be an integer"),
+    (dict(candidate_min_count=0), "candidate_min_count=0: must be an integer in \\[1, "),
 ]
 
 
@@ -327,6 +328,7 @@ YOUR_MODEL_CASES = [
     (dict(model_source="not a model"), "model_source='not a model': must be one of 'auto', 'hub', 'gguf', an existing"),
     (dict(min_positives=0), "min_positives=0: must be an integer >= 1"),
     (dict(top_contexts=0), "top_contexts=0"),
+    (dict(candidate_min_count=1000), "candidate_min_count=1000: must be an integer in \\[1, 64\\] \\(half the contexts"),
     (dict(n_permutations=0), "n_permutations=0"),
     (dict(device="gpu"), "device='gpu'"),
 ]

@@ -64,3 +64,11 @@ def test_the_finders_example_runs():
     assert all(d.scores.shape == (16, 5) for m, d in found.items() if m != "logistic")
     assert found["logistic"].scores.shape == (16, 1) and found["logistic"].supervised
     assert list(table.label) == ["feature"] and list(probe.k) == [1, 2]
+
+
+def test_the_token_reading_example_ends_at_the_scores():
+    namespace = {}
+    exec(compile(example("language model") + example("token reading"), "README.md", "exec"), namespace)
+    reading, scores = namespace["reading"].double().numpy(), namespace["scores"]
+    assert reading.shape == tuple(namespace["input_ids"].shape)
+    np.testing.assert_allclose(reading[:, -1], scores[:, 0], rtol=1e-3, atol=1e-3 * np.abs(scores[:, 0]).max())

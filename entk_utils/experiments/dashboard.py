@@ -15,10 +15,12 @@ What a card shows, and how each number is read:
   eigenfunction is (Nystrom): the first-order change of the outputs at token t under the weight
   step ``J^T (I kron A) v``, divided by ``lam`` and read along ``r``.
 - **logit effects**: the first-order change of the next-token logits at the direction's top
-  contexts (mean over them), per unit of the direction, when the model is moved along it:
-  the eNTK by its weight step (as above), the others by adding the direction's vector (the
-  principal axis, ICA's mixing column, the SAE's decoder row, the random unit vector) to the
-  residual stream after the layer at the context's last token, through every layer above.
+  contexts (mean over them) when the model is moved along it. The eNTK by its weight step (as
+  above, through every layer above the weights: exact, and free from the per-token reading);
+  the others by their direct effect, as SAE dashboards read a latent's decoder row through the
+  unembedding: the direction's unit vector (the principal axis, ICA's mixing column, the SAE's
+  decoder row, the random vector) added to the final norm's input at the context's last token,
+  the norm linearised there, skipping the layers above the direction's own layer.
 - **AUROC per label** over all contexts, in the card's orientation; **explanation** from
   :func:`~entk_utils.features.explanations.explain_directions`.
 """
@@ -26,6 +28,7 @@ What a card shows, and how each number is read:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +42,15 @@ from ..features.finders import Directions
 from ..features.scoring import auroc_matrix
 from ..io.site import Card, Context, write_site
 from ..kernels.anatomy import find_anatomy, math_attention, output_embedding_input
+from ..kernels.forward_paths import trace
+from ..kernels.module_tools import first_output
+from ..kernels.operators import TokenReading
+from ..kernels.path_choice import traced_tail
 from ..settings.language import ContextDataset
 from ..settings.language.activations import residual_stream
 
 CARDED = ("entk", "pca", "ica", "sae", "random")  # the same-budget unsupervised finders
-QUANTILES = (0.9, 0.75, 0.5, 0.25, 0.1)
+QUANTILES = (0.75, 0.5, 0.25, 0.05)
 READING_CHECK = 0.1  # largest relative gap allowed between a last token's reading and its context's score
 
 
@@ -92,50 +99,71 @@ def singular_axes(eigenvectors: np.ndarray, n_contexts: int) -> np.ndarray:
     return np.array(axes)
 
 
-def entk_token_readings(reading: ENTKReading, j: int, rows) -> tuple[np.ndarray, np.ndarray]:
-    """eNTK direction ``j`` read at every token of contexts ``rows`` (Nystrom, see the module
-    docstring): ``(values (B, T), output changes at the last token per unit score (B, d),
-    metric undone)``."""
+def entk_token_readings(reading: ENTKReading, j: int, rows, tokens: TokenReading | None = None
+                        ) -> tuple[np.ndarray, torch.Tensor]:
+    """eNTK direction ``j`` read at every token of the operator's contexts ``rows`` (Nystrom,
+    see the module docstring): ``(values (B, T), the output change at each context's output
+    position, metric undone (B, d))``, both over the eigenvalue. ``tokens``: the operator's
+    :class:`~entk_utils.kernels.operators.TokenReading` (made here if not given). Where the
+    operator's metric differs per context (a soft-capped model's logit metric) there is none
+    for the tokens in between: they are NaN."""
     op = reading.operator
     lam = float(reading.eigenvalues[j])
     axis = torch.as_tensor(singular_axes(reading.eigenvectors[:, [j]], len(op.input_ids))[0], dtype=op.dtype_torch)
     step = op.weight_direction(reading.eigenvectors[:, j])
-    changes = op.token_output_changes(step, op.input_ids[torch.as_tensor(rows)].cpu(),
-                                      None if op.attention_mask is None else op.attention_mask[rows].cpu()) / lam
-    last = changes[:, -1]
+    rows = torch.as_tensor(rows)
+    positions = op.positions[rows].cpu()
+    if op.output_maps is not None:
+        at_output = op.matvec_params(step)[rows] / lam  # (B, d): A_n J step at the contexts
+        values = torch.full(op.input_ids[rows].shape, float("nan"), dtype=at_output.dtype)
+        values[torch.arange(len(rows)), positions] = (at_output @ axis.to(at_output.device)).cpu()
+        last = torch.linalg.solve(op.output_maps[rows], at_output.unsqueeze(-1))[..., 0]
+        return values.double().numpy(), last.double().cpu()
+    changes = (tokens or TokenReading.of_operator(op)).changes(step, rows) / lam
+    last = changes[torch.arange(len(rows)), positions]
     if op.metric is not None:
-        last = torch.linalg.solve(op.metric, last.T).T
-    return (changes @ axis.to(changes.device)).double().cpu().numpy(), last.double().cpu()
+        last = torch.linalg.solve(op.metric.cpu(), last.T).T
+    return (changes @ axis).double().numpy(), last.double()
 
 
-def steering_logit_change(model, input_ids: torch.Tensor, layer: int, vector: np.ndarray) -> torch.Tensor:
-    """(V,): the first-order change of the next-token logits (before any soft cap), mean
-    over the contexts ``input_ids`` (B, T), when ``vector`` (d,) is added to the residual
-    stream after decoder block ``layer`` at the last position (through every layer above)."""
-    import torch.autograd.forward_ad as fwAD
+class FinalNorm:
+    """The model's final modules (its final norm: what runs between the last decoder layer and
+    the unembedding) and their inputs at the last position of contexts ``input_ids`` (B, T):
+    ``inputs`` (B, d). :meth:`logit_change` is the direct effect of a vector there."""
 
-    anatomy = find_anatomy(model)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    v = torch.as_tensor(vector, dtype=dtype, device=device)
-    ids = input_ids.to(device)
-    with torch.no_grad(), math_attention(), fwAD.dual_level():
-        epsilon = fwAD.make_dual(torch.zeros((), dtype=dtype, device=device), torch.ones((), dtype=dtype, device=device))
-        at_last = torch.zeros(ids.shape[1], 1, dtype=dtype, device=device)
-        at_last[-1] = 1
-
-        def add(module, args, output):
-            if isinstance(output, tuple):
-                return (output[0] + epsilon * at_last * v, *output[1:])
-            return output + epsilon * at_last * v
-
-        handle = anatomy.layers[layer].register_forward_hook(add)
+    def __init__(self, model, input_ids: torch.Tensor, chunk_size: int = 16):
+        anatomy = find_anatomy(model)
+        device = next(model.parameters()).device
+        self.tail = traced_tail(anatomy, trace(anatomy, {"input_ids": input_ids[:1].to(device), "use_cache": False}))
+        self.unembedding = anatomy.output_embedding.weight.detach()
+        captured = []
+        handle = anatomy.layers[-1].register_forward_hook(lambda m, a, out: captured.append(first_output(out)[:, -1]))
         try:
-            hidden = output_embedding_input(anatomy, lambda: model(input_ids=ids, use_cache=False))
+            with torch.no_grad(), math_attention():
+                for i in range(0, len(input_ids), chunk_size):
+                    inputs = {"input_ids": input_ids[i:i + chunk_size].to(device), "use_cache": False}
+                    output_embedding_input(anatomy, lambda: model(**inputs))
         finally:
             handle.remove()
-        change = fwAD.unpack_dual(hidden).tangent[:, -1].mean(0)
-    return anatomy.output_embedding.weight.detach().to(change.dtype) @ change
+        self.inputs = torch.cat(captured)
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)
+        for module in self.tail:
+            x = first_output(module(x))
+        return x[:, 0]
+
+    def logit_change(self, vector, rows) -> torch.Tensor:
+        """(V,): the first-order change of the next-token logits (before any soft cap) when
+        ``vector`` (d,) is added to the final norm's input at the last position, mean over
+        contexts ``rows`` (indices into ``inputs``), the norm linearised at each one's input."""
+        from torch.func import jvp
+
+        base = self.inputs[torch.as_tensor(rows)]
+        v = torch.as_tensor(np.asarray(vector), dtype=base.dtype, device=base.device).expand_as(base)
+        with torch.no_grad():
+            change = jvp(self._final, (base,), (v,))[1].mean(0)
+        return self.unembedding.to(change.dtype) @ change
 
 
 def _token_texts(tokenizer, ids) -> list[str]:
@@ -170,8 +198,9 @@ def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], expl
     ``layer`` at the last token); ``entk``: what extends the eNTK to every token (needed for
     ``"entk"``); ``logit_contexts``: how many top contexts the logit effects average over;
     ``tokens_shown``: the last tokens of each context shown. A last token's reading that
-    does not give its context's score (relative gap over 10%: an unconverged eigenvector, or
-    activations from another layer) is an error."""
+    does not give its context's score (relative gap over 10% of the largest score) is an error
+    for a method read from the hidden states (activations from another layer than ``layer``)
+    and a warning, also shown on the card, for the eNTK (an unconverged eigenvector)."""
     methods = list(explanations)
     if "entk" in methods and entk is None:
         raise ValueError("cards for 'entk' need entk=ENTKReading(operator, eigenvectors, eigenvalues)")
@@ -189,26 +218,35 @@ def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], expl
     with torch.no_grad():
         hidden = torch.cat([residual_stream(lm.model, data.input_ids[rows[i:i + 16]], layer).float().cpu()
                             for i in range(0, len(rows), 16)]).double().numpy()  # (R, T, d)
+    tops = sorted({n for (m, _), (_, shown) in plan.items() if m != "entk" for _, n in shown[:logit_contexts]})
+    at_top = {n: i for i, n in enumerate(tops)}
+    final = FinalNorm(lm.model, data.input_ids[tops]) if tops else None
+    tokens = TokenReading.of_operator(entk.operator) if entk is not None and entk.operator.output_maps is None else None
     cards = []
     for (m, j), (sign, shown) in tqdm(plan.items(), desc="direction cards", disable=not progress):
         d, row = found[m], explanations[m].set_index("direction").loc[j]
         scores = d.scores[:, j] * sign
         index = [n for _, n in shown]
         if m == "entk":
-            values, last = entk_token_readings(entk, j, index)
+            values, last = entk_token_readings(entk, j, index, tokens)
             values *= sign
             change = _entk_logit_change(lm, last[:logit_contexts], sign)
             note = ("per-token reading: the eNTK eigenfunction extended to every token (output change under the "
                     "eigenvector's weight step, over its eigenvalue, along its top singular vector)")
+            if entk.operator.output_maps is not None:
+                note += "; read at the last token only: this model's logit metric differs per context (soft cap)"
         else:
             H = hidden[[where[n] for n in index]]
             values = d.read(H.reshape(-1, H.shape[-1]))[:, j].reshape(H.shape[:2]) * sign
-            change = sign * steering_logit_change(lm.model, data.input_ids[index[:logit_contexts]], layer, d.vectors[j])
+            change = sign * final.logit_change(d.vectors[j], [at_top[n] for n in index[:logit_contexts]])
             note = f"per-token reading: the {m} score of each token's hidden state after layer {layer}"
         gap = np.abs(values[:, -1] - scores[index]).max() / max(np.abs(scores).max(), 1e-30)
-        if gap > READING_CHECK:
+        if gap > READING_CHECK and m == "entk":  # the eigenvector's own error: said on the card and warned
+            warnings.warn(f"eNTK direction {j}: the last token's reading differs from the context's score by {gap:.1%} "
+                          "of the largest score: the eigenvector is far from converged (more Lanczos steps?)")
+        elif gap > READING_CHECK:
             raise ValueError(f"{m} direction {j}: the last token's reading differs from the context's score by "
-                             f"{gap:.1%} of the largest score (an unconverged eigenvector, or activations from "
+                             f"{gap:.1%} of the largest score (activations from "
                              f"another layer than {layer}?)")
         up, down = _extremes(change.double(), tokenizer, n_logits)
         validated, detail = _explanation_text(row, floor, fdr)
@@ -230,11 +268,18 @@ def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], expl
 def _entk_logit_change(lm, last: torch.Tensor, sign: int) -> torch.Tensor:
     """(V,): the logit change ``U dh`` of the eNTK weight step (over lam) at the top contexts,
     mean over them, oriented by ``sign`` (``last``: (n, d) output changes, metric undone)."""
-    U = lm.model.get_output_embeddings().weight.detach().double().cpu()
-    return sign * (U @ last.double().T).mean(1)
+    U = lm.model.get_output_embeddings().weight.detach()
+    return sign * (U @ last.mean(0).to(U.dtype))
+
+
+INTRO = ("One card per direction of each method. An explanation is the candidate property of the contexts "
+         "that the direction separates best on one half of them, validated on the other half (permutation test, "
+         "false discovery rate controlled over all direction x candidate pairs of a method); 'beyond_random' counts "
+         "the explanations stronger (held-out AUROC) than 95% of random directions' are.")
 
 
 def write_dashboard(cards: list[Card], out_dir: str | os.PathLike, *, title: str, discovery: pd.DataFrame | None = None,
-                    intro: str = "") -> Path:
-    """The run's static site: ``out_dir/dashboard/index.html`` and one page per card."""
-    return write_site(cards, Path(out_dir) / "dashboard", title=title, intro=intro, discovery=discovery)
+                    intro: str = INTRO, folder: str = "dashboard") -> Path:
+    """The run's static site: ``out_dir/<folder>/index.html`` and one page per card; returns
+    the index's path."""
+    return write_site(cards, Path(out_dir) / folder, title=title, intro=intro, discovery=discovery)

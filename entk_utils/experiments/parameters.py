@@ -211,14 +211,13 @@ def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwa
 SAE_PARAMETERS = ("sae", "sae_documents", "sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out")
 GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lanczos_steps", "min_positives",
                   "n_permutations", "n_boot", "causal_labels", "causal_contexts", "relative_norms", *SAE_PARAMETERS,
-                  "model_source", "stories_path", "device", "out_dir", "cache_dir")
+                  "candidate_min_count", "model_source", "stories_path", "device", "out_dir", "cache_dir")
 
 
-def check_sae_parameters(v: Mapping[str, Any]) -> None:
-    """The SAE parameters of notebooks 03 and 06: ``sae`` is ``"train"``, an existing folder or
-    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline, against the registry SAELens
-    installs); the recipe's counts (:meth:`~entk_utils.features.sae.SAERecipe` fields) positive,
-    ``sae_k`` at most ``sae_width``; ``sae_documents`` None or positive."""
+def check_finder_parameters(v: Mapping[str, Any], n_contexts: int) -> None:
+    """Notebooks 03 and 06's finder and explanation parameters: ``sae`` ``"train"``, a folder or
+    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline); the SAE recipe's counts
+    positive, ``sae_k`` <= ``sae_width``; ``candidate_min_count`` <= half the ``n_contexts``."""
     spec = v["sae"]
     if not isinstance(spec, str) or not spec:
         raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
@@ -235,6 +234,8 @@ def check_sae_parameters(v: Mapping[str, Any]) -> None:
     for name in ("sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out"):
         checks.integer(name, v[name], minimum=1)
     checks.integer("sae_k", v["sae_k"], maximum=v["sae_width"], note=" (sae_width)")
+    checks.integer("candidate_min_count", v["candidate_min_count"], minimum=1, maximum=n_contexts // 2,
+                   note=" (half the contexts: a candidate needs that many on either side)")
 
 
 def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -259,7 +260,7 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
         checks.integer(name, v[name], minimum=1)
     checks.integer("causal_contexts", v["causal_contexts"], minimum=1, allow_none=True)
     checks.reals("relative_norms", v["relative_norms"], minimum=0, low_open=True)
-    check_sae_parameters(v)
+    check_finder_parameters(v, n_contexts)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])
@@ -368,7 +369,7 @@ def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: s
 
 YOUR_MODEL_NOTEBOOK = ("seed", "model_source", "weights", "text_path", "n_contexts", "context_len", "n_eigs",
                        "lanczos_steps", "min_positives", "n_permutations", "top_contexts", *SAE_PARAMETERS, "n_boot",
-                       "device", "out_dir", "cache_dir")
+                       "candidate_min_count", "device", "out_dir", "cache_dir")
 
 
 def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -393,7 +394,7 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
     checks.integer("n_permutations", v["n_permutations"], minimum=1)
     checks.integer("top_contexts", v["top_contexts"], minimum=1)
     checks.integer("n_boot", v["n_boot"], minimum=1)
-    check_sae_parameters(v)
+    check_finder_parameters(v, n_contexts)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])

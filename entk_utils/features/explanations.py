@@ -106,14 +106,16 @@ def random_explanation_floor(activations, candidates: pd.DataFrame, select, eval
     return float(np.quantile(table.auroc, quantile))
 
 
-def discovery_table(explanations: dict[str, pd.DataFrame], floor: float | None = None, fdr: float = 0.05
-                    ) -> pd.DataFrame:
+def discovery_table(explanations: dict[str, pd.DataFrame], floor: float | None = None, fdr: float = 0.05,
+                    next_word: str = "next word") -> pd.DataFrame:
     """Per method (``{method: explain_directions(...)[0]}``): ``directions`` (k),
     ``explained`` (share with a validated explanation, q < ``fdr``), ``distinct`` (how many
     different candidates those explanations are), ``mean_auroc`` (held-out AUROC of the
     validated ones) and, with a ``floor`` (:func:`random_explanation_floor`),
     ``beyond_random`` / ``distinct_beyond_random``: the same counts for explanations whose
-    held-out AUROC also exceeds it."""
+    held-out AUROC also exceeds it, and ``next_word_beyond_random``: the share of those about
+    what follows the context (candidates named starting with ``next_word``), not the context
+    itself."""
     rows = []
     for method, table in explanations.items():
         valid = table[table.q < fdr]
@@ -121,6 +123,7 @@ def discovery_table(explanations: dict[str, pd.DataFrame], floor: float | None =
                "distinct": valid.candidate.nunique(), "mean_auroc": valid.auroc.mean() if len(valid) else np.nan}
         if floor is not None:
             strong = valid[valid.auroc > floor]
-            row |= {"beyond_random": len(strong) / len(table), "distinct_beyond_random": strong.candidate.nunique()}
+            row |= {"beyond_random": len(strong) / len(table), "distinct_beyond_random": strong.candidate.nunique(),
+                    "next_word_beyond_random": strong.candidate.str.startswith(next_word).sum() / len(table)}
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")

@@ -99,9 +99,13 @@ def histogram_svg(values, marks: dict[str, float] | None = None, bins: int = 30,
 
 def highlighted(context: Context, scale: float) -> str:
     """The context's tokens as spans shaded by their values (``scale``: the value of full
-    colour), then the next word; each token's value in its tooltip."""
+    colour; a NaN value, a token not read, is left unshaded), then the next word; each
+    token's value in its tooltip."""
     spans = []
     for token, value in zip(context.tokens, context.values):
+        if not np.isfinite(value):
+            spans.append(f'<span class="tok" title="not read">{_e(token)}</span>')
+            continue
         alpha = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
         r, g, b = HIGH if value >= 0 else LOW
         spans.append(f'<span class="tok" style="background: rgba({r},{g},{b},{alpha:.2f})" '
@@ -111,7 +115,7 @@ def highlighted(context: Context, scale: float) -> str:
 
 def card_html(card: Card, link: str | None = None) -> str:
     """One card as an HTML fragment (``<div class="card">``); ``link``: where its title points."""
-    scale = max((abs(v) for c in card.contexts for v in c.values), default=0.0)
+    scale = max((abs(v) for c in card.contexts for v in c.values if np.isfinite(v)), default=0.0)
     title = f'<a href="{_e(link)}">{_e(card.title)}</a>' if link else _e(card.title)
     explanation = (f'<p class="explanation"><b>{_e(card.explanation)}</b> · {_e(card.detail)}</p>' if card.explained
                    else f'<p class="explanation none">none found · best candidate {_e(card.detail)}</p>')
@@ -128,8 +132,10 @@ def card_html(card: Card, link: str | None = None) -> str:
     aurocs = f'<table class="aurocs"><tr><th>label</th><th>AUROC</th></tr>{aurocs}</table>'
     marks = {c.label: c.score for c in card.contexts}
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in card.notes)
+    histogram = (f'{histogram_svg(card.scores, marks)}<p class="note">scores of all {len(card.scores)} contexts; '
+                 'ticks: the contexts shown below</p>')
     return (f'<div class="card" id="{_e(card.key)}"><h3>{title}</h3>{explanation}'
-            f'<div class="row"><div>{histogram_svg(card.scores, marks)}</div><div>{logits}</div>'
+            f'<div class="row"><div>{histogram}</div><div>{logits}<p class="note">next-token logits it moves most</p></div>'
             f'<div>{aurocs}</div></div>{contexts}{notes}</div>')
 
 

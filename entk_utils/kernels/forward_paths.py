@@ -146,9 +146,11 @@ class _Runner(nn.Module):
         return fn(*args)
 
 
-def hidden(anatomy: Anatomy, path: ForwardPath, weights: dict, record, inputs: dict, rows: torch.Tensor) -> torch.Tensor:
+def hidden(anatomy: Anatomy, path: ForwardPath, weights: dict, record, inputs: dict, rows: torch.Tensor | None
+           ) -> torch.Tensor:
     """h (n, d) on ``path`` with the model's parameters named in ``weights`` replaced by the
-    given tensors (differentiable in them: ``torch.func`` transforms go through)."""
+    given tensors (differentiable in them: ``torch.func`` transforms go through); with
+    ``rows=None`` at every position, (n, T, d)."""
     return functional_call(_Runner(anatomy.model), {f"model.{k}": v for k, v in weights.items()},
                            (path.hidden, record, inputs, rows))
 
@@ -163,7 +165,7 @@ class FullModel(ForwardPath):
 
     def hidden(self, record, inputs, rows):
         h = run_to_output(self.anatomy, inputs)
-        return h[torch.arange(len(rows), device=rows.device), rows]
+        return h if rows is None else h[torch.arange(len(rows), device=rows.device), rows]
 
 
 @dataclass
@@ -253,22 +255,23 @@ class FromLayer(ForwardPath):
         return {}
 
     def hidden(self, record, inputs, rows):
+        """h (n, d) at the output ``rows``, or at every position (n, T, d) for ``rows=None``."""
         layers, last = self.anatomy.layers, len(self.anatomy.layers) - 1
         with replaced_forwards(self._replacements(record, rows)):
             h = None
             for i in range(self.start, last + 1):
                 args, kwargs = record[i] if i == self.start else _with_hidden(*record[i], h)
-                if i == last and self.keys_idle is not None and _masked_or_last(args, kwargs, rows):
-                    return self._tail(first_output(self._last_at_rows(args, kwargs, rows))[:, 0])
+                if i == last and rows is not None and self.keys_idle is not None and _masked_or_last(args, kwargs, rows):
+                    return self._tail(first_output(self._last_at_rows(args, kwargs, rows)))[:, 0]
                 h = first_output(layers[i](*args, **kwargs))
-        return self._tail(h[torch.arange(len(rows), device=rows.device), rows])
+        return self._tail(h) if rows is None else self._tail(h[torch.arange(len(rows), device=rows.device), rows]
+                                                             .unsqueeze(1))[:, 0]
 
     def _tail(self, h: torch.Tensor) -> torch.Tensor:
-        """(n, d) last-layer outputs at the output rows -> the output embedding's inputs."""
-        out = h.unsqueeze(1)
+        """(n, T', d) last-layer outputs -> the output embedding's inputs (n, T', d)."""
         for module in self.tail:
-            out = first_output(module(out))
-        return out[:, 0]
+            h = first_output(module(h))
+        return h
 
     def _keys_and_values(self, args: tuple, kwargs: dict, idle: dict) -> tuple:
         """The last layer's keys and values at every position: its own code, run on the full
@@ -346,7 +349,8 @@ class FromModule(FromLayer):
 
     def _replacements(self, record, rows):
         replay = {m: replay_forward(outputs) for m, outputs in record["outputs"].items()}
-        return {**replay, **{m: idle_forward(spec, len(rows), rows.device) for m, spec in self.dead.items()}}
+        first = tensors_in(record["first"])[0]  # its batch: the contexts of this record
+        return {**replay, **{m: idle_forward(spec, len(first), first.device) for m, spec in self.dead.items()}}
 
     def hidden(self, record, inputs, rows):
         substitute = self.first.register_forward_pre_hook(lambda module, args, kwargs: record["first"], with_kwargs=True)
@@ -391,3 +395,10 @@ def _unreached(run: Callable[[], tuple], modules: list[nn.Module], seed: int = 0
         grads = torch.autograd.grad(total, zs, allow_unused=True) if result and zs else [None] * len(zs)
     reached = {id(z) for z, g in zip(zs, grads) if g is not None}
     return {m: specs[m] for m, found in probes.items() if found and not any(id(z) in reached for z in found)}
+
+
+def select_contexts(record, index: torch.Tensor, n: int):
+    """A record (or model inputs) of ``n`` contexts cut to the contexts ``index``: every tensor
+    of two or more dimensions whose first is ``n`` is indexed (those of batch 1 broadcast and
+    stay). The caller keeps ``n`` apart from the other leading sizes (e.g. the length T)."""
+    return map_tensors(lambda x: x[index] if x.ndim >= 2 and x.shape[0] == n else x, record)

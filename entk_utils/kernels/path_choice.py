@@ -30,7 +30,7 @@ def _owner(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name.rpartition(".")[0])
 
 
-def _traced_tail(anatomy: Anatomy, tr: Trace) -> list[nn.Module]:
+def traced_tail(anatomy: Anatomy, tr: Trace) -> list[nn.Module]:
     """The outermost modules called after the last layer and before the output embedding, in order."""
     if anatomy.tail is not None:
         return anatomy.tail
@@ -56,7 +56,7 @@ def layer_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromLayer:
     early = [name for name in names if (tr.first_entry(_owner(anatomy.model, name)) or layer_entry) < layer_entry]
     if early:
         raise NotApplicable(f"{', '.join(early)} {'is' if len(early) == 1 else 'are'} also used before layer {start}")
-    return FromLayer(anatomy, start, _traced_tail(anatomy, tr))
+    return FromLayer(anatomy, start, traced_tail(anatomy, tr))
 
 
 def module_path(anatomy: Anatomy, tr: Trace, names: Sequence[str]) -> FromModule:
