@@ -20,8 +20,8 @@ from torch.func import functional_call, jacrev  # noqa: E402
 
 from entk_utils.kernels import anatomy, conventions, forward_paths, path_choice  # noqa: E402
 from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
+from entk_utils.kernels.token_reading import TokenReading  # noqa: E402
 from entk_utils.kernels.operators import (  # noqa: E402
-    TokenReading,
     entk_operator,
     layer_entk_operator,
     resolve_weights,

@@ -44,7 +44,7 @@ from ..io.site import Card, Context, write_site
 from ..kernels.anatomy import find_anatomy, math_attention, output_embedding_input
 from ..kernels.forward_paths import trace
 from ..kernels.module_tools import first_output
-from ..kernels.operators import TokenReading
+from ..kernels.token_reading import TokenReading
 from ..kernels.path_choice import traced_tail
 from ..settings.language import ContextDataset
 from ..settings.language.activations import residual_stream
@@ -104,7 +104,7 @@ def entk_token_readings(reading: ENTKReading, j: int, rows, tokens: TokenReading
     """eNTK direction ``j`` read at every token of the operator's contexts ``rows`` (Nystrom,
     see the module docstring): ``(values (B, T), the output change at each context's output
     position, metric undone (B, d))``, both over the eigenvalue. ``tokens``: the operator's
-    :class:`~entk_utils.kernels.operators.TokenReading` (made here if not given). Where the
+    :class:`~entk_utils.kernels.token_reading.TokenReading` (made here if not given). Where the
     operator's metric differs per context (a soft-capped model's logit metric) there is none
     for the tokens in between: they are NaN."""
     op = reading.operator
