@@ -43,6 +43,7 @@ def run(tmp_path_factory, nlp):
                                       entk=dashboard.ENTKReading(op, evecs, evals), floor=floor, top=3,
                                       quantiles=(0.5, 0.1), logit_contexts=2, progress=False)
     return dict(lm=lm, data=data, found=found, explanations=explanations, cards=cards, labels=labels,
+                entk=(op, evecs, evals),
                 discovery=discovery_table(explanations, floor))
 
 
@@ -57,6 +58,14 @@ def test_every_direction_of_every_method_has_a_card(run):
         assert [u for _, u in card.logits_up] == sorted((u for _, u in card.logits_up), reverse=True)
         assert set(card.aurocs) == set(run["labels"].columns)
         assert all(len(c.tokens) == len(c.values) == 8 for c in card.contexts)
+
+
+def test_cards_of_the_entk_alone(run):
+    entk = dashboard.ENTKReading(*run["entk"])
+    cards = dashboard.direction_cards(run["lm"], run["data"], run["found"], {"entk": run["explanations"]["entk"]},
+                                      run["labels"], layer=LAYER, entk=entk, progress=False)
+    assert [c.key for c in cards] == [f"entk-{j}" for j in range(K)]
+    assert [c.contexts[0].values for c in cards] == [c.contexts[0].values for c in run["cards"][:K]]
 
 
 def test_each_tokens_reading_ends_at_the_contexts_score(run):

@@ -213,11 +213,12 @@ def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], expl
         for row in explanations[m].itertuples():
             s = found[m].scores[:, row.direction] * row.sign
             plan[m, row.direction] = (row.sign, shown_contexts(s, top, quantiles))
-    rows = sorted({n for _, shown in plan.values() for _, n in shown})
+    rows = sorted({n for (m, _), (_, shown) in plan.items() if m != "entk" for _, n in shown})  # read from hidden
     where = {n: i for i, n in enumerate(rows)}
     with torch.no_grad():
-        hidden = torch.cat([residual_stream(lm.model, data.input_ids[rows[i:i + 16]], layer).float().cpu()
-                            for i in range(0, len(rows), 16)]).double().numpy()  # (R, T, d)
+        hidden = [residual_stream(lm.model, data.input_ids[rows[i:i + 16]], layer).float().cpu()
+                  for i in range(0, len(rows), 16)]
+    hidden = torch.cat(hidden).double().numpy() if hidden else None  # (R, T, d)
     tops = sorted({n for (m, _), (_, shown) in plan.items() if m != "entk" for _, n in shown[:logit_contexts]})
     at_top = {n: i for i, n in enumerate(tops)}
     final = FinalNorm(lm.model, data.input_ids[tops]) if tops else None
