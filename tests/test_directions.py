@@ -67,3 +67,12 @@ def test_pca_scores_by_descending_variance_and_random_scores_seeded_and_centred(
     rand = directions.random_scores(acts, 3, seed=1)
     np.testing.assert_allclose(rand, directions.random_scores(acts, 3, seed=1))
     np.testing.assert_allclose(rand.mean(0), 0, atol=1e-12)
+
+
+def test_entk_axes_read_each_eigenvector_into_its_scores():
+    evecs = np.random.default_rng(0).standard_normal((5 * 4, 3))
+    axes = directions.entk_axes(evecs, 5)
+    assert axes.shape == (3, 4)
+    np.testing.assert_allclose(np.linalg.norm(axes, axis=1), 1)
+    read = np.column_stack([evecs[:, i].reshape(5, 4) @ axes[i] for i in range(3)])
+    np.testing.assert_allclose(read, directions.entk_scores(evecs, 5)[0], atol=1e-12)

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..features.directions import entk_axes
 from ..features.explanations import explain_directions
 from ..features.finders import Directions
 from ..features.scoring import auroc_matrix
@@ -89,16 +90,6 @@ def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, i
     return shown
 
 
-def singular_axes(eigenvectors: np.ndarray, n_contexts: int) -> np.ndarray:
-    """(m, d): each eigenvector's (N, d) top right singular vector ``r``, signed so that
-    ``V r`` is :func:`~entk_utils.features.directions.entk_scores`' score."""
-    axes = []
-    for v in np.asarray(eigenvectors, dtype=np.float64).T:
-        U, s, Vt = np.linalg.svd(v.reshape(n_contexts, -1), full_matrices=False)
-        axes.append(Vt[0])
-    return np.array(axes)
-
-
 def entk_token_readings(reading: ENTKReading, j: int, rows, tokens: TokenReading | None = None
                         ) -> tuple[np.ndarray, torch.Tensor]:
     """eNTK direction ``j`` read at every token of the operator's contexts ``rows`` (Nystrom,
@@ -109,7 +100,7 @@ def entk_token_readings(reading: ENTKReading, j: int, rows, tokens: TokenReading
     for the tokens in between: they are NaN."""
     op = reading.operator
     lam = float(reading.eigenvalues[j])
-    axis = torch.as_tensor(singular_axes(reading.eigenvectors[:, [j]], len(op.input_ids))[0], dtype=op.dtype_torch)
+    axis = torch.as_tensor(entk_axes(reading.eigenvectors[:, [j]], len(op.input_ids))[0], dtype=op.dtype_torch)
     step = op.weight_direction(reading.eigenvectors[:, j])
     rows = torch.as_tensor(rows)
     positions = op.positions[rows].cpu()

@@ -73,6 +73,12 @@ def random_unit_directions(d: int, k: int, seed: int = 0) -> np.ndarray:
     return directions / np.linalg.norm(directions, axis=0)
 
 
+def _top_singular(evecs, n_contexts: int):
+    """Per eigenvector (N*d, m) laid out as (N, d): its SVD ``(U, s, Vt)``, one at a time."""
+    for v in np.asarray(evecs, dtype=np.float64).T:
+        yield np.linalg.svd(v.reshape(n_contexts, -1), full_matrices=False)
+
+
 def entk_scores(evecs, n_contexts: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-context scores of eNTK eigenvectors laid out as (N, d) arrays.
 
@@ -80,10 +86,14 @@ def entk_scores(evecs, n_contexts: int) -> tuple[np.ndarray, np.ndarray]:
     ``u_1 s_1`` is a signed score per context. Returns ``(scores (N, m), share (m,))`` with
     ``share = s_1^2 / sum s_i^2``, how much of the mode one direction in hidden space explains.
     """
-    V = np.asarray(evecs, dtype=np.float64)
     scores, share = [], []
-    for i in range(V.shape[1]):
-        U, s, _ = np.linalg.svd(V[:, i].reshape(n_contexts, -1), full_matrices=False)
+    for U, s, _ in _top_singular(evecs, n_contexts):
         scores.append(U[:, 0] * s[0])
         share.append(s[0] ** 2 / np.sum(s**2))
     return np.column_stack(scores), np.array(share)
+
+
+def entk_axes(evecs, n_contexts: int) -> np.ndarray:
+    """(m, d): each eigenvector's (N, d) top right singular vector ``r``, signed so that
+    ``V r`` is :func:`entk_scores`' score: the direction in the output space it reads along."""
+    return np.array([Vt[0] for _, _, Vt in _top_singular(evecs, n_contexts)])
