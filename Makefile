@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers gpu-check clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers size-of-tests gpu-check clean
 
 env: $(STAMP)
 
@@ -141,6 +141,13 @@ $(PEERS_STAMP): $(PEERS_REQUIREMENTS) pyproject.toml
 
 benchmark-peers: $(PEERS_STAMP)
 	$(PEERS_PY) benchmarks/bench_peers.py
+
+# The comparisons' tests on planted data: how often each rejects "two equally good methods are
+# equally good" (at most 5% is right), how often it finds a real gap, the intervals' coverage,
+# and the share of explanations validated as the contexts grow (about 15 minutes); results in
+# benchmarks/results/size_of_tests.md and the README.
+size-of-tests: $(STAMP)
+	$(PY) benchmarks/size_of_tests.py
 
 # For a lent GPU machine, in one call of under 10 minutes: the dense eNTK and the operator on CUDA
 # against the CPU, python -m entk_utils.eigs under torchrun with NCCL on every GPU, and the

@@ -1,6 +1,7 @@
 """The comparison of finders (notebooks 03 and 06): a published SAE read offline through the
 same path as from the Hub, the SAE a notebook asks for (trained and cached, or loaded), and
-one comparison table on both metrics with the eNTK tested against each same-budget method."""
+one comparison table on both metrics with the eNTK tested against each same-budget method on
+resampled splits (the supervised ceilings refit on each), labels cleaned first."""
 
 import json
 import os
@@ -14,6 +15,8 @@ import torch
 
 from entk_utils.experiments import baselines
 from entk_utils.features import scoring
+from entk_utils.features.labels import comparable_labels
+from entk_utils.features.significance import holm
 from entk_utils.features.sae import GEMMA_SCOPE_REPO, SAERecipe, describe_sae
 from entk_utils.settings.language import TokenActivations
 
@@ -114,41 +117,54 @@ def test_the_comparison_scores_every_finder_and_tests_the_same_budget_ones():
     rng = np.random.default_rng(1)
     n, d = 200, D_IN
     X = rng.standard_normal((n, d))
+    strata = (X[:, 0] > 0.3).astype(int) + 2 * (X[:, 1] > 0)
     labels = pd.DataFrame({"first axis": (X[:, 0] > 0.3).astype(int), "noise": (rng.random(n) < 0.4).astype(int)})
-    select, evaluate = scoring.stratified_halves(labels["first axis"], seed=0)
+    select, evaluate = scoring.stratified_halves(strata, seed=0)
     sae = baselines.notebook_sae("train", token_activations(), RECIPE, cache_dir=None)
     inputs = baselines.comparison_inputs(X, rng.standard_normal((n * 2, 6)), sae, labels, select)
     found = baselines.run_finders(inputs, k=4, seed=0)
     assert list(found) == list(baselines.COMPARED)
-    result = baselines.compare(found, labels, select, evaluate, n_boot=50, n_permutations=30, seed=0,
-                               paper=baselines.PAPER_LAYER16)
+    result = baselines.compare(found, labels, strata, select, evaluate, n_splits=12, seed=0,
+                               paper=baselines.PAPER_LAYER16, progress=False)
     s = result.summary
     assert list(s.index) == list(baselines.COMPARED)
     assert s.loc["sae-all", "directions"] == D_SAE and s.loc["sae-all", "larger budget"]
     assert s.loc["logistic", "supervised"] and s.loc["entk", "paper auroc"] == 0.827 and np.isnan(s.loc["ica", "paper ap"])
     assert set(result.tests.method) == {"pca", "ica", "sae", "random"}  # same budget, unsupervised
     assert len(result.tests) == 4 * 2 and result.tests.p_holm.between(0, 1).all()
+    np.testing.assert_allclose(result.tests.p_holm, holm(result.tests.p))  # labels x methods: one family
     per_label = result.per_label.set_index(["method", "label"])
     assert per_label.loc[("logistic", "first axis"), "auroc"] > 0.9  # the supervised ceiling finds the planted axis
-    for method in baselines.COMPARED:  # the summary's macro AUROC is the mean over labels of the per-label table
-        assert s.loc[method, "auroc"] == pytest.approx(per_label.loc[method, "auroc"].mean())
+    assert per_label.loc[("logistic", "first axis"), "auroc_splits"] > 0.9  # ... refit on every split
+    macro = result.resampled.macro("auroc")
+    for method in baselines.COMPARED:  # the summary's macro AUROC: the per-label means over the splits, averaged
+        assert s.loc[method, "auroc"] == pytest.approx(per_label.loc[method, "auroc_splits"].mean())
+        assert s.loc[method, "auroc"] == pytest.approx(macro.estimate[method])
+        assert s.loc[method, "auroc low"] < s.loc[method, "auroc"] < s.loc[method, "auroc high"]
+        assert s.loc[method, "auroc (one split)"] == pytest.approx(per_label.loc[method, "auroc"].mean())
     probe = result.probing[(result.probing.method == "pca") & (result.probing.k == 2)]
     assert s.loc["pca", "probe auroc k=2"] == pytest.approx(probe.auroc.mean())
     table = baselines.significant_labels(result.tests)
     assert list(table.columns) == ["eNTK better", "eNTK worse", "labels"] and (table["labels"] == 2).all()
 
 
-def test_a_label_with_a_single_class_in_a_half_is_left_out_and_named():
+def test_labels_are_cleaned_before_the_comparison_and_the_supervised_fit_must_match():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, D_IN))
-    select, evaluate = np.arange(20), np.arange(20, 40)
-    labels = pd.DataFrame({"a": (X[:, 0] > 0).astype(int), "only later": np.r_[np.zeros(20), np.ones(20)].astype(int),
-                           "one late": np.r_[np.zeros(39), 1].astype(int)})
-    inputs = baselines.comparison_inputs(X, rng.standard_normal((80, 5)), None, labels, select)
-    assert list(inputs.labels.columns) == ["a"]  # the supervised finders fit only what the select half can teach
-    result = baselines.compare(baselines.run_finders(inputs, k=3, seed=0), labels, select, evaluate, n_boot=20,
-                               n_permutations=10, seed=0, progress=False)
-    assert result.dropped == ["only later", "one late"] and set(result.per_label.label) == {"a"}
+    strata = (X[:, 0] > 0).astype(int)
+    select, evaluate = scoring.stratified_halves(strata, seed=0)
+    a = (X[:, 0] > 0).astype(int)
+    labels = pd.DataFrame({"a": a, "a again": a, "one late": np.r_[np.zeros(39), 1].astype(int)})
+    clean = comparable_labels(labels, select, evaluate)
+    assert list(clean.labels.columns) == ["a / a again"] and clean.too_thin == ["one late"]
+    inputs = baselines.comparison_inputs(X, rng.standard_normal((80, 5)), None, clean.labels, select)
+    result = baselines.compare(baselines.run_finders(inputs, k=3, seed=0), labels, strata, select, evaluate,
+                               n_splits=10, seed=0, progress=False)
+    assert result.labels.merged == clean.merged and set(result.per_label.label) == {"a / a again"}
+    unclean = baselines.comparison_inputs(X, rng.standard_normal((80, 5)), None, labels, select)
+    with pytest.raises(ValueError, match="supervised finders .* were fit on other labels"):
+        baselines.compare(baselines.run_finders(unclean, k=3, seed=0), labels, strata, select, evaluate, n_splits=10,
+                          seed=0, progress=False)
 
 
 def test_without_an_sae_the_sae_finders_are_left_out():

@@ -37,8 +37,8 @@ def run(tmp_path_factory, nlp):
     select, evaluate = scoring.stratified_halves(np.array(data.upos), seed=0)
     found = finders.find_directions(METHODS, finders.FinderInputs(activations=activations, eigenvectors=evecs), K)
     candidates = language.context_candidates(documents, data.story, data.token, lm.tokenizer, nlp, min_count=2)
-    explanations = dashboard.explain(found, candidates, select, evaluate, n_permutations=50)
-    floor = random_explanation_floor(activations, candidates, select, evaluate, n_directions=50)
+    explanations = dashboard.explain(found, candidates, select, evaluate)
+    floor = random_explanation_floor(activations, candidates, select, evaluate, k=K, n_directions=51)
     cards = dashboard.direction_cards(lm, data, found, explanations, labels, layer=LAYER,
                                       entk=dashboard.ENTKReading(op, evecs, evals), floor=floor, top=3,
                                       quantiles=(0.5, 0.1), logit_contexts=2, progress=False)

@@ -203,7 +203,7 @@ def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp
         pytest.skip(f"no TinyStories sample here: {err}")
     (tmp_path / "stories.txt").write_text("".join(f"{s}\n{language.SEPARATOR}\n" for s in stories))
     params = {"n_per_tag": 2, "context_len": 16, "layers": [16, 17], "n_eigs": 2, "lanczos_steps": 4,
-              "min_positives": 100, "model_source": "gguf",
+              "min_positives": 2, "min_per_half": 1, "model_source": "gguf",
               "stories_path": str(tmp_path / "stories.txt")}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params))
     cache_dir = tmp_path / "cache"

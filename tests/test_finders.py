@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from entk_utils.features import finders, scoring
+from entk_utils.features import finders, probing, scoring
 from entk_utils.features.directions import entk_scores, pca_scores
 from entk_utils.features.sae import SAERecipe, sae_latents, sae_quality, train_sae
 
@@ -77,6 +77,16 @@ def test_supervised_finders_never_see_the_evaluate_half(inputs):
         a = finders.find_directions([method], inputs, K)[method].scores
         b = finders.find_directions([method], changed, K)[method].scores
         np.testing.assert_array_equal(a, b)
+
+
+def test_supervised_finders_refit_on_another_half_as_on_their_own(inputs):
+    other = np.setdiff1d(np.arange(N), inputs.select)
+    moved = finders.FinderInputs(activations=inputs.activations, labels=inputs.labels, select=other)
+    for method in finders.SUPERVISED:
+        d = finders.find_directions([method], inputs, K)[method]
+        np.testing.assert_array_equal(d.refit(inputs.select), d.scores)
+        np.testing.assert_allclose(d.refit(other), finders.find_directions([method], moved, K)[method].scores)
+    assert all(d.refit is None for d in finders.find_directions(["pca", "random", "entk"], inputs, K).values())
 
 
 def test_mean_difference_is_the_difference_of_class_means(inputs):
@@ -157,7 +167,7 @@ def test_k_sparse_probe_is_scikit_learns_logistic_regression_on_the_chosen_colum
     S = inputs.activations
     select = inputs.select
     evaluate = np.setdiff1d(np.arange(N), select)
-    table = scoring.k_sparse_probe(S, inputs.labels, select, evaluate, ks=(1, 2, 5))
+    table = probing.k_sparse_probe(S, inputs.labels, select, evaluate, ks=(1, 2, 5))
     assert list(table.k) == [1, 2, 5, 1, 2, 5]
     for row in table.itertuples():
         y = inputs.labels[row.label].to_numpy().astype(bool)
@@ -169,7 +179,7 @@ def test_k_sparse_probe_is_scikit_learns_logistic_regression_on_the_chosen_colum
         assert row.accuracy == pytest.approx(accuracy_score(y[evaluate], probe.predict(Z[evaluate][:, row.chosen])))
     # a column that is the label itself is picked first and separates perfectly
     S2 = np.column_stack([S, inputs.labels.a.to_numpy() + 0.01 * S[:, 0]])
-    best = scoring.k_sparse_probe(S2, inputs.labels[["a"]], select, evaluate, ks=(1,))
+    best = probing.k_sparse_probe(S2, inputs.labels[["a"]], select, evaluate, ks=(1,))
     assert best.chosen[0] == [D] and best.auroc[0] == 1.0
     with pytest.raises(ValueError, match="ks must lie in 1..12"):
-        scoring.k_sparse_probe(S, inputs.labels, select, evaluate, ks=(13,))
+        probing.k_sparse_probe(S, inputs.labels, select, evaluate, ks=(13,))

@@ -247,7 +247,14 @@ GEMMA_CASES = [
     (dict(sae_documents=0), "sae_documents=0: must be an integer >= 1 or None"),
     (dict(sae_tokens=1.5), "sae_tokens=1.5: must be an integer"),
     (dict(candidate_min_count=0), "candidate_min_count=0: must be an integer in \\[1, "),
+    (dict(min_per_half=5), "min_per_half=5: must be an integer in \\[1, 4\\] \\(each half holds n_per_tag // 2"),
+    (dict(n_splits=5), "n_splits=5: must be an integer >= 10 \\(the splits' variance is the interval"),
 ]
+
+
+def test_notebook_03_warns_that_n_permutations_is_no_longer_used(gemma_values):
+    with pytest.warns(FutureWarning, match="n_permutations is no longer used by notebook 03"):
+        parameters.check_gemma_notebook({**gemma_values, "n_permutations": 1000})
 
 
 def test_a_published_sae_from_the_registry_passes(gemma_values):
@@ -330,6 +337,10 @@ YOUR_MODEL_CASES = [
     (dict(top_contexts=0), "top_contexts=0"),
     (dict(candidate_min_count=1000), "candidate_min_count=1000: must be an integer in \\[1, 64\\] \\(half the contexts"),
     (dict(n_permutations=0), "n_permutations=0"),
+    (dict(n_permutations=300), "n_permutations=300 can never reach significance: .* correction over 20 tests; give "
+                               "at least 399"),
+    (dict(min_per_half=33), "min_per_half=33: must be an integer in \\[1, 32\\] \\(a quarter of n_contexts"),
+    (dict(n_splits=3), "n_splits=3: must be an integer >= 10"),
     (dict(device="gpu"), "device='gpu'"),
 ]
 

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from entk_utils.features.scoring import (auroc_matrix, average_precision_matrix, best_direction_metrics,
-                                         mean_abs_cosine, score_directions, stratified_halves, with_best_layer)
+from entk_utils.features.probing import mean_abs_cosine
+from entk_utils.features.scoring import (auroc_matrix, average_precision_matrix, best_direction_metrics, choose_layer,
+                                         has_both_classes, oriented, precision_at_quota, score_directions,
+                                         stratified_halves, with_best_layer)
 from labels import halves, random_labels
 
 
@@ -46,13 +48,44 @@ def test_score_directions_finds_the_planted_direction_and_sign():
         score_directions(scores, pd.DataFrame({"const": np.zeros(80, int)}), select, evaluate)
 
 
-def test_with_best_layer_appends_the_best_rows():
+def test_with_best_layer_appends_the_rows_of_the_chosen_layers():
     per_layer = pd.DataFrame({"label": ["x", "y"] * 4, "method": ["entk"] * 4 + ["pca"] * 4,
                               "layer": [0, 0, 1, 1] * 2, "auroc": [0.6, 0.7, 0.9, 0.8, 0.9, 0.9, 0.5, 0.5]})
-    table, best = with_best_layer(per_layer)
-    assert best.to_dict() == {"entk": 1, "pca": 0}
+    table = with_best_layer(per_layer, {"entk": 1, "pca": 0})
     assert table[table.layer == "best"].groupby("method").auroc.mean().round(2).to_dict() == {"entk": 0.85, "pca": 0.9}
     assert set(table.layer) == {"0", "1", "best"}
+
+
+def test_choose_layer_reads_the_select_half_only():
+    """Layer 1 carries the label on the select half only, layer 0 on the evaluate half only:
+    the choice follows the select half."""
+    rng = np.random.default_rng(2)
+    N = 120
+    y = np.tile([0, 1], N // 2)
+    select, evaluate = np.arange(N // 2), np.arange(N // 2, N)
+    layers = {0: rng.standard_normal((N, 4)), 1: rng.standard_normal((N, 4))}
+    layers[1][select, 2] += 3 * y[select]
+    layers[0][evaluate, 1] += 3 * y[evaluate]
+    assert choose_layer(layers, y[None].astype(float), select) == 1
+    assert choose_layer(layers, y[None].astype(float), evaluate) == 0
+
+
+def test_precision_at_quota_counts_ties_at_the_cut_by_their_share():
+    # k = 2 positives; the top score is a positive, then three tied scores hold one positive
+    scores, y = np.array([5.0, 1.0, 1.0, 1.0, 0.0]), np.array([1, 0, 1, 0, 0])
+    assert precision_at_quota(scores, y) == pytest.approx((1 + 1 * (1 / 3)) / 2)
+    # no order of the tied contexts changes it (an SAE latent is zero on most contexts)
+    order = np.array([0, 3, 1, 2, 4])
+    assert precision_at_quota(scores[order], y[order]) == precision_at_quota(scores, y)
+    assert precision_at_quota(np.arange(5.0), np.array([0, 0, 0, 1, 1])) == 1.0
+
+
+def test_one_orientation_and_one_minimum_count_rule():
+    np.testing.assert_allclose(oriented([0.2, 0.7]), [0.8, 0.7])
+    np.testing.assert_allclose(oriented([0.2, 0.7], [1, -1]), [0.2, 0.3])
+    Y = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=float)
+    assert has_both_classes(Y).tolist() == [True, True, False]
+    assert has_both_classes(Y, min_count=2).tolist() == [True, False, False]
 
 
 @pytest.mark.parametrize("ties", [False, True])

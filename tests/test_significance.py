@@ -1,13 +1,19 @@
-"""Significance of differences between methods: permutation tests, corrections, bootstrap."""
+"""Tests and corrections (:mod:`entk_utils.features.significance`): Holm, Bonferroni and
+Benjamini-Hochberg, Monte Carlo draws sized by the family, the one rank test, the best-label
+permutation test; and the scoring's input checks."""
 
 import numpy as np
 import pytest
 from scipy.stats import kstest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from entk_utils.features.scoring import auroc_matrix, average_precision_matrix, best_direction_metrics, mean_abs_cosine
-from entk_utils.features.significance import best_label_test, bonferroni, bootstrap_macro, holm, permutation_test
-from labels import halves, random_labels
+from scipy.stats import false_discovery_control
+
+from entk_utils.features.probing import mean_abs_cosine
+from entk_utils.features.scoring import auroc_matrix, average_precision_matrix, best_direction_metrics
+from entk_utils.features.significance import (DRAWS_PER_TEST, LEVEL, benjamini_hochberg, best_label_test, bonferroni,
+                                              check_reachable, holm, monte_carlo_draws, rank_test)
+from labels import random_labels
 
 
 def holm_by_definition(p):
@@ -19,73 +25,6 @@ def holm_by_definition(p):
         running = max(running, min(1.0, (n - rank + 1) * p[i]))
         adjusted[i] = running
     return adjusted
-
-
-def planted_eval_scores(rng, L, n):
-    Y = random_labels(rng, L, n, rates=(0.2, 0.4, 0.6))
-    return rng.standard_normal((L, n)) + Y, Y
-
-
-def test_permutation_observed_is_difference_of_best_direction_auroc():
-    rng = np.random.default_rng(3)
-    N = 200
-    y = random_labels(rng, 1, N, rates=(0.3,))[0]
-    Sa, Sb = rng.standard_normal((N, 5)) + 0.5 * y[:, None], rng.standard_normal((N, 7))
-    select, evaluate = halves(N)
-    result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=50, seed=4)
-    a, b = (best_direction_metrics(S, y, select, evaluate) for S in (Sa, Sb))
-    assert result.observed == pytest.approx(a.auroc[0] - b.auroc[0], abs=1e-12)
-    again = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=50, seed=4)
-    np.testing.assert_array_equal(again.null, result.null)
-    ap = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=10, seed=4, metric="ap")
-    assert ap.observed == pytest.approx(a.ap[0] - b.ap[0], abs=1e-12)
-
-
-def test_permutation_p_values_are_uniform_under_the_null():
-    rng = np.random.default_rng(5)
-    N, n_perm = 120, 200
-    select, evaluate = halves(N)
-    p_values = []
-    for _ in range(100):
-        y = (rng.random(N) < 0.3).astype(int)
-        y[select[:2]], y[evaluate[:2]] = (1, 0), (1, 0)
-        Sa, Sb = rng.standard_normal((N, 4)), rng.standard_normal((N, 4))
-        result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=n_perm,
-                                  seed=int(rng.integers(2**31)))
-        assert result.null.shape == (n_perm,)
-        p_values.append(result.p_value)
-    p_values = np.array(p_values)
-    assert kstest(p_values, "uniform").pvalue > 1e-3
-    # Binomial(100, 0.1): 2..20 holds with probability > 0.99
-    assert 2 <= np.count_nonzero(p_values <= 0.1) <= 20
-
-
-def test_permutation_p_value_is_minimal_for_a_planted_signal():
-    rng = np.random.default_rng(6)
-    N, n_perm = 400, 200
-    y = (rng.random(N) < 0.2).astype(int)
-    Sa, Sb = rng.standard_normal((N, 6)), rng.standard_normal((N, 6))
-    Sa[:, 3] -= 1.5 * y  # informative with sign -1
-    select, evaluate = halves(N)
-    result = permutation_test(Sa, Sb, y, select, evaluate, n_permutations=n_perm, seed=0)
-    assert result.observed > 0.2
-    assert result.p_value <= 2 / (n_perm + 1)
-    # reversing the roles gives the same two-sided p-value
-    swapped = permutation_test(Sb, Sa, y, select, evaluate, n_permutations=n_perm, seed=0)
-    assert swapped.observed == pytest.approx(-result.observed)
-    assert swapped.p_value <= 2 / (n_perm + 1)
-
-
-def test_permutation_redraws_shuffles_with_a_single_class_in_a_half():
-    rng = np.random.default_rng(7)
-    N = 40
-    y = np.zeros(N, dtype=int)
-    select, evaluate = halves(N)
-    y[select[0]] = y[evaluate[0]] = 1  # two positives: about half of all shuffles put both in one half
-    result = permutation_test(rng.standard_normal((N, 3)), rng.standard_normal((N, 3)), y, select, evaluate,
-                              n_permutations=100, seed=0)
-    assert result.n_redrawn > 10
-    assert result.null.shape == (100,) and np.all(np.isfinite(result.null))
 
 
 def test_holm_and_bonferroni_on_a_worked_example():
@@ -108,35 +47,59 @@ def test_holm_is_monotone_and_between_raw_and_bonferroni():
     assert holm(p.reshape(5, 6)).shape == (5, 6)
 
 
-def test_bootstrap_ci_contains_estimate_and_narrows_with_more_contexts():
-    widths = []
-    for n in (100, 1600):
-        S, Y = planted_eval_scores(np.random.default_rng(9), 3, n)
-        result = bootstrap_macro(S, Y, n_boot=300, seed=0)
-        assert result.auroc_boot.shape == (300,) and result.ap_boot.shape == (300,)
-        assert result.auroc == pytest.approx(np.mean([roc_auc_score(y, s) for s, y in zip(S, Y)]))
-        assert result.ap == pytest.approx(np.mean([average_precision_score(y, s) for s, y in zip(S, Y)]))
-        assert result.auroc_ci[0] < result.auroc < result.auroc_ci[1]
-        assert result.ap_ci[0] < result.ap < result.ap_ci[1]
-        widths.append((result.auroc_ci[1] - result.auroc_ci[0], result.ap_ci[1] - result.ap_ci[0]))
-    # 16x the contexts: about 1/4 of the width
-    assert widths[1][0] < 0.5 * widths[0][0] and widths[1][1] < 0.5 * widths[0][1]
+def test_benjamini_hochberg_is_scipys_and_sits_between_raw_and_holm():
+    p = np.random.default_rng(4).random(40) ** 4
+    q = benjamini_hochberg(p.reshape(5, 8))
+    assert q.shape == (5, 8)
+    np.testing.assert_allclose(q.ravel(), false_discovery_control(p, method="bh"))
+    assert np.all(p <= q.ravel() + 1e-15) and np.all(q.ravel() <= holm(p) + 1e-15)
 
 
-def test_bootstrap_takes_the_chosen_scores_and_redraws_single_class_draws():
-    rng = np.random.default_rng(10)
-    N = 200
-    Y = random_labels(rng, 3, N, rates=(0.3,))
-    Y[2] = 0
-    Y[2, [0, 1, 2, 3]] = 1  # a rare label: 2 positives per half; ~13% of resamples miss both
-    scores = rng.standard_normal((N, 5)) + Y[[0, 1, 2, 0, 1]].T
-    select, evaluate = np.arange(0, N, 2), np.arange(1, N, 2)
-    best = best_direction_metrics(scores, Y, select, evaluate)
-    result = bootstrap_macro(best.chosen_scores(scores, evaluate), Y[:, evaluate], n_boot=200, seed=1)
-    assert result.auroc == pytest.approx(best.auroc.mean()) and result.ap == pytest.approx(best.ap.mean())
-    assert result.n_redrawn > 0 and np.all(np.isfinite(result.auroc_boot))
-    again = bootstrap_macro(best.chosen_scores(scores, evaluate), Y[:, evaluate], n_boot=200, seed=1)
-    np.testing.assert_array_equal(again.ap_boot, result.ap_boot)
+def test_monte_carlo_draws_reach_the_correction_and_too_few_are_refused():
+    assert monte_carlo_draws(10) == 4000 and monte_carlo_draws(1, level=0.01) == 2000
+    for family in (1, 7, 92):
+        draws = monte_carlo_draws(family)
+        assert family / (draws + 1) < LEVEL / DRAWS_PER_TEST * 1.01  # the smallest p, corrected, is far below the bar
+        assert check_reachable(draws, family) == draws
+    assert check_reachable(199, 10) == 199  # 10 / 200 = 0.05: reachable, just
+    with pytest.raises(ValueError, match=r"n_permutations=198 can never reach significance.*at least 199"):
+        check_reachable(198, 10)
+    with pytest.raises(ValueError, match="shuffles=1000 can never reach.*at least 2999"):
+        check_reachable(1000, 150, what="shuffles")  # notebook 03's old default against ~150 direction x label tests
+
+
+def test_rank_test_is_scipys_one_sided_mann_whitney_in_the_given_orientation():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(5)
+    n = 60
+    Y = random_labels(rng, 3, n, rates=(0.2, 0.5))
+    S = rng.standard_normal((n, 4)) + 0.8 * Y[0][:, None]
+    S[:10, 3] = 0.0  # ties: the normal approximation with the tie correction
+    sign = np.where(rng.random((3, 4)) < 0.5, 1, -1)
+    auroc, p = rank_test(S, Y, sign)
+    for c, y in enumerate(Y.astype(bool)):
+        for j in range(4):
+            s = sign[c, j] * S[:, j]
+            expected = mannwhitneyu(s[y], s[~y], alternative="greater")
+            assert p[c, j] == pytest.approx(expected.pvalue)
+            assert auroc[c, j] == pytest.approx(roc_auc_score(y, s))
+    # small classes without ties: the exact distribution, so the smallest p is 1 / C(n, n_pos)
+    y = np.r_[np.ones(4), np.zeros(6)]
+    _, p_exact = rank_test(np.arange(10.0)[::-1], y[None])
+    assert p_exact[0, 0] == pytest.approx(1 / 210)
+    with pytest.raises(ValueError, match="sign must be"):
+        rank_test(S, Y, np.ones((3, 3)))
+
+
+def test_rank_test_p_values_are_uniform_under_the_null_and_fine_enough_for_many_tests():
+    rng = np.random.default_rng(6)
+    Y = random_labels(rng, 50, 200, rates=(0.1, 0.3, 0.5))
+    _, p = rank_test(rng.standard_normal((200, 20)), Y)
+    assert kstest(p.ravel(), "uniform").pvalue > 1e-3
+    strong = rng.standard_normal((200, 1)) + 2.0 * Y[2][:, None]
+    _, p_strong = rank_test(strong, Y[2:3])
+    assert p_strong[0, 0] < 1e-10  # far below any correction over thousands of pairs
 
 
 def test_scoring_and_tests_reject_bad_inputs_with_clear_errors():
@@ -155,18 +118,10 @@ def test_scoring_and_tests_reject_bad_inputs_with_clear_errors():
         best_direction_metrics(S, y, select, evaluate)  # y is 0 on every even context
     with pytest.raises(ValueError, match="outside range"):
         best_direction_metrics(S, y, [0, 25], evaluate)
-    with pytest.raises(ValueError, match="same contexts"):
-        permutation_test(S, S[:10], y, evaluate, select)
-    with pytest.raises(ValueError, match="metric"):
-        permutation_test(S, S, y, np.arange(10), np.arange(10, 20), metric="f1")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm([0.1, 1.2])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         bonferroni([np.nan])
-    with pytest.raises(ValueError, match="level"):
-        bootstrap_macro(S.T[:1], y[None], level=95)
-    with pytest.raises(ValueError, match="same shape"):
-        bootstrap_macro(S.T, y[None])
     with pytest.raises(ValueError, match="top"):
         mean_abs_cosine(S, y, top=4)
     with pytest.raises(ValueError, match="constant"):
@@ -207,12 +162,22 @@ def test_best_label_test_matches_a_loop_over_shuffles():
 def test_best_label_test_is_uniform_under_the_null():
     rng = np.random.default_rng(0)
     Y = (rng.random((4, 40)) < 0.5).astype(int)
-    p = best_label_test(rng.standard_normal((40, 200)), Y, n_permutations=199, seed=1).p_value
+    p = best_label_test(rng.standard_normal((40, 200)), Y, n_permutations=199, seed=1, family=1).p_value
     assert 0.03 < np.mean(p <= 0.05) < 0.08 and 0.4 < np.mean(p) < 0.6
 
 
 def test_best_label_test_rejects_bad_input():
     with pytest.raises(ValueError, match="only one class"):
         best_label_test(np.ones((4, 1)) * np.arange(4)[:, None], np.ones((1, 4)))
-    with pytest.raises(ValueError, match="n_permutations and batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="can never reach significance"):
         best_label_test(np.arange(4.0), np.array([0, 1, 0, 1]), n_permutations=0)
+    with pytest.raises(ValueError, match="n_permutations=100 can never reach"):
+        best_label_test(np.random.default_rng(0).standard_normal((10, 20)), np.tile([0, 1], 5), n_permutations=100)
+
+
+def test_best_label_test_sets_its_shuffles_from_the_family():
+    rng = np.random.default_rng(2)
+    Y = (rng.random((2, 30)) < 0.5).astype(int)
+    S = rng.standard_normal((30, 3))
+    assert best_label_test(S, Y).n_permutations == monte_carlo_draws(3)
+    assert best_label_test(S, Y, family=12).n_permutations == monte_carlo_draws(12)

@@ -2,24 +2,30 @@
 cached here (or a published one), every finder of :data:`~entk_utils.features.finders.FINDERS`
 on the same contexts, and one comparison on two metrics: the paper's (the best single
 direction per label, chosen on one half and scored on the other) and SAEBench's k-sparse
-probing; paired permutation tests of the eNTK against each unsupervised method with the same
-budget, Holm-corrected over labels."""
+probing. Every interval, and the paired test of the eNTK against each unsupervised method with
+the same budget (labels x methods corrected together), comes from the same repeated half-splits
+(:func:`~entk_utils.features.resampling.resample_halves`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..features import sae as sae_tools
 from ..features.finders import Directions, FinderInputs, find_directions
-from ..features.scoring import best_direction_metrics, k_sparse_probe, score_directions
-from ..features.significance import bootstrap_macro, holm, permutation_test
+from ..features.labels import ComparableLabels, comparable_labels
+from ..features.probing import k_sparse_probe
+from ..features.resampling import MIN_REPEATS, Resampled, resample_halves
+from ..features.scoring import has_both_classes, score_directions
+from ..features.significance import LEVEL
+from ..io import checks
 from ..io.cache import cached
 from ..io.plotting import save_table
 
@@ -108,47 +114,73 @@ GEMMA_SCOPE_BUDGET = "4 billion tokens per 16k-latent SAE (Gemma Scope 1; Gemma 
 # --------------------------------------------------------------------------- the comparison
 @dataclass
 class Comparison:
-    """What :func:`compare` found. ``directions``: the finders' output; ``per_label``: one
-    row per (method, label) of the paper's metric (chosen on select, scored on evaluate);
-    ``probing``: one row per (method, label, k) of k-sparse probing; ``tests``: per
-    (method, label) the permutation p-value of the eNTK's AUROC minus the method's, and its
-    Holm correction over labels; ``summary``: one row per method (macro values); ``dropped``:
-    labels left out because a half holds a single class of them."""
+    """What :func:`compare` found. ``directions``: the finders' output; ``labels``: the
+    labels compared (:func:`~entk_utils.features.labels.comparable_labels`: identical ones
+    merged, thin ones left out); ``per_label``: one row per (method, label) of the paper's
+    metric on the table's split (chosen on select, scored on evaluate) with ``auroc_splits``
+    / ``ap_splits``, its mean over the resampled splits; ``probing``: one row per (method,
+    label, k) of k-sparse probing; ``resampled``: every split's values; ``tests``: per (method,
+    label) the eNTK's AUROC minus the method's over the splits, its interval, the paired
+    test's p-value and its Holm correction over all rows; ``summary``: one row per method."""
 
     directions: dict
+    labels: ComparableLabels
     per_label: pd.DataFrame
     probing: pd.DataFrame
+    resampled: Resampled
     tests: pd.DataFrame
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
-    dropped: list = field(default_factory=list)
 
 
-def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate, *, n_boot: int,
-            n_permutations: int, seed: int, ks=PROBE_KS, paper: dict | None = None, progress: bool = True) -> Comparison:
-    """Score every finder's directions on ``labels`` (N, L) both ways, test the eNTK against
-    every unsupervised method with the same budget (not the supervised ceilings, whose fit
-    would have to be repeated on every shuffle, nor the whole SAE dictionary, whose thousands
-    of columns make a thousand shuffles too slow here), and summarise per method with
-    bootstrap intervals of the macro AUROC and AP. ``paper``: ``{method: {"auroc", "ap"}}``
-    shown beside (e.g. :data:`PAPER_LAYER16`). Labels with a single class in a half are left
-    out (named in ``dropped``)."""
-    halves = [labels.iloc[np.asarray(select)], labels.iloc[np.asarray(evaluate)]]
-    dropped = [c for c in labels.columns if any(h[c].nunique() < 2 for h in halves)]
-    labels = labels.drop(columns=dropped)
-    if labels.empty:
-        raise ValueError(f"every label has a single class in a half ({dropped}); use more contexts")
-    Y = labels.T.to_numpy()
-    per_label, probing, tests, summary = [], [], [], []
+def macro_table(resampled: Resampled) -> pd.DataFrame:
+    """Per method: macro AUROC and AP, mean over the splits, with their intervals:
+    ``auroc, auroc low, auroc high, ap, ap low, ap high``."""
+    parts = []
+    for metric in ("auroc", "ap"):
+        m = resampled.macro(metric)
+        parts.append(pd.DataFrame({metric: m.estimate, f"{metric} low": m.low, f"{metric} high": m.high}))
+    return pd.concat(parts, axis=1)
+
+
+def tested_methods(found: dict[str, Directions], reference: str = "entk") -> list[str]:
+    """The methods the eNTK is tested against: every unsupervised one with the same budget
+    (the supervised ceilings and the whole SAE dictionary are reference rows, not rivals)."""
+    return [m for m, d in found.items() if reference in found and m != reference
+            and not (d.supervised or d.larger_budget)]
+
+
+def compare(found: dict[str, Directions], labels: pd.DataFrame, strata, select, evaluate, *, n_splits: int,
+            seed: int, min_per_half: int = 1, ks=PROBE_KS, paper: dict | None = None,
+            progress: bool = True) -> Comparison:
+    """Score every finder's directions on ``labels`` (N, L) both ways and resample the paper's
+    metric over ``n_splits`` half-splits stratified by ``strata`` (N,) (the same splits for
+    every method; the supervised ceilings refit on each), which gives every interval and the
+    paired tests of the eNTK against :func:`tested_methods`. ``select`` / ``evaluate``: the
+    table's split (the one the notebook shows per label and the dashboards use). Labels with
+    fewer than ``min_per_half`` positives or negatives in a half are left out and identical
+    ones merged (``Comparison.labels`` names them). ``paper``: ``{method: {"auroc", "ap"}}``
+    shown beside (e.g. :data:`PAPER_LAYER16`)."""
+    clean = comparable_labels(labels, select, evaluate, min_per_half=min_per_half)
+    labels = clean.labels
+    refit = [m for m, d in found.items() if d.supervised and d.k != labels.shape[1]]
+    if refit:
+        raise ValueError(f"the supervised finders {refit} were fit on other labels than the {labels.shape[1]} compared "
+                         f"({clean.describe()}): give comparison_inputs the labels of comparable_labels")
+    resampled = resample_halves({m: d.refit or d.scores for m, d in found.items()}, labels, strata,
+                                repeats=n_splits, seed=seed, progress=progress)
+    splits = {metric: pd.DataFrame(resampled.values[metric].mean(axis=0), index=list(found), columns=labels.columns)
+              for metric in ("auroc", "ap")}
+    macro = macro_table(resampled)
+    per_label, probing, summary = [], [], []
     for method, d in found.items():
         table = score_directions(d.scores, labels, select, evaluate)
+        table["auroc_splits"] = splits["auroc"].loc[method, table.label].to_numpy()
+        table["ap_splits"] = splits["ap"].loc[method, table.label].to_numpy()
         per_label.append(table.assign(method=method))
         probing.append(k_sparse_probe(d.scores, labels, select, evaluate, ks=[k for k in ks if k <= d.k])
                        .assign(method=method))
-        chosen = best_direction_metrics(d.scores, Y, select, evaluate)
-        boot = bootstrap_macro(chosen.chosen_scores(d.scores, evaluate), Y[:, evaluate], n_boot=n_boot, seed=seed)
         row = {"method": method, "directions": d.k, "supervised": d.supervised, "larger budget": d.larger_budget,
-               "auroc": table.auroc.mean(), "auroc 95% CI": f"{boot.auroc_ci[0]:.3f}-{boot.auroc_ci[1]:.3f}",
-               "ap": table.ap.mean(), "ap 95% CI": f"{boot.ap_ci[0]:.3f}-{boot.ap_ci[1]:.3f}"}
+               **macro.loc[method].to_dict(), "auroc (one split)": table.auroc.mean(), "ap (one split)": table.ap.mean()}
         for k in ks:
             at_k = probing[-1][probing[-1].k == k]
             row[f"probe auroc k={k}"] = at_k.auroc.mean() if len(at_k) else np.nan
@@ -157,33 +189,30 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, select, evaluate
             row["paper ap"] = paper.get(method, {}).get("ap", np.nan)
         row["description"] = d.description
         summary.append(row)
-    tested = [m for m, d in found.items() if "entk" in found and m != "entk" and not (d.supervised or d.larger_budget)]
-    for method in tqdm(tested, desc="permutation tests, eNTK against", disable=not progress):
-        d = found[method]
-        p = [permutation_test(found["entk"].scores, d.scores, labels[label].to_numpy(), select, evaluate,
-                              n_permutations=n_permutations, seed=seed) for label in labels.columns]
-        tests.append(pd.DataFrame({"method": method, "label": labels.columns,
-                                   "entk minus method auroc": [t.observed for t in p],
-                                   "p_perm": [t.p_value for t in p], "p_holm": holm([t.p_value for t in p])}))
-    return Comparison(directions=found, per_label=pd.concat(per_label, ignore_index=True),
-                      probing=pd.concat(probing, ignore_index=True),
-                      tests=pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(),
-                      summary=pd.DataFrame(summary).set_index("method"), dropped=dropped)
+    tested = tested_methods(found)
+    tests = resampled.differences("entk", tested) if tested else pd.DataFrame()
+    return Comparison(directions=found, labels=clean, per_label=pd.concat(per_label, ignore_index=True),
+                      probing=pd.concat(probing, ignore_index=True), resampled=resampled,
+                      tests=tests.rename(columns={"difference": "entk minus method auroc"}),
+                      summary=pd.DataFrame(summary).set_index("method"))
 
 
 def save_comparison(comparison: Comparison, name: str, out_dir) -> None:
     """Write the comparison's tables to ``out_dir``: ``name`` (the summary without the
-    descriptions), ``name_methods`` (what each method is), ``name_per_label`` and
-    ``name_probing``."""
+    descriptions), ``name_methods`` (what each method is), ``name_per_label``,
+    ``name_probing`` and ``name_tests``."""
     summary = comparison.summary.reset_index()
     save_table(summary.drop(columns="description"), name, out_dir)
     save_table(summary[["method", "description"]], f"{name}_methods", out_dir)
     save_table(comparison.per_label, f"{name}_per_label", out_dir)
     save_table(comparison.probing.drop(columns="chosen"), f"{name}_probing", out_dir)
+    if not comparison.tests.empty:
+        save_table(comparison.tests, f"{name}_tests", out_dir)
 
 
-def significant_labels(tests: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
-    """Per method: how many labels the eNTK beats and trails with Holm-corrected p < level."""
+def significant_labels(tests: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per method: how many labels the eNTK beats and trails with Holm-corrected p < level
+    (the correction over every label x method of ``tests``)."""
     if tests.empty:
         return pd.DataFrame(columns=["eNTK better", "eNTK worse", "labels"])
     significant = tests[tests.p_holm < level]
@@ -198,9 +227,9 @@ def comparison_inputs(activations, eigenvectors, trained: sae_tools.TrainedSAE |
     """The finders' inputs for one layer: the contexts' activations (N, d), the eNTK
     eigenvectors, the SAE (or None) and the labels for the supervised finders to fit on the
     select half (those with both classes there; :func:`compare` names the others)."""
-    fit = labels.iloc[np.asarray(select)]
+    fit = has_both_classes(labels.to_numpy().T[:, np.asarray(select)])
     return FinderInputs(activations=activations, eigenvectors=eigenvectors, sae=None if trained is None else trained.sae,
-                        labels=labels[[c for c in labels.columns if fit[c].nunique() == 2]], select=select)
+                        labels=labels.loc[:, fit], select=select)
 
 
 def run_finders(inputs: FinderInputs, k: int, seed: int, methods=COMPARED) -> dict[str, Directions]:
@@ -218,9 +247,8 @@ def comparison_figure(comparison: Comparison, title: str = ""):
     s = comparison.summary
     fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
     x = np.arange(len(s))
-    low_high = np.array([[float(v) for v in ci.split("-")] for ci in s["auroc 95% CI"]])
-    ax.bar(x - 0.3, s.auroc, width=0.2, label="best single direction",
-           yerr=np.abs(low_high.T - s.auroc.to_numpy()), capsize=2)
+    yerr = np.abs(s[["auroc low", "auroc high"]].to_numpy().T - s.auroc.to_numpy())
+    ax.bar(x - 0.3, s.auroc, width=0.2, label="best single direction (mean over splits)", yerr=yerr, capsize=2)
     probe_columns = [c for c in s.columns if c.startswith("probe auroc")]
     for i, column in enumerate(probe_columns):
         ax.bar(x - 0.1 + 0.2 * i, s[column], width=0.2, label=column.replace("probe auroc", "k-sparse probe,"))
@@ -230,3 +258,38 @@ def comparison_figure(comparison: Comparison, title: str = ""):
     ax.set(ylabel="macro held-out AUROC", ylim=(0.4, 1), title=title)
     ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+# --------------------------------------------------------------------------- the notebooks' parameters
+def check_comparison_parameters(v: Mapping[str, Any], half: int, note: str) -> None:
+    """Notebooks 03 and 06's statistics: ``min_per_half`` in 1..``half`` (``note`` says why),
+    ``n_splits`` at least :data:`~entk_utils.features.resampling.MIN_REPEATS` (``n_boot``, its
+    old name, None or an integer: the notebook has taken it as ``n_splits`` already)."""
+    checks.integer("min_per_half", v["min_per_half"], minimum=1, maximum=half, note=note)
+    checks.integer("n_splits", v["n_splits"], minimum=MIN_REPEATS,
+                   note=" (the splits' variance is the interval: fewer give no usable spread)")
+    checks.integer("n_boot", v["n_boot"], minimum=MIN_REPEATS, allow_none=True)
+
+
+def check_finder_parameters(v: Mapping[str, Any], n_contexts: int) -> None:
+    """Notebooks 03 and 06's finder and explanation parameters: ``sae`` ``"train"``, a folder or
+    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline); the SAE recipe's counts
+    positive, ``sae_k`` <= ``sae_width``; ``candidate_min_count`` <= half the ``n_contexts``."""
+    spec = v["sae"]
+    if not isinstance(spec, str) or not spec:
+        raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
+    if spec != "train" and not Path(spec).is_dir():
+        release, _, sae_id = spec.partition("/")
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        if release not in directory or sae_id not in directory[release].saes_map:
+            raise checks.fail("sae", spec, "'train', an existing folder saved by SAELens, or '<release>/<sae_id>' of "
+                                           "SAELens' registry (e.g. 'gemma-scope-2-270m-pt-res-all/"
+                                           "layer_16_width_16k_l0_small')")
+    checks.integer("sae_documents", v["sae_documents"], minimum=1, allow_none=True)
+    for name in ("sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out"):
+        checks.integer(name, v[name], minimum=1)
+    checks.integer("sae_k", v["sae_k"], maximum=v["sae_width"], note=" (sae_width)")
+    checks.integer("candidate_min_count", v["candidate_min_count"], minimum=1, maximum=n_contexts // 2,
+                   note=" (half the contexts: a candidate needs that many on either side)")

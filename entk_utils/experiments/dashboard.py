@@ -38,9 +38,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..features.directions import entk_axes
-from ..features.explanations import explain_directions
+from ..features.explanations import ExplanationFloor, explain_directions
 from ..features.finders import Directions
 from ..features.scoring import auroc_matrix
+from ..features.significance import FLOOR_QUANTILE, LEVEL
 from ..io.site import Card, Context, write_site
 from ..kernels.anatomy import find_anatomy, math_attention, output_embedding_input
 from ..kernels.forward_paths import trace
@@ -66,12 +67,12 @@ class ENTKReading:
 
 
 def explain(found: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=CARDED,
-            n_permutations: int = 1000, seed: int = 0, fdr: float = 0.05) -> dict[str, pd.DataFrame]:
+            fdr: float = LEVEL) -> dict[str, pd.DataFrame]:
     """``{method: explanations}`` (:func:`~entk_utils.features.explanations.explain_directions`,
     one false discovery rate per method over its direction x candidate pairs) for each of
     ``methods`` in ``found``."""
-    return {m: explain_directions(found[m].scores, candidates, select, evaluate, n_permutations=n_permutations,
-                                  seed=seed, fdr=fdr)[0] for m in methods if m in found}
+    return {m: explain_directions(found[m].scores, candidates, select, evaluate, fdr=fdr)[0]
+            for m in methods if m in found}
 
 
 def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, int]]:
@@ -167,22 +168,23 @@ def _extremes(change: torch.Tensor, tokenizer, n: int) -> tuple[list, list]:
             [(tokenizer.decode([int(i)]), -float(x)) for x, i in zip(down.values, down.indices)])
 
 
-def _explanation_text(row, floor: float | None, fdr: float) -> tuple[bool, str]:
+def _explanation_text(row, floor: ExplanationFloor | None, fdr: float) -> tuple[bool, str]:
     """(validated?, the effect in words)."""
     at = "high" if row.sign > 0 else "low"
-    effect = f"held-out AUROC {row.auroc:.2f} (at the {at} end), q = {row.q:.2g}"
+    effect = f"held-out AUROC {row.auroc:.2f} (at the {at} end), q = {row.q:.2g} (false discovery rate {fdr:.0%})"
     if row.q >= fdr:
         return False, f"{row.candidate!r}: {effect}"
     if floor is not None:
-        effect += (" · stronger than random directions" if row.auroc > floor
-                   else f" · no stronger than random directions (their 95th percentile: {floor:.2f})")
+        beyond = "stronger" if row.auroc > floor.value else "no stronger"
+        effect += (f" · {beyond} than {floor.quantile:.0%} of random directions' explanations "
+                   f"(held-out AUROC {floor.value:.2f})")
     return True, effect
 
 
 def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
                     labels: pd.DataFrame, *, layer: int, entk: ENTKReading | None = None, top: int = 5,
                     quantiles=QUANTILES, logit_contexts: int = 3, n_logits: int = 8, tokens_shown: int = 32,
-                    floor: float | None = None, fdr: float = 0.05, progress: bool = True) -> list[Card]:
+                    floor: ExplanationFloor | None = None, fdr: float = LEVEL, progress: bool = True) -> list[Card]:
     """One :class:`~entk_utils.io.site.Card` per direction of every method in
     ``explanations`` (see the module docstring for what each shows). ``found``: the finders'
     directions on the contexts ``data`` (their activations: the residual stream after
@@ -265,9 +267,11 @@ def _entk_logit_change(lm, last: torch.Tensor, sign: int) -> torch.Tensor:
 
 
 INTRO = ("One card per direction of each method. An explanation is the candidate property of the contexts "
-         "that the direction separates best on one half of them, validated on the other half (permutation test, "
-         "false discovery rate controlled over all direction x candidate pairs of a method); 'beyond_random' counts "
-         "the explanations stronger (held-out AUROC) than 95% of random directions' are.")
+         "that the direction separates best on one half of them, validated on the other half (one-sided rank test, "
+         f"false discovery rate controlled at {LEVEL:.0%} over all direction x candidate pairs of a method); "
+         "'beyond_random' counts the explanations stronger (held-out AUROC) than those of "
+         f"{FLOOR_QUANTILE:.0%} of random directions explained by the same rule, 'by_chance' the share random "
+         "directions reach.")
 
 
 def write_dashboard(cards: list[Card], out_dir: str | os.PathLike, *, title: str, discovery: pd.DataFrame | None = None,

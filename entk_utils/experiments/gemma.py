@@ -13,8 +13,10 @@ import torch
 from ..features.causal import next_token_shift
 from ..features.directions import entk_scores
 from ..features.finders import FinderInputs, find_directions
-from ..features.scoring import best_direction_metrics, mean_abs_cosine, score_directions
-from ..features.significance import bonferroni, bootstrap_macro, holm, permutation_test
+from ..features.probing import mean_abs_cosine
+from ..features.resampling import Resampled
+from ..features.scoring import choose_layer, score_directions
+from ..features.significance import LEVEL
 from ..kernels.eigen import fix_signs
 from ..kernels.operators import layer_entk_operator, resolve_weights
 from ..settings.language import ContextDataset, LoadedModel, last_token_activations
@@ -77,57 +79,78 @@ def score_layers(lm: LoadedModel, data: ContextDataset, labels: pd.DataFrame, ki
     return result
 
 
-TABLE3_COLUMNS = ["label", "kind", "layer", "method", "auroc", "ap", "p_perm", "p_bonferroni", "p_holm",
-                  "precision_at_quota", "enrichment", "base_rate", "direction", "sign"]
-
-
-def with_permutation_tests(table3: pd.DataFrame, at_best: dict, labels: pd.DataFrame, select, evaluate, *,
-                           n_permutations: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per label, the permutation test of the eNTK-minus-PCA AUROC difference (each method at
-    its best layer, ``at_best[method]`` its (N, m) scores), corrected by Bonferroni and Holm.
-    Returns Table 3 with ``p_perm, p_bonferroni, p_holm`` on its best-layer eNTK and PCA rows
-    (columns :data:`TABLE3_COLUMNS`), and the p-values per label with ``auroc_difference``."""
-    tests = {label: permutation_test(at_best["entk"], at_best["pca"], labels[label].to_numpy(), select, evaluate,
-                                     n_permutations=n_permutations, seed=seed) for label in labels.columns}
-    p_perm = pd.Series({label: t.p_value for label, t in tests.items()})
-    pvalues = pd.DataFrame({"label": p_perm.index, "p_perm": p_perm.values, "p_bonferroni": bonferroni(p_perm.values),
-                            "p_holm": holm(p_perm.values), "auroc_difference": [t.observed for t in tests.values()]})
-    table3 = table3.merge(pvalues.drop(columns="auroc_difference"), on="label", how="left")
-    tested = (table3.layer == "best") & table3.method.isin(["entk", "pca"])
-    table3.loc[~tested, ["p_perm", "p_bonferroni", "p_holm"]] = np.nan  # the tests compare the best-layer rows
-    return table3[TABLE3_COLUMNS], pvalues
-
-
-def macro_intervals(at_best: dict, labels: pd.DataFrame, select, evaluate, *, n_boot: int, seed: int, top: int):
-    """Per method: bootstrap intervals of the macro AUROC and AP of its chosen directions on
-    the ``evaluate`` contexts, and the mean |cosine| of its ``top`` score vectors with each
-    label. Returns ``({method: BootstrapResult}, {method: (L,) mean |cosine| per label})``."""
-    Y = labels.T.to_numpy()
-    intervals, cosines = {}, {}
-    for method, scores in at_best.items():
-        chosen = best_direction_metrics(scores, Y, select, evaluate)
-        intervals[method] = bootstrap_macro(chosen.chosen_scores(scores, evaluate), Y[:, evaluate], n_boot=n_boot,
-                                            seed=seed)
-        cosines[method] = mean_abs_cosine(scores, Y, top=top)
-    return intervals, cosines
-
-
-def summary(table3: pd.DataFrame, intervals: dict, cosines: dict, best_layer, survivors: int) -> pd.DataFrame:
-    """Macro AUROC and AP per method at its best layer, with bootstrap intervals, the mean
-    |cosine| of the top score vectors, the best layer and the number of labels whose
-    eNTK-PCA difference survives Bonferroni."""
-    out = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean().loc[list(DIRECTION_METHODS)]
-    out["auroc 95% CI"] = [f"{intervals[m].auroc_ci[0]:.2f}-{intervals[m].auroc_ci[1]:.2f}" for m in out.index]
-    out["ap 95% CI"] = [f"{intervals[m].ap_ci[0]:.2f}-{intervals[m].ap_ci[1]:.2f}" for m in out.index]
-    out["mean abs cosine, top 10"] = [cosines[m].mean() for m in out.index]
-    out["best layer"] = best_layer
-    out["labels with eNTK vs PCA significant (Bonferroni 5%)"] = survivors
+def layer_candidates(found: LayerScores) -> dict[str, dict[int, np.ndarray]]:
+    """``{method: {layer: scores (N, n_eigs)}}``: each method's directions at every analysed
+    layer, what :func:`~entk_utils.features.resampling.resample_halves` chooses a layer from."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for (method, layer), scores in found.scores.items():
+        out.setdefault(method, {})[layer] = scores
     return out
 
 
+def chosen_layers(found: LayerScores, labels: pd.DataFrame, select) -> dict[str, int]:
+    """Per method, the layer whose directions do best on the ``select`` half
+    (:func:`~entk_utils.features.scoring.choose_layer`): the evaluate half plays no part."""
+    Y = labels.T.to_numpy().astype(np.float64)
+    return {method: choose_layer(by_layer, Y, np.asarray(select)) for method, by_layer in layer_candidates(found).items()}
+
+
+TABLE3_COLUMNS = ["label", "kind", "layer", "method", "auroc", "ap", "auroc_splits", "entk minus method auroc",
+                  "low", "high", "p", "p_holm", "precision_at_quota", "enrichment", "base_rate", "direction", "sign"]
+
+
+def with_tests(table3: pd.DataFrame, resampled: Resampled, tested=("pca", "random")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 3 with the paired tests of the eNTK against each method of ``tested`` per label
+    (:meth:`~entk_utils.features.resampling.Resampled.differences`: the eNTK's held-out AUROC
+    minus the method's, mean over the splits, each split choosing its layers and directions
+    on its own select half; Holm over labels x methods) on that method's best-layer rows, and
+    each label's mean held-out AUROC over the splits (``auroc_splits``) on every best-layer
+    row. Returns ``(table3, tests)``, table 3's columns :data:`TABLE3_COLUMNS`."""
+    tests = resampled.differences("entk", list(tested)).rename(columns={"difference": "entk minus method auroc"})
+    means = pd.DataFrame(resampled.values["auroc"].mean(axis=0), index=list(resampled.methods),
+                         columns=list(resampled.labels)).stack().rename("auroc_splits")
+    best = table3.layer == "best"
+    keyed = table3[best].set_index(["method", "label"])
+    keyed = keyed.join(means.rename_axis(["method", "label"])).join(
+        tests.drop(columns="se").set_index(["method", "label"]))
+    table3 = pd.concat([table3[~best], keyed.reset_index()], ignore_index=True)
+    return table3.reindex(columns=TABLE3_COLUMNS), tests
+
+
+def summary(table3: pd.DataFrame, resampled: Resampled, cosines: dict, best_layer: dict, tests: pd.DataFrame,
+            level: float = LEVEL) -> pd.DataFrame:
+    """Per method: macro AUROC and AP over the resampled splits with their intervals, the same
+    on the table's one split, the mean |cosine| of its top score vectors, the layer chosen on
+    the table's select half and how often the splits chose it, and (for each method the eNTK
+    is tested against) the labels where the eNTK is significantly better / worse (Holm over
+    labels x methods at ``level``)."""
+    out = pd.DataFrame(index=pd.Index(list(DIRECTION_METHODS), name="method"))
+    for metric in ("auroc", "ap"):
+        macro = resampled.macro(metric)
+        out[metric], out[f"{metric} low"], out[f"{metric} high"] = macro.estimate, macro.low, macro.high
+    one_split = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean()
+    out["auroc (one split)"], out["ap (one split)"] = one_split.auroc, one_split.ap
+    out["mean abs cosine, top 10"] = [cosines[m].mean() for m in out.index]
+    out["layer"] = [best_layer[m] for m in out.index]
+    out["layer chosen in share of splits"] = [float(np.mean(resampled.layers[:, resampled.methods.index(m)] ==
+                                                            best_layer[m])) for m in out.index]
+    significant = tests[tests.p_holm < level]
+    for column, sign in ((f"labels eNTK better (Holm {level:.0%})", 1), (f"labels eNTK worse (Holm {level:.0%})", -1)):
+        counts = significant[np.sign(significant["entk minus method auroc"]) == sign].groupby("method").size()
+        out[column] = [counts.get(m, 0) if m in set(tests.method) else np.nan for m in out.index]
+    return out
+
+
+def top_cosines(found: LayerScores, best_layer: dict, labels: pd.DataFrame, top: int) -> dict:
+    """Per method: the mean |cosine| of its ``top`` score vectors at its chosen layer with each
+    label, (L,) (:func:`~entk_utils.features.probing.mean_abs_cosine`)."""
+    Y = labels.T.to_numpy()
+    return {method: mean_abs_cosine(found.scores[method, best_layer[method]], Y, top=top) for method in DIRECTION_METHODS}
+
+
 def auroc_figure(table3: pd.DataFrame, labels: pd.DataFrame, n: int):
-    """Held-out AUROC of each method's best direction per label (best layer per method), a bar
-    group per label. Returns the figure."""
+    """Held-out AUROC of each method's best direction per label (at the method's layer chosen on
+    the select half; the table's one split), a bar group per label. Returns the figure."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
@@ -138,7 +161,8 @@ def auroc_figure(table3: pd.DataFrame, labels: pd.DataFrame, n: int):
         ax.bar(x + (i - 1) * 0.27, best.loc[order, method], width=0.27, label=method)
     ax.axhline(0.5, color="k", lw=0.8, ls=":")
     ax.set_xticks(x, order, rotation=60, ha="right", fontsize=8)
-    ax.set(ylabel="held-out AUROC", ylim=(0, 1), title=f"Best direction per label, best layer per method (N = {n})")
+    ax.set(ylabel="held-out AUROC", ylim=(0, 1),
+           title=f"Best direction per label, at each method's layer chosen on the select half (N = {n})")
     ax.legend()
     return fig
 

@@ -24,11 +24,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..features.significance import check_reachable
 from ..io import checks
 from ..io.notebooks import check_declared, declared_parameters
 from ..kernels import operators
 from ..settings import language, modular
 from ..settings.modular import MLPRecipe, Recipe, TransformerRecipe
+from . import baselines
 
 # Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
 # inputs, notebook 02 on this many: p*p must be at least as large.
@@ -47,10 +49,6 @@ FORWARDED: dict[str, dict[str, tuple[str | Callable, tuple[str, ...]]]] = {
 
 
 # --------------------------------------------------------------------------- names
-
-
-
-
 
 
 def _valid_names(target: str | Callable, notebook: Path, set_by_caller: tuple[str, ...]) -> set[str]:
@@ -210,32 +208,9 @@ def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwa
 
 SAE_PARAMETERS = ("sae", "sae_documents", "sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out")
 GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lanczos_steps", "min_positives",
-                  "n_permutations", "n_boot", "causal_labels", "causal_contexts", "relative_norms", *SAE_PARAMETERS,
-                  "candidate_min_count", "model_source", "stories_path", "device", "out_dir", "cache_dir")
-
-
-def check_finder_parameters(v: Mapping[str, Any], n_contexts: int) -> None:
-    """Notebooks 03 and 06's finder and explanation parameters: ``sae`` ``"train"``, a folder or
-    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline); the SAE recipe's counts
-    positive, ``sae_k`` <= ``sae_width``; ``candidate_min_count`` <= half the ``n_contexts``."""
-    spec = v["sae"]
-    if not isinstance(spec, str) or not spec:
-        raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
-    if spec != "train" and not Path(spec).is_dir():
-        release, _, sae_id = spec.partition("/")
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        directory = get_pretrained_saes_directory()
-        if release not in directory or sae_id not in directory[release].saes_map:
-            raise checks.fail("sae", spec, "'train', an existing folder saved by SAELens, or '<release>/<sae_id>' of "
-                                           "SAELens' registry (e.g. 'gemma-scope-2-270m-pt-res-all/"
-                                           "layer_16_width_16k_l0_small')")
-    checks.integer("sae_documents", v["sae_documents"], minimum=1, allow_none=True)
-    for name in ("sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out"):
-        checks.integer(name, v[name], minimum=1)
-    checks.integer("sae_k", v["sae_k"], maximum=v["sae_width"], note=" (sae_width)")
-    checks.integer("candidate_min_count", v["candidate_min_count"], minimum=1, maximum=n_contexts // 2,
-                   note=" (half the contexts: a candidate needs that many on either side)")
+                  "min_per_half", "n_splits", "n_boot", "n_permutations", "causal_labels", "causal_contexts",
+                  "relative_norms", *SAE_PARAMETERS, "candidate_min_count", "model_source", "stories_path", "device",
+                  "out_dir", "cache_dir")
 
 
 def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -256,11 +231,15 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
     n_contexts = n_per_tag * len(language.TAGS)
     n_eigs = checks.integer("n_eigs", v["n_eigs"], minimum=1, maximum=min(lanczos_steps, n_contexts),
                             note=f" (at most lanczos_steps and the {n_contexts} contexts: PCA uses as many components)")
-    for name in ("min_positives", "n_permutations", "n_boot", "causal_labels"):
+    for name in ("min_positives", "causal_labels"):
         checks.integer(name, v[name], minimum=1)
+    baselines.check_comparison_parameters(v, n_per_tag // 2, " (each half holds n_per_tag // 2 contexts of a part of speech)")
+    if v["n_permutations"] is not None:
+        warnings.warn("n_permutations is no longer used by notebook 03: its tests are rank tests and resampled splits "
+                      "(n_splits)", FutureWarning, stacklevel=2)
     checks.integer("causal_contexts", v["causal_contexts"], minimum=1, allow_none=True)
     checks.reals("relative_norms", v["relative_norms"], minimum=0, low_open=True)
-    check_finder_parameters(v, n_contexts)
+    baselines.check_finder_parameters(v, n_contexts)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])
@@ -368,8 +347,8 @@ def check_seeds_notebook(values: Mapping[str, Any] | None = None, /, notebook: s
 
 
 YOUR_MODEL_NOTEBOOK = ("seed", "model_source", "weights", "text_path", "n_contexts", "context_len", "n_eigs",
-                       "lanczos_steps", "min_positives", "n_permutations", "top_contexts", *SAE_PARAMETERS, "n_boot",
-                       "candidate_min_count", "device", "out_dir", "cache_dir")
+                       "lanczos_steps", "min_positives", "min_per_half", "n_permutations", "top_contexts",
+                       *SAE_PARAMETERS, "n_splits", "n_boot", "candidate_min_count", "device", "out_dir", "cache_dir")
 
 
 def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -391,10 +370,11 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
                                 note=" (twice min_positives: a feature needs that many positives and negatives)")
     n_eigs = checks.integer("n_eigs", v["n_eigs"], minimum=1, maximum=min(lanczos_steps, n_contexts),
                             note=" (at most lanczos_steps and n_contexts: PCA uses as many components)")
-    checks.integer("n_permutations", v["n_permutations"], minimum=1)
+    if v["n_permutations"] is not None:  # naming: Holm over the eNTK's and PCA's directions together
+        check_reachable(checks.integer("n_permutations", v["n_permutations"], minimum=1), 2 * n_eigs)
     checks.integer("top_contexts", v["top_contexts"], minimum=1)
-    checks.integer("n_boot", v["n_boot"], minimum=1)
-    check_finder_parameters(v, n_contexts)
+    baselines.check_comparison_parameters(v, n_contexts // 4, " (a quarter of n_contexts: positives and negatives in each half)")
+    baselines.check_finder_parameters(v, n_contexts)
     checks.torch_device("device", v["device"])
     checks.folder("out_dir", v["out_dir"])
     checks.folder("cache_dir", v["cache_dir"])

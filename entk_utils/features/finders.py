@@ -71,7 +71,9 @@ class Directions:
     function itself where it is one of a single hidden state, mapping activations (M, d) to
     scores (M, k) (``read(inputs.activations)`` gives ``scores``): what a dashboard applies to
     every token of a context. The eNTK's scores are no such function (see
-    :mod:`entk_utils.experiments.dashboard`)."""
+    :mod:`entk_utils.experiments.dashboard`). ``refit``: for a supervised finder, the same fit
+    on other contexts, ``refit(select) -> (N, k)`` scores (what a resampling that redraws the
+    select half calls, :func:`~entk_utils.features.resampling.resample_halves`)."""
 
     method: str
     scores: np.ndarray
@@ -80,6 +82,7 @@ class Directions:
     larger_budget: bool = False
     vectors: np.ndarray | None = None  # (k, d) where each direction lies in activation space, if it has one
     read: Callable[[np.ndarray], np.ndarray] | None = None  # activations (M, d) -> scores (M, k)
+    refit: Callable[[np.ndarray], np.ndarray] | None = None  # select indices -> scores (N, k), supervised only
 
     @property
     def k(self) -> int:
@@ -187,16 +190,21 @@ def logistic_scores(activations, labels: np.ndarray, fit, C: float = 1.0) -> np.
     return np.column_stack(out)
 
 
+def _supervised(method: str, fit: Callable, inputs: FinderInputs, description: str) -> Directions:
+    labels, select = inputs.needs("labels", method), inputs.needs("select", method)
+    Y = labels.to_numpy()
+    return Directions(method, fit(inputs.activations, Y, select), description, supervised=True,
+                      refit=lambda other: fit(inputs.activations, Y, other))
+
+
 def _mean_difference(inputs: FinderInputs, k: int, seed: int) -> Directions:
-    labels, select = inputs.needs("labels", "mean-difference"), inputs.needs("select", "mean-difference")
-    return Directions("mean-difference", mean_difference_scores(inputs.activations, labels.to_numpy(), select),
-                      "per label, the difference of class means (select half)", supervised=True)
+    return _supervised("mean-difference", mean_difference_scores, inputs,
+                       "per label, the difference of class means (select half)")
 
 
 def _logistic(inputs: FinderInputs, k: int, seed: int) -> Directions:
-    labels, select = inputs.needs("labels", "logistic"), inputs.needs("select", "logistic")
-    return Directions("logistic", logistic_scores(inputs.activations, labels.to_numpy(), select),
-                      "per label, a logistic regression on the activations (select half)", supervised=True)
+    return _supervised("logistic", logistic_scores, inputs,
+                       "per label, a logistic regression on the activations (select half)")
 
 
 FINDERS: dict[str, Callable[[FinderInputs, int, int], Directions]] = {

@@ -54,10 +54,12 @@ def as_labels(Y, n: int, name: str = "Y") -> np.ndarray:
     return Y.astype(np.float64)
 
 
-def has_both_classes(Y: np.ndarray) -> np.ndarray:
-    """(B,) True where a label row has at least one positive and one negative."""
+def has_both_classes(Y: np.ndarray, min_count: int = 1) -> np.ndarray:
+    """(B,) True where a label row (of ``Y`` (B, n)) has at least ``min_count`` positives and
+    as many negatives: the one rule for a label being usable, whether on all contexts, on a
+    half or on a resample (``min_count=1``: AUROC and AP are defined)."""
     n_pos = Y.sum(axis=1)
-    return (n_pos > 0) & (n_pos < Y.shape[1])
+    return (n_pos >= min_count) & (Y.shape[1] - n_pos >= min_count)
 
 
 def positive_counts(Y: np.ndarray, where: str = "") -> np.ndarray:
@@ -70,6 +72,17 @@ def positive_counts(Y: np.ndarray, where: str = "") -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- core metrics
+
+
+def oriented(auroc, sign=None):
+    """An AUROC read in a direction's orientation: with ``sign`` (+1 / -1, broadcast against
+    ``auroc``) the AUROC where the sign is +1 and ``1 - auroc`` where it is -1 (the label at
+    the low end); with no sign, the better of the two, ``max(a, 1 - a)`` (0.5 is chance, 1 a
+    perfect split). The one orientation rule of scoring, naming and explanations."""
+    auroc = np.asarray(auroc, dtype=np.float64)
+    if sign is None:
+        return np.maximum(auroc, 1 - auroc)
+    return np.where(np.asarray(sign) > 0, auroc, 1 - auroc)
 
 
 def auroc_from_rank_sums(rank_sum: np.ndarray, n_pos: np.ndarray, n: int) -> np.ndarray:
@@ -207,12 +220,6 @@ class BestDirections:
     ap: np.ndarray
     auroc: np.ndarray
 
-    def chosen_scores(self, scores, idx) -> np.ndarray:
-        """(B, len(idx)): ``sign[b] * scores[idx, direction[b]]``, the rows :func:`bootstrap_macro` takes."""
-        S = as_scores(scores)
-        idx = index_array(idx, S.shape[0], "idx", min_size=2)
-        return self.sign[:, None] * S[idx][:, self.direction].T
-
 
 def _choose(S_sel: np.ndarray, Y_sel: np.ndarray, n_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(direction, sign) per label row maximising AP on the select half.
@@ -235,6 +242,22 @@ def choose_and_score(S: np.ndarray, Y: np.ndarray, select: np.ndarray, evaluate:
     direction, sign = _choose(S[select], Y_sel, Y_sel.sum(axis=1))
     chosen = sign[:, None] * S[evaluate][:, direction].T
     return direction, sign, row_metrics(chosen, Y_eval, Y_eval.sum(axis=1))
+
+
+def choose_layer(candidates: dict, Y: np.ndarray, select: np.ndarray):
+    """The key of ``candidates`` (``{layer: scores (N, m)}``) whose directions, each label's
+    chosen on ``select`` (:func:`_choose`), have the best macro AUROC on ``select`` itself: a
+    choice of layer that never reads the evaluate half (ties: the first key). ``Y`` (B, N)
+    valid on ``select``."""
+    Y_sel = Y[:, select]
+    n_pos = Y_sel.sum(axis=1)
+    best, best_value = None, -np.inf
+    for key, S in candidates.items():
+        direction, sign = _choose(S[select], Y_sel, n_pos)
+        value = row_metrics(sign[:, None] * S[select][:, direction].T, Y_sel, n_pos)["auroc"].mean()
+        if value > best_value:
+            best, best_value = key, value
+    return best
 
 
 def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
@@ -268,48 +291,6 @@ def best_direction_metrics(scores, Y, select, evaluate) -> BestDirections:
     return BestDirections(direction=direction, sign=sign, ap=values["ap"], auroc=values["auroc"])
 
 
-# ----------------------------------------------------------------------------- cosine metric
-
-
-def mean_abs_cosine(scores, Y, top: int = 10, reduce: str = "mean") -> np.ndarray:
-    """Mean (or max) over the first ``top`` score columns of |cosine| with each label.
-
-    The cosine is taken between the centred score column and the centred label vector,
-    i.e. it is the Pearson correlation; its absolute value ignores the sign of a direction.
-
-    Parameters
-    ----------
-    scores : (N, m) array; columns in the order of the directions (e.g. by eigenvalue).
-    Y : (B, N) label rows (binary or real), or (N,) for one label.
-    top : use columns ``0 .. top-1``; 1 <= top <= m.
-    reduce : "mean" (the metric announced by the paper's authors) or "max".
-
-    Returns
-    -------
-    (B,) array (a float for a 1-D ``Y``). ValueError for a constant score column or label.
-    """
-    S = as_scores(scores)
-    N, m = S.shape
-    if reduce not in ("mean", "max"):
-        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
-    if not 1 <= int(top) <= m:
-        raise ValueError(f"top must lie in 1..{m} (the number of score columns), got {top}")
-    Yb = np.asarray(Y, dtype=np.float64)
-    Yb = Yb[None, :] if Yb.ndim == 1 else Yb
-    if Yb.ndim != 2 or Yb.shape[1] != N or not np.all(np.isfinite(Yb)):
-        raise ValueError(f"Y must be a finite (B, {N}) array of label rows, got shape {np.shape(Y)}")
-    Sc = S[:, :top] - S[:, :top].mean(axis=0)
-    Yc = Yb - Yb.mean(axis=1, keepdims=True)
-    s_norm, y_norm = np.linalg.norm(Sc, axis=0), np.linalg.norm(Yc, axis=1)
-    if np.any(s_norm == 0):
-        raise ValueError(f"score column(s) {np.flatnonzero(s_norm == 0).tolist()} are constant")
-    if np.any(y_norm == 0):
-        raise ValueError(f"label row(s) {np.flatnonzero(y_norm == 0)[:10].tolist()} are constant")
-    cos = np.abs(Yc @ Sc) / (y_norm[:, None] * s_norm[None, :])
-    out = cos.mean(axis=1) if reduce == "mean" else cos.max(axis=1)
-    return float(out[0]) if np.ndim(Y) == 1 else out
-
-
 def stratified_halves(classes, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 50/50 split of ``range(N)`` stratified by ``classes`` (N,): (select, evaluate) indices.
     Classes with a single member are pooled into one stratum (and that, if still alone, into
@@ -336,8 +317,8 @@ def score_directions(scores, labels: pd.DataFrame, select, evaluate) -> pd.DataF
     binary DataFrame. For each label the (direction, sign) with the best average precision
     on the ``select`` half is chosen (:func:`_choose`, the rule :func:`best_direction_metrics`
     uses); on the held-out ``evaluate`` half we report scikit-learn's AP,
-    AUROC, precision at quota (among the k highest-scoring contexts, k = number of
-    positives) and enrichment (that precision over the base rate).
+    AUROC, precision at quota (:func:`precision_at_quota`) and enrichment (that precision
+    over the base rate).
 
     Returns one row per label: ``label, direction, sign, ap, auroc, precision_at_quota,
     enrichment, base_rate``.
@@ -349,14 +330,13 @@ def score_directions(scores, labels: pd.DataFrame, select, evaluate) -> pd.DataF
     for name in labels.columns:
         y = labels[name].to_numpy()
         y_sel, y_eval = y[select], y[evaluate]
-        if y_sel.min() == y_sel.max() or y_eval.min() == y_eval.max():
+        if not (has_both_classes(y_sel[None]) & has_both_classes(y_eval[None]))[0]:
             raise ValueError(f"label {name!r} has only one class in a half; raise min_positives or use more contexts")
         Y_sel = y_sel[None].astype(np.float64)
         direction, sign = _choose(S[select], Y_sel, Y_sel.sum(axis=1))
         j, sign = int(direction[0]), int(sign[0])
         s_eval = sign * S[evaluate, j]
-        k = int(y_eval.sum())
-        precision = y_eval[np.argsort(-s_eval, kind="stable")[:k]].mean()
+        precision = precision_at_quota(s_eval, y_eval)
         base = y_eval.mean()
         rows.append({"label": name, "direction": j, "sign": sign, "ap": average_precision_score(y_eval, s_eval),
                      "auroc": roc_auc_score(y_eval, s_eval), "precision_at_quota": precision,
@@ -364,57 +344,25 @@ def score_directions(scores, labels: pd.DataFrame, select, evaluate) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def with_best_layer(per_layer: pd.DataFrame, by: str = "auroc") -> tuple[pd.DataFrame, pd.Series]:
-    """Append, for each method, its rows at the layer with the best macro ``by``.
+def precision_at_quota(scores, y) -> float:
+    """Precision among the k highest scores, k the number of positives in ``y`` (n,), with
+    tied scores at the cut counted at their group's share (the expected precision over every
+    order of the ties), so that no order of the contexts decides it (an SAE latent is zero on
+    most contexts)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    k = int(y.sum())
+    threshold = np.sort(s)[::-1][k - 1]
+    above, tied = s > threshold, s == threshold
+    return float((y[above].sum() + (k - above.sum()) * y[tied].mean()) / k)
+
+
+def with_best_layer(per_layer: pd.DataFrame, best_layer: dict) -> pd.DataFrame:
+    """Append, for each method, its rows at the layer ``best_layer[method]`` (chosen on the
+    select half: :func:`choose_layer`) as rows whose ``layer`` is ``"best"``.
 
     per_layer : rows of :func:`score_directions` with added columns ``layer`` (int) and
-    ``method``. Returns ``(table, best_layer)``: the table with ``layer`` as strings and
-    extra rows whose ``layer`` is ``"best"``, and ``{method: best layer}``.
+    ``method``. Returns the table with ``layer`` as strings.
     """
-    macro = per_layer.groupby(["method", "layer"])[by].mean()
-    best_layer = macro.groupby(level="method").idxmax().map(lambda key: key[1])
     best_rows = [per_layer[(per_layer.method == m) & (per_layer.layer == layer)].assign(layer="best")
                  for m, layer in best_layer.items()]
-    table = pd.concat([per_layer.assign(layer=per_layer.layer.astype(str)), *best_rows], ignore_index=True)
-    return table, best_layer
-
-
-# ----------------------------------------------------------------------------- k-sparse probing
-
-
-def k_sparse_probe(scores, labels: pd.DataFrame, select, evaluate, ks=(1, 2, 5)) -> pd.DataFrame:
-    """SAEBench's k-sparse probing, for any score columns: per label and k, the k columns with
-    the largest |difference of class means| on the ``select`` contexts (columns standardised
-    there first, so that the choice does not depend on each method's scale), a scikit-learn
-    ``LogisticRegression`` fit on those k columns of the ``select`` contexts, and its AUROC and
-    accuracy on the ``evaluate`` contexts.
-
-    scores : (N, m); labels : (N, L) binary DataFrame. Returns one row per (label, k):
-    ``label, k, chosen`` (the column indices), ``auroc, accuracy``.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    S = as_scores(scores)
-    N = S.shape[0]
-    select, evaluate = index_array(select, N, "select", min_size=2), index_array(evaluate, N, "evaluate", min_size=2)
-    ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1 or max(ks) > S.shape[1]:
-        raise ValueError(f"ks must lie in 1..{S.shape[1]} (the number of score columns), got {ks}")
-    mean, std = S[select].mean(0), S[select].std(0)
-    Z = (S - mean) / np.where(std > 0, std, 1.0)
-    rows = []
-    for name in labels.columns:
-        y = labels[name].to_numpy().astype(bool)
-        y_sel, y_eval = y[select], y[evaluate]
-        if y_sel.all() or not y_sel.any() or y_eval.all() or not y_eval.any():
-            raise ValueError(f"label {name!r} has only one class in a half")
-        gap = np.abs(Z[select][y_sel].mean(0) - Z[select][~y_sel].mean(0))
-        ranked = np.lexsort((np.arange(len(gap)), -gap))  # largest gap first, ties to the lower column
-        for k in ks:
-            columns = np.sort(ranked[:k])
-            probe = LogisticRegression(max_iter=5000).fit(Z[select][:, columns], y_sel)
-            rows.append({"label": name, "k": k, "chosen": columns.tolist(),
-                         "auroc": roc_auc_score(y_eval, probe.decision_function(Z[evaluate][:, columns])),
-                         "accuracy": accuracy_score(y_eval, probe.predict(Z[evaluate][:, columns]))})
-    return pd.DataFrame(rows)
+    return pd.concat([per_layer.assign(layer=per_layer.layer.astype(str)), *best_rows], ignore_index=True)

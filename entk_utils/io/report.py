@@ -39,6 +39,7 @@ SECTIONS = {
     "bench-distributed": "benchmarks/results/bench_distributed.md",
     "bench-peers": "benchmarks/results/bench_peers.md",
     "gpu-check": "benchmarks/results/gpu_check.md",
+    "size-of-tests": "benchmarks/results/size_of_tests.md",
 }
 
 
