@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import jupytext
+import numpy as np
 import pandas as pd
 import papermill
 import pytest
@@ -133,9 +134,14 @@ def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
     assert list(finders.index) == ["entk", "pca", "ica", "sae", "sae-all", "random", "mean-difference", "logistic"]
     assert finders.loc["sae-all", "directions"] == params["sae_width"] and finders.loc["sae", "directions"] == n_eigs
     assert finders.auroc.between(0, 1).all() and finders.loc[["mean-difference", "logistic"], "supervised"].all()
+    assert (finders["auroc low"] <= finders.auroc).all() and (finders.auroc <= finders["auroc high"]).all()
+    tests = pd.read_csv(out / "table_your_model_finders_tests.csv")
+    assert set(tests.method) == {"pca", "ica", "sae", "random"} and tests.p_holm.between(0, 1).all()
+    assert (tests.p_holm >= tests.p).all()
     discovery = pd.read_csv(out / "table_your_model_discovery.csv").set_index("method")
     assert list(discovery.index) == ["entk", "pca", "ica", "sae", "random"] and (discovery.directions == n_eigs).all()
     assert discovery.explained.between(0, 1).all() and (discovery.beyond_random <= discovery.explained).all()
+    assert discovery.p_vs_chance.between(0, 1).all() and np.isnan(discovery.p_vs_entk["entk"])
     site = out / "dashboard_your_model"
     pages = {p.name for p in site.iterdir()}
     assert pages == {"index.html"} | {f"{m}-{j}.html" for m in discovery.index for j in range(n_eigs)}

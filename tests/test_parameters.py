@@ -322,7 +322,7 @@ def test_your_model_notebook_values_pass(your_model_values):
 
 
 YOUR_MODEL_CASES = [
-    (dict(n_contexts=15), "n_contexts=15: must be an integer >= 16 \\(twice min_positives"),
+    (dict(n_contexts=31), "n_contexts=31: must be an integer >= 32 \\(twice min_positives"),
     (dict(n_eigs=31), "n_eigs=31: must be an integer in \\[1, 30\\] \\(at most lanczos_steps and n_contexts"),
     (dict(n_eigs=17), "n_eigs=17: must be an integer <= 16 \\(the model's hidden size\\)"),
     (dict(context_len=TINY_CONTEXT + 1), f"context_len={TINY_CONTEXT + 1}: must be an integer <= {TINY_CONTEXT} "
@@ -335,11 +335,11 @@ YOUR_MODEL_CASES = [
     (dict(model_source="not a model"), "model_source='not a model': must be one of 'auto', 'hub', 'gguf', an existing"),
     (dict(min_positives=0), "min_positives=0: must be an integer >= 1"),
     (dict(top_contexts=0), "top_contexts=0"),
-    (dict(candidate_min_count=1000), "candidate_min_count=1000: must be an integer in \\[1, 64\\] \\(half the contexts"),
+    (dict(candidate_min_count=1000), "candidate_min_count=1000: must be an integer in \\[1, 128\\] \\(half the contexts"),
     (dict(n_permutations=0), "n_permutations=0"),
     (dict(n_permutations=300), "n_permutations=300 can never reach significance: .* correction over 20 tests; give "
                                "at least 399"),
-    (dict(min_per_half=33), "min_per_half=33: must be an integer in \\[1, 32\\] \\(a quarter of n_contexts"),
+    (dict(min_per_half=65), "min_per_half=65: must be an integer in \\[1, 64\\] \\(a quarter of n_contexts"),
     (dict(n_splits=3), "n_splits=3: must be an integer >= 10"),
     (dict(device="gpu"), "device='gpu'"),
 ]

@@ -11,8 +11,8 @@ from scipy.stats import false_discovery_control
 
 from entk_utils.features.probing import mean_abs_cosine
 from entk_utils.features.scoring import auroc_matrix, average_precision_matrix, best_direction_metrics
-from entk_utils.features.significance import (DRAWS_PER_TEST, LEVEL, benjamini_hochberg, best_label_test, bonferroni,
-                                              check_reachable, holm, monte_carlo_draws, rank_test)
+from entk_utils.features.significance import (DRAWS_PER_TEST, EXACT_MAX, LEVEL, benjamini_hochberg, best_label_test,
+                                              bonferroni, check_reachable, holm, monte_carlo_draws, rank_test)
 from labels import random_labels
 
 
@@ -68,35 +68,64 @@ def test_monte_carlo_draws_reach_the_correction_and_too_few_are_refused():
         check_reachable(1000, 150, what="shuffles")  # notebook 03's old default against ~150 direction x label tests
 
 
-def test_rank_test_is_scipys_one_sided_mann_whitney_in_the_given_orientation():
+def test_rank_test_is_scipys_one_sided_mann_whitney_on_untied_scores():
     from scipy.stats import mannwhitneyu
 
     rng = np.random.default_rng(5)
     n = 60
-    Y = random_labels(rng, 3, n, rates=(0.2, 0.5))
+    Y = random_labels(rng, 3, n, rates=(0.1, 0.5))  # 6 or 30 positives: the exact null, then the normal one
     S = rng.standard_normal((n, 4)) + 0.8 * Y[0][:, None]
-    S[:10, 3] = 0.0  # ties: the normal approximation with the tie correction
     sign = np.where(rng.random((3, 4)) < 0.5, 1, -1)
     auroc, p = rank_test(S, Y, sign)
     for c, y in enumerate(Y.astype(bool)):
+        method = "exact" if min(y.sum(), n - y.sum()) <= EXACT_MAX else "asymptotic"
         for j in range(4):
             s = sign[c, j] * S[:, j]
-            expected = mannwhitneyu(s[y], s[~y], alternative="greater")
-            assert p[c, j] == pytest.approx(expected.pvalue)
+            assert p[c, j] == pytest.approx(mannwhitneyu(s[y], s[~y], alternative="greater", method=method).pvalue)
             assert auroc[c, j] == pytest.approx(roc_auc_score(y, s))
-    # small classes without ties: the exact distribution, so the smallest p is 1 / C(n, n_pos)
-    y = np.r_[np.ones(4), np.zeros(6)]
-    _, p_exact = rank_test(np.arange(10.0)[::-1], y[None])
-    assert p_exact[0, 0] == pytest.approx(1 / 210)
     with pytest.raises(ValueError, match="sign must be"):
         rank_test(S, Y, np.ones((3, 3)))
 
 
-def test_rank_test_p_values_are_uniform_under_the_null_and_fine_enough_for_many_tests():
+def test_rank_test_on_tied_scores_is_the_exact_null_of_mid_ranks():
+    """Against enumeration of every subset of positives, both orientations, both class sizes."""
+    from itertools import combinations
+
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n = int(rng.integers(6, 13))
+        s = rng.integers(0, 3, n).astype(float)
+        y = np.zeros(n, dtype=bool)
+        y[rng.choice(n, int(rng.integers(1, n)), replace=False)] = True
+        sign = int(rng.choice([-1, 1]))
+        r = rankdata(sign * s)
+        null = np.array([r[list(c)].sum() for c in combinations(range(n), int(y.sum()))])
+        expected = np.mean(null >= r[y].sum() - 1e-9)
+        assert rank_test(s, y[None].astype(int), np.array([[sign]]))[1][0, 0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_sparse_column_is_not_given_the_normal_approximations_tiny_p():
+    """3 of 32 contexts active, all among the 4 positives: exactly p = 29 / C(32, 4) (the 4th
+    positive anywhere in the tied zeros); the tie-corrected normal approximation says 1.5e-6."""
+    from scipy.stats import mannwhitneyu
+
+    s, y = np.zeros(32), np.zeros(32, dtype=int)
+    s[:3], y[:4] = [3.0, 2.0, 1.0], 1
+    p = rank_test(s, y[None])[1][0, 0]
+    assert p == pytest.approx(29 / 35960)
+    assert mannwhitneyu(s[:4], s[4:], alternative="greater").pvalue < p / 100
+
+
+def test_rank_test_p_values_are_uniform_under_the_null_tied_or_not_and_fine_enough_for_many_tests():
     rng = np.random.default_rng(6)
     Y = random_labels(rng, 50, 200, rates=(0.1, 0.3, 0.5))
-    _, p = rank_test(rng.standard_normal((200, 20)), Y)
-    assert kstest(p.ravel(), "uniform").pvalue > 1e-3
+    dense = rng.standard_normal((200, 10))
+    sparse = np.abs(rng.standard_normal((200, 10))) * (rng.random((200, 10)) < 0.3)  # ties broken at random
+    _, p = rank_test(np.column_stack([dense, sparse]), Y)
+    assert kstest(p[:, :10].ravel(), "uniform").pvalue > 1e-3
+    assert kstest(p[:, 10:].ravel(), "uniform").pvalue > 1e-3
     strong = rng.standard_normal((200, 1)) + 2.0 * Y[2][:, None]
     _, p_strong = rank_test(strong, Y[2:3])
     assert p_strong[0, 0] < 1e-10  # far below any correction over thousands of pairs

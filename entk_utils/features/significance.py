@@ -11,9 +11,9 @@
   (:data:`DRAWS_PER_TEST` times ``family / level``) and :func:`check_reachable` refuses a
   number that could never pass the correction, whatever the data.
 - **The one rank test** where the statistic is an AUROC with its orientation fixed in
-  advance: :func:`rank_test`, one-sided Mann-Whitney (exact for small samples without ties,
-  else the normal approximation with the tie correction; scipy), so p-values are as fine as
-  the data allow.
+  advance: :func:`rank_test`, one-sided Mann-Whitney on randomly tie-broken ranks (exact for a
+  small class, else a conservative normal approximation; scipy), so p-values are as fine as the
+  data allow and valid whatever the ties.
 - :func:`best_label_test`: which label a direction picks out, and is it more than the best
   of many labels by chance (a max-statistic permutation test).
 
@@ -27,9 +27,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 from scipy.stats import false_discovery_control, mannwhitneyu, rankdata
 
-from .scoring import as_labels, as_scores, auroc_from_rank_sums, oriented, positive_counts
+from .scoring import as_labels, as_scores, auroc_from_rank_sums, auroc_matrix, oriented, positive_counts
 
 LEVEL = 0.05           # family-wise error rate (Holm, Bonferroni) and false discovery rate (Benjamini-Hochberg)
 CONFIDENCE = 0.95      # coverage of every interval
@@ -113,31 +114,111 @@ def check_reachable(draws: int, family: int, level: float = LEVEL, what: str = "
 # ----------------------------------------------------------------------------- the rank test
 
 
-def rank_test(scores, Y, sign=None) -> tuple[np.ndarray, np.ndarray]:
+EXACT_MAX = 20  # the rank test's null is computed exactly where at most this many contexts can vary it
+
+
+def _subset_sums(values: np.ndarray, most: int) -> tuple[np.ndarray, int]:
+    """The number of subsets of ``values`` (integers) of each size c <= ``most`` with each sum:
+    ``(counts (most + 1, sums), the smallest sum)`` (the shift algorithm of exact rank tests)."""
+    low = int(np.sort(values)[:most].clip(max=0).sum())
+    high = int(np.sort(values)[::-1][:most].clip(min=0).sum())
+    counts = np.zeros((most + 1, high - low + 1))
+    counts[0, -low] = 1.0
+    distinct, multiplicity = np.unique(values, return_counts=True)
+    for v, m in zip(distinct.tolist(), multiplicity.tolist()):
+        grown = counts.copy()
+        for j in range(1, min(m, most) + 1):
+            shift = j * v
+            src, dst = (slice(0, counts.shape[1] - shift), slice(shift, None)) if shift >= 0 else \
+                (slice(-shift, None), slice(0, counts.shape[1] + shift))
+            grown[j:, dst] += math.comb(m, j) * counts[:most + 1 - j, src]
+        counts = grown
+    return counts, low
+
+
+def _tied_null(doubled_ranks: np.ndarray, most: int) -> tuple:
+    """What the exact null of a tied column needs: its largest tie group's doubled rank ``g`` and
+    size, and :func:`_subset_sums` of the other contexts' doubled ranks minus ``g``, for subsets
+    of at most ``most`` of them."""
+    values, sizes = np.unique(doubled_ranks, return_counts=True)
+    g = int(values[sizes.argmax()])
+    outside = doubled_ranks[doubled_ranks != g] - g
+    return g, int(sizes.max()), *_subset_sums(outside, min(most, len(outside)))
+
+
+def _exact_tail(null: tuple, doubled_ranks: np.ndarray, y: np.ndarray, upper: bool) -> float:
+    """P(the doubled rank sum of the positives ``y`` is at least (``upper``) or at most its observed
+    value) when the positives are a uniformly random subset of that size, ties kept as mid-ranks:
+    the largest tie group enters through binomial weights, the other contexts through the counts
+    of ``null`` (:func:`_tied_null`); the smaller class stands in for the positives."""
+    n, k = len(y), int(y.sum())
+    if 2 * k > n:  # the negatives' sum is the total minus the positives'
+        y, k, upper = ~y, n - k, not upper
+    g, in_group, counts, low = null
+    most = min(k, n - in_group)
+    c = np.arange(most + 1)
+    inside = k - c  # contexts of the largest tie group among the k
+    log_weights = np.where((inside >= 0) & (inside <= in_group),
+                           gammaln(in_group + 1) - gammaln(inside + 1) - gammaln(in_group - inside + 1), -np.inf)
+    weights = np.exp(log_weights - (gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)))
+    cut = int(doubled_ranks[y].sum()) - k * g - low
+    tail = counts[:most + 1, max(cut, 0):].sum(axis=1) if upper else counts[:most + 1, :max(cut + 1, 0)].sum(axis=1)
+    return float(min(1.0, weights @ tail))
+
+
+def rank_test(scores, Y, sign=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Is each score column higher on a label's positives than on its negatives, in the
     orientation fixed in advance?
 
     scores : (n, k); Y : (C, n) binary rows, each with both classes; sign : (C, k) of +1 / -1
     (None: all +1), the end of each column where row c's positives were expected (chosen on
-    other contexts). The one-sided Mann-Whitney test of every (row, column) pair (scipy's
-    ``mannwhitneyu``: exact where a class has at most 8 members and no score is tied, else
-    the normal approximation with the tie correction and a continuity correction). Its
-    statistic is the oriented AUROC (:func:`~entk_utils.features.scoring.oriented`).
+    other contexts). The one-sided Mann-Whitney test of every (row, column) pair, its null
+    distribution that of the positives' rank sum when they are a uniformly random subset of
+    the contexts:
+
+    - exact, with tied scores at their mid-ranks, wherever at most :data:`EXACT_MAX` contexts
+      can move it (the smaller class, or the contexts outside a column's largest tie group:
+      a sparse SAE latent, zero on most contexts);
+    - otherwise scipy's normal approximation (continuity-corrected) on ranks whose ties, if any,
+      are broken at random (``seed``, independent of every label), which keeps the test exactly
+      valid; for untied ranks it overstates the upper tail (a conservative p).
+
+    The tie-corrected normal approximation on mid-ranks would not do: for a sparse column it
+    understates p-values by orders of magnitude (``tests/test_significance.py`` shows one).
+    The effect size is the oriented AUROC, ties counted one half
+    (:func:`~entk_utils.features.scoring.oriented`).
 
     Returns ``(auroc (C, k), p (C, k))``.
     """
     S = as_scores(scores)
-    Yb = as_labels(Y, S.shape[0])
+    n, k = S.shape
+    Yb = as_labels(Y, n)
     positive_counts(Yb)
-    sign = np.ones((len(Yb), S.shape[1])) if sign is None else np.asarray(sign, dtype=np.float64)
-    if sign.shape != (len(Yb), S.shape[1]) or not np.all(np.abs(sign) == 1):
-        raise ValueError(f"sign must be a ({len(Yb)}, {S.shape[1]}) array of +1 / -1, got shape {sign.shape}")
-    auroc, p = np.empty(sign.shape), np.empty(sign.shape)
-    for c, y in enumerate(Yb.astype(bool)):
-        pointed = S * sign[c]
-        result = mannwhitneyu(pointed[y], pointed[~y], alternative="greater", axis=0)
-        auroc[c] = result.statistic / (y.sum() * (~y).sum())
-        p[c] = result.pvalue
+    sign = np.ones((len(Yb), k)) if sign is None else np.asarray(sign, dtype=np.float64)
+    if sign.shape != (len(Yb), k) or not np.all(np.abs(sign) == 1):
+        raise ValueError(f"sign must be a ({len(Yb)}, {k}) array of +1 / -1, got shape {sign.shape}")
+    auroc = oriented(auroc_matrix(S, Yb), sign)
+    positives = Yb.astype(bool)
+    smaller = np.minimum(positives.sum(axis=1), n - positives.sum(axis=1))  # (C,)
+    doubled = np.rint(2 * rankdata(S, axis=0)).astype(np.int64)  # (n, k) mid-ranks, doubled to integers
+    largest = np.array([np.bincount(column).max() for column in doubled.T])  # each column's largest tie group
+    p = np.empty(sign.shape)
+    untied = np.flatnonzero(largest == 1)
+    for c, y in enumerate(positives):  # untied columns: the classic null, scipy's, all columns at once
+        if len(untied):
+            pointed = doubled[:, untied] * sign[c, untied]
+            method = "exact" if smaller[c] <= EXACT_MAX else "asymptotic"
+            p[c, untied] = mannwhitneyu(pointed[y], pointed[~y], alternative="greater", axis=0, method=method).pvalue
+    keys = np.random.default_rng(seed).random(n)
+    for j in np.flatnonzero(largest > 1):
+        exact = np.minimum(smaller, n - largest[j]) <= EXACT_MAX
+        null = _tied_null(doubled[:, j], int(smaller[exact].max())) if exact.any() else None
+        for c, y in enumerate(positives):
+            if exact[c]:
+                p[c, j] = _exact_tail(null, doubled[:, j], y, upper=sign[c, j] > 0)
+            else:  # ties broken in the random order of the keys: the ranks are then a random order under the null
+                ranks = np.lexsort((keys, S[:, j] * sign[c, j])).argsort() + 1.0
+                p[c, j] = mannwhitneyu(ranks[y], ranks[~y], alternative="greater", method="asymptotic").pvalue
     return auroc, p
 
 
