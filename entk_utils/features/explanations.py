@@ -147,6 +147,9 @@ def discovery_table(explanations: dict[str, pd.DataFrame], floor: ExplanationFlo
 
     The counts treat a method's directions as independent draws, and the floor as known
     (it is measured on ``floor.n_directions`` random directions)."""
+    if floor is not None and floor.fdr != fdr:
+        raise ValueError(f"the floor's random directions were explained at fdr={floor.fdr}, the methods' at fdr={fdr}: "
+                         "one rule for both")
     rows, counts = [], {}
     for method, table in explanations.items():
         valid = table[table.q < fdr]
