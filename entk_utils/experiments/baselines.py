@@ -132,16 +132,6 @@ class Comparison:
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def macro_table(resampled: Resampled) -> pd.DataFrame:
-    """Per method: macro AUROC and AP, mean over the splits, with their intervals:
-    ``auroc, auroc low, auroc high, ap, ap low, ap high``."""
-    parts = []
-    for metric in ("auroc", "ap"):
-        m = resampled.macro(metric)
-        parts.append(pd.DataFrame({metric: m.estimate, f"{metric} low": m.low, f"{metric} high": m.high}))
-    return pd.concat(parts, axis=1)
-
-
 def tested_methods(found: dict[str, Directions], reference: str = "entk") -> list[str]:
     """The methods the eNTK is tested against: every unsupervised one with the same budget
     (the supervised ceilings and the whole SAE dictionary are reference rows, not rivals)."""
@@ -170,7 +160,7 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, strata, select, 
                                 repeats=n_splits, seed=seed, progress=progress)
     splits = {metric: pd.DataFrame(resampled.values[metric].mean(axis=0), index=list(found), columns=labels.columns)
               for metric in ("auroc", "ap")}
-    macro = macro_table(resampled)
+    macro = resampled.macro_table()
     per_label, probing, summary = [], [], []
     for method, d in found.items():
         table = score_directions(d.scores, labels, select, evaluate)

@@ -124,10 +124,7 @@ def summary(table3: pd.DataFrame, resampled: Resampled, cosines: dict, best_laye
     the table's select half and how often the splits chose it, and (for each method the eNTK
     is tested against) the labels where the eNTK is significantly better / worse (Holm over
     labels x methods at ``level``)."""
-    out = pd.DataFrame(index=pd.Index(list(DIRECTION_METHODS), name="method"))
-    for metric in ("auroc", "ap"):
-        macro = resampled.macro(metric)
-        out[metric], out[f"{metric} low"], out[f"{metric} high"] = macro.estimate, macro.low, macro.high
+    out = resampled.macro_table().loc[list(DIRECTION_METHODS)]
     one_split = table3[table3.layer == "best"].groupby("method")[["auroc", "ap"]].mean()
     out["auroc (one split)"], out["ap (one split)"] = one_split.auroc, one_split.ap
     out["mean abs cosine, top 10"] = [cosines[m].mean() for m in out.index]

@@ -86,6 +86,15 @@ class Resampled:
         table = self.estimate(self._values(metric).mean(axis=2)).drop(columns="p")
         return table.set_index(pd.Index(self.methods, name="method"))
 
+    def macro_table(self) -> pd.DataFrame:
+        """Per method (index): macro AUROC and AP over the splits with their intervals,
+        ``auroc, auroc low, auroc high, ap, ap low, ap high``."""
+        parts = []
+        for metric in METRICS:
+            m = self.macro(metric)
+            parts.append(pd.DataFrame({metric: m.estimate, f"{metric} low": m.low, f"{metric} high": m.high}))
+        return pd.concat(parts, axis=1)
+
     def differences(self, reference: str, methods=None, metric: str = "auroc") -> pd.DataFrame:
         """Per (method, label): ``reference``'s held-out ``metric`` minus the method's, averaged
         over the splits (``difference``), its ``se``, interval (``low``, ``high``), the paired
