@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# JupyterLab settings shipped with the environment: the .py sources open as notebooks.
+# JupyterLab settings shipped with the environment: the .py sources open as notebooks, and no
+# pop-up asks to fetch Jupyter news (nothing is fetched).
 LAB_OVERRIDES := config/jupyterlab_overrides.json
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=

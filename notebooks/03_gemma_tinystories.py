@@ -35,7 +35,7 @@
 # paper's scale (128 per tag, N = 1024, all 18 layers), and its eigenpairs are a batch job
 # (days on a 2-core CPU, where the lower layers cost most): run
 # `python -m entk_utils.eigs --profile paper` first, in one process or under `torchrun` on
-# GPUs and nodes (README, "Beyond one machine"). It fills this notebook's cache, and the
+# GPUs and nodes (`docs/distributed.md`). It fills this notebook's cache, and the
 # notebook run with the same profile then reads the eigenpairs instead of computing them.
 # Small-N numbers are noisy; read them as a check that the pipeline works.
 
@@ -63,7 +63,8 @@ sae_batch_size = 1024
 sae_held_out = 2048      # token activations kept out of training to measure the SAE
 candidate_min_count = 4  # a candidate explanation needs this many contexts on either side (paper16 profile: 10)
 model_source = "auto"    # "auto" | "hub" | "gguf" | a local path
-stories_path = None      # None: $ENTK_TINYSTORIES or shared/data/tinystories/validation_first1000.txt
+text_path = None         # None: $ENTK_TINYSTORIES or shared/data/tinystories/validation_first1000.txt
+stories_path = None      # old name of text_path (until 2026-12)
 device = "cpu"
 out_dir = None           # None: $ENTK_OUT_DIR or the scratch folder ../.cache/out
 cache_dir = None         # None: $ENTK_CACHE_DIR or ../.cache
@@ -76,25 +77,26 @@ import torch
 
 from IPython.display import HTML
 
-from entk_utils.experiments import baselines, dashboard, eigenpairs, gemma, parameters
-from entk_utils.features import explanations as explaining
-from entk_utils.features import sae as sae_tools
+from entk_utils.experiments import baselines, eigenpairs, gemma, parameters
+from entk_utils.experiments.study import CardSource, finder_study
 from entk_utils.features import scoring
 from entk_utils.features.labels import comparable_labels
 from entk_utils.features.resampling import resample_halves
 from entk_utils.features.significance import LEVEL
 from entk_utils.io import plotting, session, site
 from entk_utils.kernels import operators
+from entk_utils.kernels.token_reading import Eigenfunctions
 from entk_utils.settings import language
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
 n_splits = parameters.renamed("n_boot", n_boot, "n_splits", n_splits)
+text_path = parameters.renamed("stories_path", stories_path, "text_path", text_path)
 parameters.check_gemma_notebook(globals())  # every parameter, before any work: one line per problem
 torch.manual_seed(seed)
-stories = language.load_stories("local", language.stories_path(stories_path))
+documents = language.load_stories("local", language.stories_path(text_path))
 lm = language.load_model(model_source, device=device)
 print(f"model: {lm.description}")
-print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
+print(f"{len(documents)} stories; torch {torch.__version__}, device {device}")
 
 # %% [markdown]
 # ## The data: contexts whose next word the model gets grammatically right
@@ -114,7 +116,7 @@ print(f"{len(stories)} stories; torch {torch.__version__}, device {device}")
 
 # %%
 nlp = language.load_spacy()
-data = language.cached_contexts(cache_dir, stories, lm, nlp, n_per_tag=n_per_tag, context_len=context_len,
+data = language.cached_contexts(cache_dir, documents, lm, nlp, n_per_tag=n_per_tag, context_len=context_len,
                                 seed=seed)
 print(f"N = {len(data)} contexts; {data.report['generated']} continuations generated "
       f"in {data.report['rounds']} round(s) over {data.report['stories']} stories")
@@ -300,17 +302,31 @@ print(middle.pivot(index="label", columns="direction", values="selectivity").rou
 # tokens of the contexts we score. By default it is a TopK SAE trained here by SAELens (a
 # small one in the default run); `sae="gemma-scope-2-270m-pt-res-all/layer_16_width_16k_l0_small"`
 # loads Gemma Scope 2's published SAE instead (needs the Hub).
+#
+# One call runs the whole study from here on, as notebook 06 runs it for any model
+# (`entk_utils.experiments.study.finder_study`): the SAE, every finder, the comparison,
+# the explanations with their discovery table, and the cards with their site; the cells below
+# show its parts in turn.
 
 # %%
 layer = int(best_layer["entk"])
-sae_corpus = language.documents_of(language.corpus_files(language.stories_path(stories_path)))[:sae_documents]
+sae_corpus = language.documents_of(language.corpus_files(language.stories_path(text_path)))[:sae_documents]
 token_acts = language.cached_token_activations(cache_dir, lm, sae_corpus, layer).excluding(data.story, data.token,
                                                                                            context_len)
-recipe = sae_tools.SAERecipe(width=sae_width, k=sae_k, tokens=sae_tokens, batch_size=sae_batch_size,
-                             held_out=sae_held_out, seed=seed)
-trained = baselines.notebook_sae(sae, token_acts, recipe, cache_dir=cache_dir, device=device)
+candidates = language.context_candidates(documents, data.story, data.token, lm.tokenizer, nlp,
+                                         min_count=candidate_min_count)
+entk = Eigenfunctions(operators.layer_entk_operator(lm.model, data.input_ids, layer, metric=metric),
+                      found.eigenvectors[layer], found.spectra[layer], found.keys[layer])
+study = finder_study(found.activations[layer], found.eigenvectors[layer], labels, classes, select, evaluate,
+                     candidates, k=n_eigs, seed=seed, n_splits=n_splits, min_per_half=min_per_half,
+                     sae=baselines.SAESource.of_parameters(globals()), sae_activations=token_acts,
+                     cache_dir=cache_dir, device=device, paper=baselines.PAPER_LAYER16 if layer == 16 else None,
+                     cards=CardSource(lm, data, layer, entk, out_dir,
+                                      title=f"Gemma-3-270M layer {layer}, N = {len(data)}: every direction"))
+study.save(out_dir, comparison="table5_finders_gemma", discovery="table6_discovery_gemma")
+comparison = study.comparison
 print(f"{len(token_acts):,} token activations from {len(sae_corpus)} documents (the {len(data)} scored contexts left out)")
-baselines.sae_report(trained, len(token_acts)).to_frame("")
+study.sae_report.to_frame("")
 
 # %% [markdown]
 # Every finder gets the same budget of `n_eigs` directions on the same contexts (the SAE's
@@ -325,11 +341,6 @@ baselines.sae_report(trained, len(token_acts)).to_frame("")
 # with several layers analysed, PCA's and random directions' own choice is in Table 3.
 
 # %%
-inputs = baselines.comparison_inputs(found.activations[layer], found.eigenvectors[layer], trained, labels, select)
-by_finder = baselines.run_finders(inputs, n_eigs, seed)
-comparison = baselines.compare(by_finder, labels, classes, select, evaluate, n_splits=n_splits, seed=seed,
-                               min_per_half=min_per_half, paper=baselines.PAPER_LAYER16 if layer == 16 else None)
-baselines.save_comparison(comparison, "table5_finders_gemma", out_dir)
 comparison.summary.drop(columns="description").round(3)
 
 # %%
@@ -357,7 +368,7 @@ print(baselines.significant_labels(comparison.tests).to_string())
 # while the supervised ceilings sit well above them all: the grammar is linearly readable at
 # this layer, and at this size none of the unsupervised finders is shown to give it a
 # direction of its own.
-# The README's section 3b sets out the same comparison at the paper's N = 1024, with an SAE
+# `docs/results.md`, section 3b, sets out the same comparison at the paper's N = 1024, with an SAE
 # trained on all of the local TinyStories.
 
 # %% [markdown]
@@ -385,13 +396,7 @@ print(baselines.significant_labels(comparison.tests).to_string())
 # tests each method's count against the eNTK's (Fisher's exact test, Holm over methods).
 
 # %%
-candidates = language.context_candidates(stories, data.story, data.token, lm.tokenizer, nlp,
-                                         min_count=candidate_min_count)
-explained = dashboard.explain(by_finder, candidates, select, evaluate)
-floor = explaining.random_explanation_floor(found.activations[layer], candidates, select, evaluate, k=n_eigs,
-                                            seed=seed)
-discovery = explaining.discovery_table(explained, floor)
-plotting.save_table(discovery.reset_index(), "table6_discovery_gemma", out_dir)
+explained, floor, discovery = study.explanations, study.floor, study.discovery
 print(f"{candidates.shape[1]} candidate explanations; {floor.describe()}")
 discovery.round(3)
 
@@ -409,13 +414,8 @@ discovery.round(3)
 # shown here.
 
 # %%
-reading = dashboard.ENTKReading(operators.layer_entk_operator(lm.model, data.input_ids, layer, metric=metric),
-                                found.eigenvectors[layer], found.spectra[layer])
-cards = dashboard.direction_cards(lm, data, by_finder, explained, labels, layer=layer, entk=reading, floor=floor)
-index = dashboard.write_dashboard(cards, out_dir, discovery=discovery.round(3),
-                                  title=f"Gemma-3-270M layer {layer}, N = {len(data)}: every direction")
-print(f"{len(cards)} cards written; open {index}")
-HTML(site.inline([card for card in cards if card.method == "entk"][:3]))
+print(f"{len(study.cards)} cards written; open {study.site}")
+HTML(site.inline([card for card in study.cards if card.method == "entk"][:3]))
 
 # %% [markdown]
 # The eNTK's explanations in one table (nbval checks this cell):
@@ -427,4 +427,4 @@ print(explained["entk"][["direction", "explanation", "auroc", "q"]].round(2).to_
 # At N = 64 hardly any explanation survives the false discovery rate: with 32 contexts in the
 # held-out half, a property that a handful of them carry is weak evidence among more than a
 # thousand direction × candidate pairs. The cards still show what each direction responds to,
-# and its best candidate. The README's section 3c has the same table at the paper's N = 1024.
+# and its best candidate. `docs/results.md`, section 3c, has the same table at the paper's N = 1024.

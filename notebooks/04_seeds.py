@@ -222,4 +222,4 @@ summary
 # not, neither does the alignment. The grid says that grokking within the paper's 4000 epochs
 # belongs to the pair of split and initialisation rather than to either alone. Five seeds
 # and a 4 × 3 grid are a first look: the paper profile (`make seeds-paper`, 10 seeds per
-# policy and a 7 × 4 grid) gives the numbers quoted in the README.
+# policy and a 7 × 4 grid) gives the numbers quoted in `docs/results.md`.

@@ -83,15 +83,15 @@ import torch
 
 from IPython.display import HTML
 
-from entk_utils.experiments import baselines, dashboard, eigenpairs, parameters, your_model
-from entk_utils.features import explanations as explaining
-from entk_utils.features import sae as sae_tools
+from entk_utils.experiments import baselines, eigenpairs, parameters, your_model
+from entk_utils.experiments.study import CardSource, finder_study
 from entk_utils.features import scoring
 from entk_utils.features.labels import comparable_labels
 from entk_utils.features.directions import entk_scores, pca_scores
 from entk_utils.features.naming import name_directions, oriented_auroc
 from entk_utils.io import plotting, session, site
 from entk_utils.kernels import conventions, operators
+from entk_utils.kernels.token_reading import Eigenfunctions
 from entk_utils.settings import language
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
@@ -165,7 +165,7 @@ plt.show()
 
 # %%
 layer = conventions.highest_layer(lm.model, list(analysed))
-activations = language.last_token_activations(lm.model, data.input_ids, layer).numpy()
+activations = language.residual_stream(lm.model, data.input_ids, layer, positions=-1).numpy()
 scores = {"entk": entk_s, "pca": pca_scores(activations, n_eigs)}
 naming = name_directions(scores, labels, n_permutations=n_permutations, seed=seed)
 named = {method: t.drop(columns="method").reset_index(drop=True) for method, t in naming.groupby("method", sort=False)}
@@ -230,22 +230,27 @@ pd.DataFrame({method: auroc.max(axis=1) for method, auroc in aurocs.items()}).ro
 # scored on the other) and SAEBench's k-sparse probing; the paper's metric resampled over
 # `n_splits` half-splits (every choice redone on each), which gives its intervals and the
 # paired tests of the eNTK against each same-budget method, Holm-corrected over features ×
-# methods together (notebook 03, Table 3, says how).
+# methods together (notebook 03, Table 3, says how). One call,
+# `entk_utils.experiments.study.finder_study`, runs this comparison, the explanations and the
+# cards below, as it does in notebook 03; the cells show its parts.
 
 # %%
 token_acts = language.cached_token_activations(cache_dir, lm, documents[:sae_documents], layer).excluding(
     data.story, data.token, context_len)
-recipe = sae_tools.SAERecipe(width=sae_width, k=sae_k, tokens=sae_tokens, batch_size=sae_batch_size,
-                             held_out=sae_held_out, seed=seed)
-trained = baselines.notebook_sae(sae, token_acts, recipe, cache_dir=cache_dir, device=device)
-baselines.sae_report(trained, len(token_acts)).to_frame("")
+candidates = language.context_candidates(documents, data.story, data.token, lm.tokenizer, nlp,
+                                         min_count=candidate_min_count)
+entk = Eigenfunctions(op, eig["evecs"].numpy(), evals, eig["key"])
+study = finder_study(activations, eig["evecs"].numpy(), labels, np.array(data.upos), select, evaluate, candidates,
+                     k=n_eigs, seed=seed, n_splits=n_splits, min_per_half=min_per_half,
+                     sae=baselines.SAESource.of_parameters(globals()), sae_activations=token_acts,
+                     cache_dir=cache_dir, device=device,
+                     cards=CardSource(lm, data, layer, entk, out_dir, folder="dashboard_your_model", top=top_contexts,
+                                      title=f"{lm.description.split(':')[0]}: every direction, {len(data)} contexts"))
+study.save(out_dir, comparison="table_your_model_finders", discovery="table_your_model_discovery")
+study.sae_report.to_frame("")
 
 # %%
-inputs = baselines.comparison_inputs(activations, eig["evecs"].numpy(), trained, labels, select)
-by_finder = baselines.run_finders(inputs, n_eigs, seed)
-comparison = baselines.compare(by_finder, labels, np.array(data.upos), select, evaluate, n_splits=n_splits, seed=seed,
-                               min_per_half=min_per_half)
-baselines.save_comparison(comparison, "table_your_model_finders", out_dir)
+comparison = study.comparison
 plotting.save_figure(baselines.comparison_figure(comparison, title=f"{len(data)} contexts, layer {layer}"),
                      "fig_your_model_finders", out_dir)
 print(baselines.significant_labels(comparison.tests).to_string())
@@ -268,14 +273,8 @@ comparison.summary.drop(columns="description").round(3)
 # the eNTK's: being validated is easy, beating a random direction is the bar.
 
 # %%
-candidates = language.context_candidates(documents, data.story, data.token, lm.tokenizer, nlp,
-                                         min_count=candidate_min_count)
-explained = dashboard.explain(by_finder, candidates, select, evaluate)
-floor = explaining.random_explanation_floor(activations, candidates, select, evaluate, k=n_eigs, seed=seed)
-discovery = explaining.discovery_table(explained, floor)
-plotting.save_table(discovery.reset_index(), "table_your_model_discovery", out_dir)
-print(f"{candidates.shape[1]} candidate explanations; {floor.describe()}")
-discovery.round(3)
+print(f"{candidates.shape[1]} candidate explanations; {study.floor.describe()}")
+study.discovery.round(3)
 
 # %% [markdown]
 # One card per direction (its score histogram, its top contexts and contexts from across its
@@ -285,13 +284,8 @@ discovery.round(3)
 # cards here. `entk_utils.experiments.dashboard` says how each number is read.
 
 # %%
-cards = dashboard.direction_cards(lm, data, by_finder, explained, labels, layer=layer,
-                                  entk=dashboard.ENTKReading(op, eig["evecs"].numpy(), evals), floor=floor,
-                                  top=top_contexts)
-index = dashboard.write_dashboard(cards, out_dir, discovery=discovery.round(3), folder="dashboard_your_model",
-                                  title=f"{lm.description.split(':')[0]}: every direction, {len(data)} contexts")
-print(f"{len(cards)} cards written; open {index}")
-HTML(site.inline([card for card in cards if card.method == "entk"][:3]))
+print(f"{len(study.cards)} cards written; open {study.site}")
+HTML(site.inline([card for card in study.cards if card.method == "entk"][:3]))
 
 # %% [markdown]
 # On the default run (Gemma-3-270M, 256 windows) most directions of every method but the

@@ -51,7 +51,7 @@ def test_skip_first_drops_the_first_positions_of_each_document(llama, tokenizer)
 
 def test_excluding_removes_exactly_the_scored_windows(llama, tokenizer):
     acts = token_activations(llama, tokenizer, DOCUMENTS, 1, progress=False)
-    kept = acts.excluding(documents=[0, 0, 4], ends=[6, 12, 20], context_len=4)
+    kept = acts.excluding(document_index=[0, 0, 4], ends=[6, 12, 20], context_len=4)
     dropped = {(0, p) for p in [2, 3, 4, 5, 8, 9, 10, 11]} | {(4, p) for p in range(16, 20)}
     before = set(zip(acts.document.tolist(), acts.position.tolist()))
     after = set(zip(kept.document.tolist(), kept.position.tolist()))
@@ -59,7 +59,7 @@ def test_excluding_removes_exactly_the_scored_windows(llama, tokenizer):
     rows = (acts.document == 1)
     torch.testing.assert_close(kept.activations[kept.document == 1], acts.activations[rows])
     with pytest.raises(ValueError, match="one entry per context"):
-        acts.excluding(documents=[0], ends=[1, 2], context_len=4)
+        acts.excluding(document_index=[0], ends=[1, 2], context_len=4)
 
 
 def test_cached_activations_are_read_back(tmp_path, llama, tokenizer):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,10 +15,11 @@ import pytest
 import torch
 
 from entk_utils.experiments import baselines
-from entk_utils.features import scoring
+from entk_utils.features import finders, scoring
 from entk_utils.features.labels import comparable_labels
 from entk_utils.features.significance import holm
-from entk_utils.features.sae import GEMMA_SCOPE_REPO, SAERecipe, describe_sae
+from entk_utils.features.sae import (GEMMA_SCOPE_RELEASE, GEMMA_SCOPE_REPO, PublishedSAEUnavailable,
+                                     describe_sae, load_published_sae)
 from entk_utils.settings.language import TokenActivations
 
 D_IN, D_SAE = 8, 16
@@ -72,6 +74,25 @@ def test_a_published_gemma_scope_sae_loads_offline_through_the_hub_path(tmp_path
     assert result["architecture"] == "jumprelu" and result["hook"] == "blocks.16.hook_resid_post"
 
 
+def test_a_published_sae_neither_cached_nor_reachable_says_so_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = tmp_path / "hf" / "hub"  # empty: nothing downloaded
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read when huggingface_hub was imported
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PublishedSAEUnavailable) as raised:
+        load_published_sae(GEMMA_SCOPE_RELEASE, SAE_ID)
+    message = str(raised.value)
+    assert isinstance(raised.value, FileNotFoundError) and "\n" not in message
+    assert f"{GEMMA_SCOPE_RELEASE}/{SAE_ID}" in message and str(cache) in message
+    assert "HF_HUB_OFFLINE=1" in message and "run once online" in message and "saved by SAELens" in message
+    assert isinstance(raised.value.__cause__, LocalEntryNotFoundError)
+
+
 def test_an_unknown_published_id_names_the_valid_ones():
     with pytest.raises(ValueError, match="not found in release gemma-scope-2-270m-pt-res-all"):
         baselines.loaded_sae("gemma-scope-2-270m-pt-res-all/layer_99")
@@ -85,14 +106,14 @@ def token_activations(n: int = 6000, seed: int = 0) -> TokenActivations:
     return TokenActivations(X, torch.zeros(n, dtype=torch.long), torch.arange(n))
 
 
-RECIPE = SAERecipe(width=D_SAE, k=3, tokens=12_000, batch_size=500, held_out=1000, seed=0)
+SOURCE = baselines.SAESource(sae_width=D_SAE, sae_k=3, sae_tokens=12_000, sae_batch_size=500, sae_held_out=1000)
 
 
 def test_the_notebook_sae_is_trained_once_and_read_back(tmp_path):
     acts = token_activations()
-    first = baselines.notebook_sae("train", acts, RECIPE, cache_dir=tmp_path)
+    first = baselines.notebook_sae(SOURCE, acts, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("sae-*.pt"))) == 1
-    again = baselines.notebook_sae("train", acts, RECIPE, cache_dir=tmp_path)
+    again = baselines.notebook_sae(SOURCE, acts, cache_dir=tmp_path)
     x = acts.activations[:20]
     torch.testing.assert_close(again.sae.encode(x), first.sae.encode(x), rtol=0, atol=0)
     assert again.quality == first.quality and describe_sae(again.sae) == f"TopK SAE, {D_SAE} latents"
@@ -103,14 +124,19 @@ def test_the_notebook_sae_is_trained_once_and_read_back(tmp_path):
 
 def test_a_saved_sae_is_loaded_and_measured_on_the_held_out_activations(tmp_path):
     acts = token_activations()
-    trained = baselines.notebook_sae("train", acts, RECIPE, cache_dir=None)
+    trained = baselines.notebook_sae(SOURCE, acts, cache_dir=None)
     trained.sae.save_model(tmp_path / "saved")
-    loaded = baselines.notebook_sae(str(tmp_path / "saved"), acts, RECIPE, cache_dir=None)
+    loaded = baselines.notebook_sae(replace(SOURCE, sae=str(tmp_path / "saved")), acts, cache_dir=None)
     torch.testing.assert_close(loaded.sae.encode(acts.activations[:5]), trained.sae.encode(acts.activations[:5]))
-    assert loaded.recipe is None and loaded.quality["n"] == RECIPE.held_out and 0 < loaded.quality["fve"] <= 1
+    assert loaded.recipe is None and loaded.quality["n"] == SOURCE.sae_held_out and 0 < loaded.quality["fve"] <= 1
     wide = TokenActivations(torch.zeros(10, D_IN + 1), torch.zeros(10, dtype=torch.long), torch.arange(10))
-    with pytest.raises(ValueError, match="reads 8-dimensional activations; this layer's are 9"):
-        baselines.notebook_sae(str(tmp_path / "saved"), wide, RECIPE, cache_dir=None)
+    with pytest.raises(ValueError, match="reads 8-dimensional activations; these are 9"):
+        baselines.notebook_sae(replace(SOURCE, sae=str(tmp_path / "saved")), wide, cache_dir=None)
+    with pytest.raises(ValueError, match="sae_k=17: must be an integer <= 16 \\(sae_width\\)"):  # checked once, as named
+        baselines.notebook_sae(replace(SOURCE, sae_k=17), acts, cache_dir=None)
+    with pytest.raises(ValueError, match="cannot hold sae_held_out=1000 plus one batch"):
+        baselines.notebook_sae(SOURCE, TokenActivations(acts.activations[:1200], acts.document[:1200],
+                                                        acts.position[:1200]), cache_dir=None)
 
 
 def test_the_comparison_scores_every_finder_and_tests_the_same_budget_ones():
@@ -120,14 +146,14 @@ def test_the_comparison_scores_every_finder_and_tests_the_same_budget_ones():
     strata = (X[:, 0] > 0.3).astype(int) + 2 * (X[:, 1] > 0)
     labels = pd.DataFrame({"first axis": (X[:, 0] > 0.3).astype(int), "noise": (rng.random(n) < 0.4).astype(int)})
     select, evaluate = scoring.stratified_halves(strata, seed=0)
-    sae = baselines.notebook_sae("train", token_activations(), RECIPE, cache_dir=None)
+    sae = baselines.notebook_sae(SOURCE, token_activations(), cache_dir=None)
     inputs = baselines.comparison_inputs(X, rng.standard_normal((n * 2, 6)), sae, labels, select)
     found = baselines.run_finders(inputs, k=4, seed=0)
-    assert list(found) == list(baselines.COMPARED)
+    assert list(found) == list(finders.FINDERS)
     result = baselines.compare(found, labels, strata, select, evaluate, n_splits=12, seed=0,
                                paper=baselines.PAPER_LAYER16, progress=False)
     s = result.summary
-    assert list(s.index) == list(baselines.COMPARED)
+    assert list(s.index) == list(finders.FINDERS)
     assert s.loc["sae-all", "directions"] == D_SAE and s.loc["sae-all", "larger budget"]
     assert s.loc["logistic", "supervised"] and s.loc["entk", "paper auroc"] == 0.827 and np.isnan(s.loc["ica", "paper ap"])
     assert set(result.tests.method) == {"pca", "ica", "sae", "random"}  # same budget, unsupervised
@@ -137,7 +163,7 @@ def test_the_comparison_scores_every_finder_and_tests_the_same_budget_ones():
     assert per_label.loc[("logistic", "first axis"), "auroc"] > 0.9  # the supervised ceiling finds the planted axis
     assert per_label.loc[("logistic", "first axis"), "auroc_splits"] > 0.9  # ... refit on every split
     macro = result.resampled.macro("auroc")
-    for method in baselines.COMPARED:  # the summary's macro AUROC: the per-label means over the splits, averaged
+    for method in finders.FINDERS:  # the summary's macro AUROC: the per-label means over the splits, averaged
         assert s.loc[method, "auroc"] == pytest.approx(per_label.loc[method, "auroc_splits"].mean())
         assert s.loc[method, "auroc"] == pytest.approx(macro.estimate[method])
         assert s.loc[method, "auroc low"] < s.loc[method, "auroc"] < s.loc[method, "auroc high"]

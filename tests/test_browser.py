@@ -5,6 +5,8 @@ runtime, config, settings and workspace folders) serving a temporary folder that
 of the notebook files, so nothing in the repository is written; the kernels get
 ENTK_OUT_DIR / ENTK_CACHE_DIR in that temporary folder too. Chromium is the Debian package
 (`make test` installs it when run as root); where it is missing these tests are skipped.
+The JupyterLab settings the project ships (config/jupyterlab_overrides.json, installed by
+`make env`) are also checked without a browser: a first-time user is not asked about news.
 
 On failure a screenshot of the page is saved in the test's tmp_path (its path is printed).
 """
@@ -24,12 +26,16 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`; "
-                       "`make test` installs it when run as root with apt-get)"),
-]
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`; "
+                                    "`make test` installs it when run as root with apt-get)")
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPOSITORY, "notebooks")
+# The JupyterLab settings `make env` installs (into sys.prefix/share/jupyter/lab/settings/overrides.d/).
+LAB_OVERRIDES = os.path.join(REPOSITORY, "config", "jupyterlab_overrides.json")
+NOTIFICATIONS = "@jupyterlab/apputils-extension:notification"
+# The pop-up JupyterLab 4 shows a first-time user while fetchNews is "none" (not yet answered).
+NEWS_QUESTION = "Would you like to get notified about official Jupyter news"
+NEWS_GRACE_S = 10     # how long after the lab is restored the news question is awaited
 MLP = "01_mlp_modular_addition"
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,6 +57,11 @@ class Lab:
     def url(self, path):
         """Address of `path` on the server (e.g. "lab/tree/x.py"), with the token."""
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
+
+    def api(self, path):
+        """The JSON the server answers for `path` (e.g. "lab/api/settings/<plugin id>")."""
+        with urllib.request.urlopen(self.url(path), timeout=30) as response:
+            return json.load(response)
 
     def serve(self, *names):
         """Copy files from notebooks/ into the served folder."""
@@ -206,6 +217,39 @@ def wait_until_executed(page, name, last):
     return wait_for_state(page, name, finished, EXECUTION_S, f"cell {last} executed")["cells"][: last + 1]
 
 
+def in_browser(test):
+    """Mark `test` as a browser test (make test-browser), skipped where Chromium is missing."""
+    return pytest.mark.browser(needs_chromium(test))
+
+
+def test_shipped_lab_settings_never_fetch_jupyter_news():
+    with open(LAB_OVERRIDES) as f:
+        notifications = json.load(f)[NOTIFICATIONS]
+    assert notifications.get("fetchNews") == "false", (
+        f"{LAB_OVERRIDES} must set {NOTIFICATIONS} fetchNews to \"false\" (the string): otherwise JupyterLab asks "
+        "a first-time user whether to fetch Jupyter news")
+    assert notifications.get("checkForUpdates") is False, f"{LAB_OVERRIDES} must set checkForUpdates to false"
+
+
+@in_browser
+def test_lab_does_not_ask_about_jupyter_news(lab, page):
+    schema = lab.api(f"lab/api/settings/{NOTIFICATIONS}")["schema"]["properties"]
+    defaults = {name: schema[name]["default"] for name in ("fetchNews", "checkForUpdates")}
+    assert defaults == {"fetchNews": "false", "checkForUpdates": False}, (
+        f"the server's defaults for {NOTIFICATIONS} are {defaults}: the installed JupyterLab settings do not "
+        "say no to Jupyter news (make env installs config/jupyterlab_overrides.json)")
+
+    page.goto(lab.url("lab"))
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    page.evaluate("() => window.jupyterapp.restored.then(() => true)")  # JupyterLab asks once restored
+    question = page.get_by_text(NEWS_QUESTION)
+    deadline = time.monotonic() + NEWS_GRACE_S
+    while time.monotonic() < deadline:
+        assert question.count() == 0, "JupyterLab pops up a question whether to fetch Jupyter news"
+        time.sleep(0.5)
+
+
+@in_browser
 def test_mlp_source_opens_as_notebook_and_runs_to_figure_1(lab, page):
     lab.serve(f"{MLP}.py", "jupytext.toml")  # the .py alone: no committed outputs to mistake for new ones
     source = jupytext.read(os.path.join(NOTEBOOKS, f"{MLP}.py")).cells
@@ -229,6 +273,7 @@ def test_mlp_source_opens_as_notebook_and_runs_to_figure_1(lab, page):
     assert min(size) > 0, f"the Figure 1 image did not render (natural size {size})"
 
 
+@in_browser
 def test_committed_mlp_notebook_shows_no_stale_progress_bar(lab, page):
     lab.serve(f"{MLP}.ipynb", "jupytext.toml")
     committed = jupytext.read(os.path.join(NOTEBOOKS, f"{MLP}.ipynb")).cells

@@ -16,6 +16,8 @@ from entk_utils.features.explanations import discovery_table, random_explanation
 from entk_utils.io import site
 from entk_utils.kernels import operators
 from entk_utils.kernels.eigen import top_eigenpairs
+from entk_utils.kernels.logit_effects import FinalNorm
+from entk_utils.kernels.token_reading import Eigenfunctions, eigenvectors_key
 from entk_utils.settings import language
 
 LAYER, K = 1, 3
@@ -32,18 +34,18 @@ def run(tmp_path_factory, nlp):
                                     context_len=8, progress=False)
     op = operators.entk_operator(lm.model, data.input_ids, ["model.layers.1.mlp"])
     evals, evecs = top_eigenpairs(op, K, seed=0, steps=200, progress=False)
-    activations = language.last_token_activations(lm.model, data.input_ids, LAYER).double().numpy()
+    activations = language.residual_stream(lm.model, data.input_ids, LAYER, positions=-1).double().numpy()
     labels, _ = language.grammar_labels(data.upos, data.morph, tags=None, min_positives=3)
     select, evaluate = scoring.stratified_halves(np.array(data.upos), seed=0)
     found = finders.find_directions(METHODS, finders.FinderInputs(activations=activations, eigenvectors=evecs), K)
     candidates = language.context_candidates(documents, data.story, data.token, lm.tokenizer, nlp, min_count=2)
     explanations = dashboard.explain(found, candidates, select, evaluate)
     floor = random_explanation_floor(activations, candidates, select, evaluate, k=K, n_directions=51)
-    cards = dashboard.direction_cards(lm, data, found, explanations, labels, layer=LAYER,
-                                      entk=dashboard.ENTKReading(op, evecs, evals), floor=floor, top=3,
+    entk = Eigenfunctions(op, evecs, evals, eigenvectors_key(data.input_ids, op.weights))
+    cards = dashboard.direction_cards(lm, data, found, explanations, labels, layer=LAYER, entk=entk, floor=floor, top=3,
                                       quantiles=(0.5, 0.1), logit_contexts=2, progress=False)
     return dict(lm=lm, data=data, found=found, explanations=explanations, cards=cards, labels=labels,
-                entk=(op, evecs, evals),
+                entk=entk, op=op, activations=activations, candidates=candidates, select=select, evaluate=evaluate,
                 discovery=discovery_table(explanations, floor))
 
 
@@ -56,14 +58,14 @@ def test_every_direction_of_every_method_has_a_card(run):
         assert [c.label for c in card.contexts] == ["top 1", "top 2", "top 3", "quantile 0.50", "quantile 0.10"]
         assert len(card.logits_up) == len(card.logits_down) == 8
         assert [u for _, u in card.logits_up] == sorted((u for _, u in card.logits_up), reverse=True)
+        assert card.logits_up[0][1] > 0 > card.logits_down[0][1]  # centred: raised and lowered have opposite signs
         assert set(card.aurocs) == set(run["labels"].columns)
         assert all(len(c.tokens) == len(c.values) == 8 for c in card.contexts)
 
 
 def test_cards_of_the_entk_alone(run):
-    entk = dashboard.ENTKReading(*run["entk"])
     cards = dashboard.direction_cards(run["lm"], run["data"], run["found"], {"entk": run["explanations"]["entk"]},
-                                      run["labels"], layer=LAYER, entk=entk, progress=False)
+                                      run["labels"], layer=LAYER, entk=run["entk"], progress=False)
     assert [c.key for c in cards] == [f"entk-{j}" for j in range(K)]
     assert [c.contexts[0].values for c in cards] == [c.contexts[0].values for c in run["cards"][:K]]
 
@@ -82,10 +84,11 @@ def test_each_tokens_reading_ends_at_the_contexts_score(run):
 
 def test_the_direct_logit_change_is_a_finite_difference(run):
     """Adding eps * v to the final norm's input at the last position (hooked on the last layer's
-    output) changes the mean last-position logits by eps * logit_change, to first order."""
+    output) changes the mean last-position logits by eps * logit_change, to first order, less
+    the change's mean over the vocabulary."""
     lm, ids = run["lm"], run["data"].input_ids[:2]
     v = run["found"]["pca"].vectors[0]
-    final = dashboard.FinalNorm(lm.model, ids)
+    final = FinalNorm(lm.model, ids)
     change = final.logit_change(v, [0, 1])
     last_layer = lm.model.model.layers[-1]
 
@@ -100,6 +103,8 @@ def test_the_direct_logit_change_is_a_finite_difference(run):
 
     eps = 1e-3  # Llama's RMSNorm computes in float32 even in a float64 model: a larger step, a looser check
     expected = ((logits(eps) - logits(-eps)) / (2 * eps)).numpy()
+    expected -= expected.mean()
+    assert abs(float(change.mean())) < 1e-9 * np.abs(expected).max()
     np.testing.assert_allclose(change.numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
@@ -114,14 +119,53 @@ def test_a_soft_capped_models_entk_is_read_at_the_last_token_only():
     op = operators.entk_operator(model, ids, ["model.layers.1.mlp"], metric="logits")
     assert op.output_maps is not None
     evals, evecs = top_eigenpairs(op, 2, seed=0, steps=60, progress=False)
-    values, last = dashboard.entk_token_readings(dashboard.ENTKReading(op, evecs, evals), 1, [0, 3, 4])
+    entk = Eigenfunctions(op, evecs, evals, eigenvectors_key(ids, op.weights))
+    assert not entk.every_token
+    values, last = dashboard.entk_token_values(entk, 1, [0, 3, 4])
     assert np.isnan(values[:, :-1]).all() and last.shape == (3, op.hidden)
     np.testing.assert_allclose(values[:, -1], entk_scores(evecs, 6)[0][[0, 3, 4], 1], rtol=1e-3,
                                atol=1e-3 * np.abs(entk_scores(evecs, 6)[0][:, 1]).max())
 
 
+def test_eigenfunctions_refuse_eigenvectors_of_other_contexts_or_weights(run, tmp_path):
+    """The key cached eigenpairs carry is the operator's; another layer's weights or other
+    contexts give another key, and a wrong shape is refused too."""
+    from entk_utils.experiments.eigenpairs import cached_eigenpairs
+
+    lm, ids, op = run["lm"], run["data"].input_ids, run["op"]
+    eig = cached_eigenpairs(tmp_path, lm.model, ids, ["model.layers.1.mlp"], 2, steps=20, progress=False)
+    Eigenfunctions(op, eig["evecs"].numpy(), eig["evals"].numpy(), eig["key"])  # the operator's own: accepted
+    evecs, evals = run["entk"].eigenvectors, run["entk"].eigenvalues
+    for other in (operators.entk_operator(lm.model, ids, ["model.layers.0.mlp"]),
+                  operators.entk_operator(lm.model, ids[:-1], ["model.layers.1.mlp"])):
+        with pytest.raises(ValueError, match="computed from other contexts or weights"):
+            Eigenfunctions(other, evecs[:other.shape[0]], evals, eig["key"])
+    with pytest.raises(ValueError, match="eigenvectors must be"):
+        Eigenfunctions(op, evecs[:-1], evals, eig["key"])
+
+
+def test_the_study_makes_the_cards_and_the_site(run, tmp_path):
+    """The finder study of a language-model setting: a card per direction of every carded
+    finder, read as direction_cards reads them, and the site."""
+    from entk_utils.experiments.study import CardSource, finder_study
+    from entk_utils.features.labels import comparable_labels
+
+    labels = comparable_labels(run["labels"], run["select"], run["evaluate"], min_per_half=1).labels
+    study = finder_study(run["activations"], run["entk"].eigenvectors, labels, np.array(run["data"].upos),
+                         run["select"], run["evaluate"], run["candidates"], k=K, seed=0, n_splits=10, min_per_half=1,
+                         cards=CardSource(run["lm"], run["data"], LAYER, run["entk"], tmp_path, title="tiny", top=3),
+                         progress=False)
+    assert [c.key for c in study.cards] == [f"{m}-{j}" for m in finders.carded_finders() if m in study.directions
+                                            for j in range(K)]
+    assert study.site == tmp_path / "dashboard" / "index.html" and study.site.is_file()
+    before = {c.key: c for c in run["cards"]}
+    for card in study.cards:
+        if card.key in before:  # the same directions, read the same way (the quantiles shown differ)
+            assert card.contexts[0].values == pytest.approx(before[card.key].contexts[0].values, rel=1e-9, abs=1e-12)
+
+
 def test_cards_refuse_what_they_cannot_read(run):
-    with pytest.raises(ValueError, match="need entk=ENTKReading"):
+    with pytest.raises(ValueError, match="need entk=Eigenfunctions"):
         dashboard.direction_cards(run["lm"], run["data"], run["found"], {"entk": run["explanations"]["entk"]},
                                   run["labels"], layer=LAYER)
     with pytest.raises(ValueError, match="differs from the context's score"):  # activations of another layer

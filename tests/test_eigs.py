@@ -204,7 +204,7 @@ def test_the_profile_job_on_two_ranks_fills_the_cache_notebook_03_then_reads(tmp
     (tmp_path / "stories.txt").write_text("".join(f"{s}\n{language.SEPARATOR}\n" for s in stories))
     params = {"n_per_tag": 2, "context_len": 16, "layers": [16, 17], "n_eigs": 2, "lanczos_steps": 4,
               "min_positives": 2, "min_per_half": 1, "model_source": "gguf",
-              "stories_path": str(tmp_path / "stories.txt")}
+              "text_path": str(tmp_path / "stories.txt")}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(params))
     cache_dir = tmp_path / "cache"
     job = run([*LAUNCH, *EIGS, "--param-file", str(tmp_path / "tiny.yaml"), "--cache-dir", str(cache_dir),

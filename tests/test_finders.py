@@ -49,7 +49,8 @@ def test_every_finder_gives_n_by_k_scores_and_is_seeded(inputs, small_sae):
     for method, d in found.items():
         width = {"sae-all": 16, "mean-difference": 2, "logistic": 2}.get(method, K)
         assert d.scores.shape == (N, width), method
-        assert d.supervised == (method in finders.SUPERVISED) and d.description
+        spec = finders.FINDERS[method]
+        assert (d.supervised, d.larger_budget) == (spec.supervised, spec.larger_budget) and d.description
         np.testing.assert_array_equal(d.scores, again[method].scores)
         if d.vectors is not None:
             assert d.vectors.shape == (width, D)
@@ -60,6 +61,30 @@ def test_every_finder_gives_n_by_k_scores_and_is_seeded(inputs, small_sae):
     np.testing.assert_array_equal(found["entk"].scores, entk_scores(inputs.eigenvectors[:, :K], N)[0])
     np.testing.assert_array_equal(found["pca"].scores, pca_scores(inputs.activations, K))
     assert not np.allclose(found["random"].scores, finders.find_directions(["random"], full, K, seed=4)["random"].scores)
+
+
+SUPERVISED = [m for m, spec in finders.FINDERS.items() if spec.supervised]
+
+
+def test_adding_a_finder_is_one_spec_entry(inputs, monkeypatch):
+    """A finder registered once is run, marked, compared, explained and carded from its spec
+    alone; what it needs is checked before any work."""
+    from entk_utils.experiments import baselines, dashboard
+
+    def first_coordinates(inp, k, seed):
+        return finders.Directions("coords", inp.activations[:, :k].copy(), "the first k coordinates")
+
+    monkeypatch.setitem(finders.FINDERS, "coords", finders.FinderSpec(first_coordinates, carded=True))
+    monkeypatch.setitem(finders.FINDERS, "coords-all", finders.FinderSpec(first_coordinates, needs=("sae",),
+                                                                          larger_budget=True))
+    found = baselines.run_finders(inputs, K, seed=0)  # no SAE: the finders that need one are left out
+    assert "coords" in found and "coords-all" not in found and "sae" not in found
+    assert "coords" in finders.carded_finders() and "coords-all" not in finders.carded_finders()
+    assert "coords" in baselines.tested_methods(found) and "mean-difference" not in baselines.tested_methods(found)
+    assert "coords" in dashboard.explain(found, inputs.labels, inputs.select,
+                                         np.setdiff1d(np.arange(N), inputs.select))
+    with pytest.raises(ValueError, match="finder 'coords-all' needs FinderInputs.sae"):
+        finders.find_directions(["coords", "coords-all"], inputs, K)
 
 
 def test_pca_vectors_give_the_scores(inputs):
@@ -73,7 +98,7 @@ def test_supervised_finders_never_see_the_evaluate_half(inputs):
     evaluate = np.setdiff1d(np.arange(N), inputs.select)
     labels.iloc[evaluate] = 1 - labels.iloc[evaluate]  # change only the held-out labels
     changed = finders.FinderInputs(activations=inputs.activations, labels=labels, select=inputs.select)
-    for method in finders.SUPERVISED:
+    for method in SUPERVISED:
         a = finders.find_directions([method], inputs, K)[method].scores
         b = finders.find_directions([method], changed, K)[method].scores
         np.testing.assert_array_equal(a, b)
@@ -82,7 +107,7 @@ def test_supervised_finders_never_see_the_evaluate_half(inputs):
 def test_supervised_finders_refit_on_another_half_as_on_their_own(inputs):
     other = np.setdiff1d(np.arange(N), inputs.select)
     moved = finders.FinderInputs(activations=inputs.activations, labels=inputs.labels, select=other)
-    for method in finders.SUPERVISED:
+    for method in SUPERVISED:
         d = finders.find_directions([method], inputs, K)[method]
         np.testing.assert_array_equal(d.refit(inputs.select), d.scores)
         np.testing.assert_allclose(d.refit(other), finders.find_directions([method], moved, K)[method].scores)
@@ -154,9 +179,9 @@ def test_sae_training_is_seeded_and_quality_is_measured_on_held_out_data(small_s
     assert latents.shape == (50, 16) and (np.count_nonzero(latents, axis=1) <= 3).all()
     q = sae_quality(small_sae.sae, torch.tensor(X[:1000], dtype=torch.float32))
     assert set(q) == {"fve", "l0", "dead", "dead_fraction", "n"} and q["n"] == 1000
-    with pytest.raises(ValueError, match="k=40 must not exceed width=16"):
+    with pytest.raises(ValueError, match=r"SAERecipe.k=40: must be an integer <= 16 \(SAERecipe.width\)"):
         train_sae(torch.tensor(X, dtype=torch.float32), SAERecipe(width=16, k=40))
-    with pytest.raises(ValueError, match="cannot hold held_out"):
+    with pytest.raises(ValueError, match="cannot hold SAERecipe.held_out=8192"):
         train_sae(torch.tensor(X[:100], dtype=torch.float32), SAERecipe(width=16, k=3))
 
 

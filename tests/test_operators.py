@@ -20,7 +20,7 @@ from torch.func import functional_call, jacrev  # noqa: E402
 
 from entk_utils.kernels import anatomy, conventions, forward_paths, path_choice  # noqa: E402
 from entk_utils.kernels.eigen import top_eigenpairs  # noqa: E402
-from entk_utils.kernels.token_reading import TokenReading  # noqa: E402
+from entk_utils.kernels.token_reading import TokenOutputChanges  # noqa: E402
 from entk_utils.kernels.operators import (  # noqa: E402
     entk_operator,
     layer_entk_operator,
@@ -437,7 +437,7 @@ def test_a_token_reading_of_some_contexts_is_path_independent(truncate):
     op = entk_operator(model, ids, WEIGHTS["llama"][:2], truncate=truncate)
     step = op.weight_direction(np.random.default_rng(2).standard_normal(op.shape[0]))
     reference = entk_operator(model, ids, WEIGHTS["llama"][:2], truncate="full").token_output_changes(step, ids)
-    reading = TokenReading(op, ids, chunk_size=ids.shape[1])
+    reading = TokenOutputChanges.of_contexts(op, ids, chunk_size=ids.shape[1])
     assert all(sl.stop - sl.start != ids.shape[1] for sl in reading.chunks) and len(reading.chunks) == 2
     rows = [len(ids) - 1, 0, 2]
     np.testing.assert_allclose(reading.changes(step, rows).numpy(), reference[rows].numpy(), rtol=tolerance("llama"),

@@ -214,7 +214,7 @@ def tiny_model(tmp_path):
 def gemma_values(tiny_model, tmp_path):
     stories = tmp_path / "stories.txt"
     stories.write_text(f"Once upon a time.\n{language.SEPARATOR}\nThe end.\n{language.SEPARATOR}\n")
-    return {**defaults("03_gemma_tinystories"), "model_source": str(tiny_model), "stories_path": str(stories),
+    return {**defaults("03_gemma_tinystories"), "model_source": str(tiny_model), "text_path": str(stories),
             "layers": [3], "context_len": 40, "n_eigs": 10, "cache_dir": str(tmp_path / "cache")}
 
 
@@ -278,7 +278,10 @@ def test_gemma_notebook_checks_the_stories_file_first(gemma_values, tmp_path, co
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(error, match=message):
-        parameters.check_gemma_notebook({**gemma_values, "stories_path": str(path), "model_source": "gguf"})
+        parameters.check_gemma_notebook({**gemma_values, "text_path": str(path), "model_source": "gguf"})
+    with pytest.raises(error, match=message):  # text_path's old name, alone, is the file checked
+        parameters.check_gemma_notebook({**gemma_values, "text_path": None, "stories_path": str(path),
+                                         "model_source": "gguf"})
     assert not (tmp_path / "cache").exists()  # the model was not looked at
 
 

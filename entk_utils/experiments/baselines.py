@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..features import sae as sae_tools
-from ..features.finders import Directions, FinderInputs, find_directions
+from ..features.finders import FINDERS, Directions, FinderInputs, find_directions
 from ..features.labels import ComparableLabels, comparable_labels
 from ..features.probing import k_sparse_probe
 from ..features.resampling import MIN_REPEATS, Resampled, resample_halves
@@ -29,8 +29,6 @@ from ..io import checks
 from ..io.cache import cached
 from ..io.plotting import save_table
 
-# Every finder the comparison runs, in table order; the eNTK first.
-COMPARED = ("entk", "pca", "ica", "sae", "sae-all", "random", "mean-difference", "logistic")
 # The paper's code at layer 16, N = 1024 (the original Gemma weights, Stanza tags): macro AUROC, AP.
 PAPER_LAYER16 = {"entk": {"auroc": 0.827, "ap": 0.523}, "pca": {"auroc": 0.745, "ap": 0.409}}
 PROBE_KS = (1, 2, 5)
@@ -75,19 +73,67 @@ def loaded_sae(spec: str, *, device: str = "cpu"):
     return sae_tools.load_published_sae(release, sae_id, device=device)
 
 
-def notebook_sae(spec: str, token_activations, recipe: sae_tools.SAERecipe, *, cache_dir,
-                 device: str = "cpu") -> sae_tools.TrainedSAE:
-    """The SAE of notebooks 03 and 06: ``spec="train"`` trains one on ``token_activations``
-    (a :class:`~entk_utils.settings.language.TokenActivations` without the scored contexts)
-    with ``recipe``, cached; otherwise :func:`loaded_sae`, its quality measured on the same
-    activations' held-out share (``recipe.held_out`` of them, drawn with ``recipe.seed``)."""
-    X = token_activations.activations
-    if spec == "train":
-        return cached_trained_sae(cache_dir, X, recipe, device=device)
-    sae = loaded_sae(spec, device=device)
+@dataclass(frozen=True)
+class SAESource:
+    """The SAE of a finder study, as notebooks 03 and 06 name it (its fields are their
+    parameters): ``sae`` ``"train"`` (a TopK SAE trained here: ``sae_width`` latents,
+    ``sae_k`` active, ``sae_tokens`` samples in batches of ``sae_batch_size``, ``sae_held_out``
+    activations kept out to measure it, seeded by ``seed``), ``"<release>/<sae_id>"`` of
+    SAELens' registry, or a folder saved by SAELens; ``sae_documents``: how many documents of
+    the text its activations come from (None: all). :meth:`check` validates every field once."""
+
+    sae: str = "train"
+    sae_documents: int | None = 100
+    sae_width: int = 512
+    sae_k: int = 16
+    sae_tokens: int = 100_000
+    sae_batch_size: int = 1024
+    sae_held_out: int = 2048
+    seed: int = 0
+
+    @classmethod
+    def of_parameters(cls, values: Mapping[str, Any]) -> SAESource:
+        """The source a notebook's parameters (``globals()``) name."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def recipe(self) -> sae_tools.SAERecipe:
+        """How an SAE is trained here (:class:`~entk_utils.features.sae.SAERecipe`)."""
+        return sae_tools.SAERecipe(width=self.sae_width, k=self.sae_k, tokens=self.sae_tokens,
+                                   batch_size=self.sae_batch_size, held_out=self.sae_held_out, seed=self.seed)
+
+    def check(self, n_activations: int | None = None) -> None:
+        """One line naming the first parameter that cannot work: ``sae`` (a registry id is
+        looked up offline), then the recipe's fields (for ``n_activations`` inputs, where given)."""
+        spec = self.sae
+        if not isinstance(spec, str) or not spec:
+            raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
+        if spec != "train" and not Path(spec).is_dir():
+            release, _, sae_id = spec.partition("/")
+            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+            directory = get_pretrained_saes_directory()
+            if release not in directory or sae_id not in directory[release].saes_map:
+                raise checks.fail("sae", spec, "'train', an existing folder saved by SAELens, or '<release>/<sae_id>' "
+                                               "of SAELens' registry (e.g. 'gemma-scope-2-270m-pt-res-all/"
+                                               "layer_16_width_16k_l0_small')")
+        checks.integer("sae_documents", self.sae_documents, minimum=1, allow_none=True)
+        self.recipe().check(n_activations if spec == "train" else None,
+                            names={f: f"sae_{f}" for f in ("width", "k", "tokens", "batch_size", "held_out")})
+
+
+def notebook_sae(source: SAESource, activations, *, cache_dir, device: str = "cpu") -> sae_tools.TrainedSAE:
+    """The SAE ``source`` names, over ``activations`` ((M, d) tensor, or a
+    :class:`~entk_utils.settings.language.TokenActivations` without the scored contexts):
+    trained on them (cached) for ``"train"``; otherwise :func:`loaded_sae`, its quality measured
+    on a held-out share of them (``sae_held_out``, drawn with ``seed``)."""
+    X = getattr(activations, "activations", activations)
+    source.check(len(X))
+    if source.sae == "train":
+        return cached_trained_sae(cache_dir, X, source.recipe(), device=device)
+    sae = loaded_sae(source.sae, device=device)
     if sae.cfg.d_in != X.shape[1]:
-        raise ValueError(f"sae={spec!r} reads {sae.cfg.d_in}-dimensional activations; this layer's are {X.shape[1]}")
-    rows = np.sort(np.random.default_rng(recipe.seed).choice(len(X), min(recipe.held_out, len(X)), replace=False))
+        raise ValueError(f"sae={source.sae!r} reads {sae.cfg.d_in}-dimensional activations; these are {X.shape[1]}")
+    rows = np.sort(np.random.default_rng(source.seed).choice(len(X), min(source.sae_held_out, len(X)), replace=False))
     return sae_tools.TrainedSAE(sae=sae, quality=sae_tools.sae_quality(sae, X[torch.from_numpy(rows)]), recipe=None)
 
 
@@ -222,10 +268,12 @@ def comparison_inputs(activations, eigenvectors, trained: sae_tools.TrainedSAE |
                         labels=labels.loc[:, fit], select=select)
 
 
-def run_finders(inputs: FinderInputs, k: int, seed: int, methods=COMPARED) -> dict[str, Directions]:
-    """:func:`~entk_utils.features.finders.find_directions` for ``methods`` (the SAE's two
-    left out when there is no SAE)."""
-    chosen = [m for m in methods if inputs.sae is not None or not m.startswith("sae")]
+def run_finders(inputs: FinderInputs, k: int, seed: int, methods=None) -> dict[str, Directions]:
+    """:func:`~entk_utils.features.finders.find_directions` for ``methods`` (default: every
+    finder of :data:`~entk_utils.features.finders.FINDERS`, in its order; those that read an SAE
+    left out when there is none)."""
+    chosen = [m for m in (FINDERS if methods is None else methods) if inputs.sae is not None
+              or "sae" not in FINDERS[m].needs]
     return find_directions(chosen, inputs, k, seed)
 
 
@@ -262,24 +310,8 @@ def check_comparison_parameters(v: Mapping[str, Any], half: int, note: str) -> N
 
 
 def check_finder_parameters(v: Mapping[str, Any], n_contexts: int) -> None:
-    """Notebooks 03 and 06's finder and explanation parameters: ``sae`` ``"train"``, a folder or
-    ``"<release>/<sae_id>"`` of SAELens' registry (checked offline); the SAE recipe's counts
-    positive, ``sae_k`` <= ``sae_width``; ``candidate_min_count`` <= half the ``n_contexts``."""
-    spec = v["sae"]
-    if not isinstance(spec, str) or not spec:
-        raise checks.fail("sae", spec, "'train', a folder saved by SAELens, or '<release>/<sae_id>'")
-    if spec != "train" and not Path(spec).is_dir():
-        release, _, sae_id = spec.partition("/")
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        directory = get_pretrained_saes_directory()
-        if release not in directory or sae_id not in directory[release].saes_map:
-            raise checks.fail("sae", spec, "'train', an existing folder saved by SAELens, or '<release>/<sae_id>' of "
-                                           "SAELens' registry (e.g. 'gemma-scope-2-270m-pt-res-all/"
-                                           "layer_16_width_16k_l0_small')")
-    checks.integer("sae_documents", v["sae_documents"], minimum=1, allow_none=True)
-    for name in ("sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out"):
-        checks.integer(name, v[name], minimum=1)
-    checks.integer("sae_k", v["sae_k"], maximum=v["sae_width"], note=" (sae_width)")
+    """Notebooks 03 and 06's finder and explanation parameters: the SAE's (:class:`SAESource`)
+    and ``candidate_min_count`` <= half the ``n_contexts``."""
+    SAESource.of_parameters(v).check()
     checks.integer("candidate_min_count", v["candidate_min_count"], minimum=1, maximum=n_contexts // 2,
                    note=" (half the contexts: a candidate needs that many on either side)")

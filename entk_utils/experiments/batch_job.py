@@ -117,8 +117,9 @@ def notebook_parameters(profile: str | None = None, param_file: str | None = Non
                         cache_dir: str | None = None) -> dict:
     """Notebook 03's parameters: the defaults of its parameters cell, then ``profile``'s YAML,
     then ``param_file``, then ``layers``; ``cache_dir`` (relative to here) replaces the
-    notebook's. ``cache_dir`` and ``stories_path`` come back as absolute paths, resolved as
-    the notebook resolves them. Names the notebook does not declare are an error."""
+    notebook's. ``cache_dir`` and ``text_path`` (``stories_path``, its old name, taken for it)
+    come back as absolute paths, resolved as the notebook resolves them. Names the notebook
+    does not declare are an error."""
     notebook = notebook_file()
     values = declared_parameters(notebook)
     for path in (profile_file(profile) if profile else None, param_file):
@@ -130,7 +131,10 @@ def notebook_parameters(profile: str | None = None, param_file: str | None = Non
         values["layers"] = list(layers)
     values["cache_dir"] = (str(Path(cache_dir).resolve()) if cache_dir else
                            _from_notebooks_dir(values["cache_dir"], session.CACHE_ENV, session.DEFAULT_CACHE_DIR))
-    values["stories_path"] = _from_notebooks_dir(values["stories_path"], language.STORIES_ENV)
+    if values.get("text_path") is None:
+        values["text_path"] = values.get("stories_path")
+    values["stories_path"] = None
+    values["text_path"] = _from_notebooks_dir(values["text_path"], language.STORIES_ENV)
     if values["model_source"] not in language.MODEL_SOURCES:
         values["model_source"] = _from_notebooks_dir(values["model_source"])
     return values
@@ -174,8 +178,8 @@ def check_notebook_job(values: dict, world_size: int) -> None:
 def build_notebook_inputs(values: dict, lm, threads: int) -> dict:
     """What notebook 03 computes before its eigenpairs (rank 0): its dataset (read from or
     written to the cache), the eigenpairs' key and the metric."""
-    stories = language.load_stories("local", language.stories_path(values["stories_path"]))
-    data = language.cached_contexts(values["cache_dir"], stories, lm, language.load_spacy(),
+    documents = language.load_stories("local", language.stories_path(values["text_path"]))
+    data = language.cached_contexts(values["cache_dir"], documents, lm, language.load_spacy(),
                                     n_per_tag=values["n_per_tag"], context_len=values["context_len"],
                                     seed=values["seed"])
     return {"input_ids": data.input_ids, "key": eigenpairs_key(data.input_ids, lm),

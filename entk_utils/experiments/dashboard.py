@@ -13,14 +13,17 @@ What a card shows, and how each number is read:
   score is no function of one hidden state: it is the eigenvector ``v`` (eigenvalue ``lam``)
   read along its top right singular vector ``r``. It is extended to every token as the
   eigenfunction is (Nystrom): the first-order change of the outputs at token t under the weight
-  step ``J^T (I kron A) v``, divided by ``lam`` and read along ``r``.
+  step ``J^T (I kron A) v``, divided by ``lam`` and read along ``r``
+  (:class:`~entk_utils.kernels.token_reading.Eigenfunctions`).
 - **logit effects**: the first-order change of the next-token logits at the direction's top
-  contexts (mean over them) when the model is moved along it. The eNTK by its weight step (as
+  contexts (mean over them) when the model is moved along it, centred over the vocabulary (the
+  softmax ignores a shift of every logit: what it raises is positive, what it lowers negative). The eNTK by its weight step (as
   above, through every layer above the weights: exact, and free from the per-token reading);
   the others by their direct effect, as SAE dashboards read a latent's decoder row through the
   unembedding: the direction's unit vector (the principal axis, ICA's mixing column, the SAE's
   decoder row, the random vector) added to the final norm's input at the context's last token,
-  the norm linearised there, skipping the layers above the direction's own layer.
+  the norm linearised there, skipping the layers above the direction's own layer
+  (:class:`~entk_utils.kernels.logit_effects.FinalNorm`).
 - **AUROC per label** over all contexts, in the card's orientation; **explanation** from
   :func:`~entk_utils.features.explanations.explain_directions`.
 """
@@ -39,40 +42,28 @@ from tqdm.auto import tqdm
 
 from ..features.directions import entk_axes
 from ..features.explanations import ExplanationFloor, explain_directions
-from ..features.finders import Directions
+from ..features.finders import Directions, carded_finders
 from ..features.scoring import auroc_matrix
 from ..features.significance import FLOOR_QUANTILE, LEVEL
 from ..io.site import Card, Context, write_site
-from ..kernels.anatomy import find_anatomy, math_attention, output_embedding_input
-from ..kernels.forward_paths import trace
-from ..kernels.module_tools import first_output
-from ..kernels.token_reading import TokenReading
-from ..kernels.path_choice import traced_tail
+from ..kernels.logit_effects import FinalNorm, logit_change
+from ..kernels.token_reading import Eigenfunctions
 from ..settings.language import ContextDataset
 from ..settings.language.activations import residual_stream
 
-CARDED = ("entk", "pca", "ica", "sae", "random")  # the same-budget unsupervised finders
 QUANTILES = (0.75, 0.5, 0.25, 0.05)
 READING_CHECK = 0.1  # largest relative gap allowed between a last token's reading and its context's score
+LOGIT_NOTE = "logit effects: mean first-order change at the top {n} contexts, centred over the vocabulary"
 
 
-@dataclass
-class ENTKReading:
-    """What extends eNTK eigenvectors to every token: the ``operator`` they are eigenvectors
-    of (its contexts are the scored ones), ``eigenvectors`` (N*d, m) and ``eigenvalues`` (m,)."""
-
-    operator: object
-    eigenvectors: np.ndarray
-    eigenvalues: np.ndarray
-
-
-def explain(found: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=CARDED,
+def explain(found: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=None,
             fdr: float = LEVEL) -> dict[str, pd.DataFrame]:
     """``{method: explanations}`` (:func:`~entk_utils.features.explanations.explain_directions`,
     one false discovery rate per method over its direction x candidate pairs) for each of
-    ``methods`` in ``found``."""
+    ``methods`` (default: the carded finders, :func:`~entk_utils.features.finders.carded_finders`)
+    in ``found``."""
     return {m: explain_directions(found[m].scores, candidates, select, evaluate, fdr=fdr)[0]
-            for m in methods if m in found}
+            for m in (carded_finders() if methods is None else methods) if m in found}
 
 
 def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, int]]:
@@ -91,71 +82,90 @@ def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, i
     return shown
 
 
-def entk_token_readings(reading: ENTKReading, j: int, rows, tokens: TokenReading | None = None
-                        ) -> tuple[np.ndarray, torch.Tensor]:
-    """eNTK direction ``j`` read at every token of the operator's contexts ``rows`` (Nystrom,
-    see the module docstring): ``(values (B, T), the output change at each context's output
-    position, metric undone (B, d))``, both over the eigenvalue. ``tokens``: the operator's
-    :class:`~entk_utils.kernels.token_reading.TokenReading` (made here if not given). Where the
-    operator's metric differs per context (a soft-capped model's logit metric) there is none
-    for the tokens in between: they are NaN."""
-    op = reading.operator
-    lam = float(reading.eigenvalues[j])
-    axis = torch.as_tensor(entk_axes(reading.eigenvectors[:, [j]], len(op.input_ids))[0], dtype=op.dtype_torch)
-    step = op.weight_direction(reading.eigenvectors[:, j])
-    rows = torch.as_tensor(rows)
-    positions = op.positions[rows].cpu()
-    if op.output_maps is not None:
-        at_output = op.matvec_params(step)[rows] / lam  # (B, d): A_n J step at the contexts
-        values = torch.full(op.input_ids[rows].shape, float("nan"), dtype=at_output.dtype)
-        values[torch.arange(len(rows)), positions] = (at_output @ axis.to(at_output.device)).cpu()
-        last = torch.linalg.solve(op.output_maps[rows], at_output.unsqueeze(-1))[..., 0]
-        return values.double().numpy(), last.double().cpu()
-    changes = (tokens or TokenReading.of_operator(op)).changes(step, rows) / lam
-    last = changes[torch.arange(len(rows)), positions]
-    if op.metric is not None:
-        last = torch.linalg.solve(op.metric.cpu(), last.T).T
-    return (changes @ axis).double().numpy(), last.double()
+def entk_token_values(eigenfunctions: Eigenfunctions, j: int, rows) -> tuple[np.ndarray, torch.Tensor]:
+    """eNTK direction ``j`` at every token of the operator's contexts ``rows``: ``(values (B,
+    T), hidden (B, d))``, its eigenfunction read along the eigenvector's top right singular
+    vector (so that at the output position it is the direction's score) and the final hidden
+    state's change there, both over the eigenvalue. NaN between output positions where the
+    operator's metric differs per context (a soft-capped model's logit metric)."""
+    n = len(eigenfunctions.op.input_ids)
+    axis = torch.as_tensor(entk_axes(eigenfunctions.eigenvectors[:, [j]], n)[0], dtype=torch.float64)
+    changes, hidden = eigenfunctions.at_tokens(j, rows)
+    return (changes @ axis).numpy(), hidden
 
 
-class FinalNorm:
-    """The model's final modules (its final norm: what runs between the last decoder layer and
-    the unembedding) and their inputs at the last position of contexts ``input_ids`` (B, T):
-    ``inputs`` (B, d). :meth:`logit_change` is the direct effect of a vector there."""
+# --------------------------------------------------------------------------- plan, measure, render
+@dataclass
+class CardPlan:
+    """One card to make: ``method``'s direction ``direction``, oriented by ``sign`` (its
+    explanation at the high end), showing the contexts ``shown`` ([(label, index)])."""
 
-    def __init__(self, model, input_ids: torch.Tensor, chunk_size: int = 16):
-        anatomy = find_anatomy(model)
-        device = next(model.parameters()).device
-        self.tail = traced_tail(anatomy, trace(anatomy, {"input_ids": input_ids[:1].to(device), "use_cache": False}))
-        self.unembedding = anatomy.output_embedding.weight.detach()
-        captured = []
-        handle = anatomy.layers[-1].register_forward_hook(lambda m, a, out: captured.append(first_output(out)[:, -1]))
-        try:
-            with torch.no_grad(), math_attention():
-                for i in range(0, len(input_ids), chunk_size):
-                    inputs = {"input_ids": input_ids[i:i + chunk_size].to(device), "use_cache": False}
-                    output_embedding_input(anatomy, lambda: model(**inputs))
-        finally:
-            handle.remove()
-        self.inputs = torch.cat(captured)
+    method: str
+    direction: int
+    sign: int
+    shown: list[tuple[str, int]]
 
-    def _final(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1)
-        for module in self.tail:
-            x = first_output(module(x))
-        return x[:, 0]
 
-    def logit_change(self, vector, rows) -> torch.Tensor:
-        """(V,): the first-order change of the next-token logits (before any soft cap) when
-        ``vector`` (d,) is added to the final norm's input at the last position, mean over
-        contexts ``rows`` (indices into ``inputs``), the norm linearised at each one's input."""
-        from torch.func import jvp
+@dataclass
+class Measured:
+    """What a card shows beyond the scores: per shown context its per-token ``values`` (B, T),
+    the oriented ``logit_change`` (V,), the last token's largest relative ``gap`` to its score
+    and a ``note`` on how the values were read."""
 
-        base = self.inputs[torch.as_tensor(rows)]
-        v = torch.as_tensor(np.asarray(vector), dtype=base.dtype, device=base.device).expand_as(base)
-        with torch.no_grad():
-            change = jvp(self._final, (base,), (v,))[1].mean(0)
-        return self.unembedding.to(change.dtype) @ change
+    values: np.ndarray
+    logit_change: torch.Tensor
+    gap: float
+    note: str
+
+
+def plan_cards(found: dict[str, Directions], explanations: dict[str, pd.DataFrame], *, top: int = 5,
+               quantiles=QUANTILES) -> list[CardPlan]:
+    """A :class:`CardPlan` per explained direction of each method of ``explanations``."""
+    return [CardPlan(m, int(row.direction), int(row.sign),
+                     shown_contexts(found[m].scores[:, row.direction] * row.sign, top, quantiles))
+            for m in explanations for row in explanations[m].itertuples()]
+
+
+def measure_cards(lm, data: ContextDataset, found: dict[str, Directions], plans: list[CardPlan], *, layer: int,
+                  entk: Eigenfunctions | None, logit_contexts: int = 3, progress: bool = True) -> list[Measured]:
+    """The model passes behind the cards: each shown context read at every token along its
+    direction and the logit effect at its top ``logit_contexts`` (module docstring). A last
+    token's reading that misses its context's score by over :data:`READING_CHECK` of the
+    largest score is an error for a method read from hidden states (activations of another
+    layer than ``layer``) and a warning for the eNTK (an unconverged eigenvector)."""
+    read = sorted({n for p in plans if p.method != "entk" for _, n in p.shown})  # read from hidden states
+    hidden = residual_stream(lm.model, data.input_ids[read], layer, chunk_size=16).double().numpy() if read else None
+    tops = sorted({n for p in plans if p.method != "entk" for _, n in p.shown[:logit_contexts]})
+    final = FinalNorm(lm.model, data.input_ids[tops]) if tops else None
+    where, at_top = {n: i for i, n in enumerate(read)}, {n: i for i, n in enumerate(tops)}
+    out = []
+    for p in tqdm(plans, desc="direction cards", disable=not progress):
+        d, index = found[p.method], [n for _, n in p.shown]
+        if p.method == "entk":
+            values, last = entk_token_values(entk, p.direction, index)
+            change = p.sign * logit_change(lm.model, last[:logit_contexts])
+            note = ("per-token reading: the eNTK eigenfunction extended to every token (output change under the "
+                    "eigenvector's weight step, over its eigenvalue, along its top singular vector)")
+            if not entk.every_token:
+                note += "; read at the last token only: this model's logit metric differs per context (soft cap)"
+        else:
+            H = hidden[[where[n] for n in index]]
+            values = d.read(H.reshape(-1, H.shape[-1]))[:, p.direction].reshape(H.shape[:2])
+            change = p.sign * final.logit_change(d.vectors[p.direction], [at_top[n] for n in index[:logit_contexts]])
+            note = f"per-token reading: the {p.method} score of each token's hidden state after layer {layer}"
+        values = values * p.sign
+        scores = d.scores[:, p.direction] * p.sign
+        gap = float(np.abs(values[:, -1] - scores[index]).max() / max(np.abs(scores).max(), 1e-30))
+        if gap > READING_CHECK and p.method == "entk":  # the eigenvector's own error: said on the card and warned
+            warnings.warn(f"eNTK direction {p.direction}: the last token's reading differs from the context's score "
+                          f"by {gap:.1%} of the largest score: the eigenvector is far from converged (more Lanczos "
+                          "steps?)")
+        elif gap > READING_CHECK:
+            raise ValueError(f"{p.method} direction {p.direction}: the last token's reading differs from the "
+                             f"context's score by {gap:.1%} of the largest score (activations from another layer "
+                             f"than {layer}?)")
+        out.append(Measured(values, change.double(), gap, note))
+    return out
 
 
 def _token_texts(tokenizer, ids) -> list[str]:
@@ -181,89 +191,55 @@ def _explanation_text(row, floor: ExplanationFloor | None, fdr: float) -> tuple[
     return True, effect
 
 
-def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
-                    labels: pd.DataFrame, *, layer: int, entk: ENTKReading | None = None, top: int = 5,
-                    quantiles=QUANTILES, logit_contexts: int = 3, n_logits: int = 8, tokens_shown: int = 32,
-                    floor: ExplanationFloor | None = None, fdr: float = LEVEL, progress: bool = True) -> list[Card]:
-    """One :class:`~entk_utils.io.site.Card` per direction of every method in
-    ``explanations`` (see the module docstring for what each shows). ``found``: the finders'
-    directions on the contexts ``data`` (their activations: the residual stream after
-    ``layer`` at the last token); ``entk``: what extends the eNTK to every token (needed for
-    ``"entk"``); ``logit_contexts``: how many top contexts the logit effects average over;
-    ``tokens_shown``: the last tokens of each context shown. A last token's reading that
-    does not give its context's score (relative gap over 10% of the largest score) is an error
-    for a method read from the hidden states (activations from another layer than ``layer``)
-    and a warning, also shown on the card, for the eNTK (an unconverged eigenvector)."""
-    methods = list(explanations)
-    if "entk" in methods and entk is None:
-        raise ValueError("cards for 'entk' need entk=ENTKReading(operator, eigenvectors, eigenvalues)")
-    missing = [m for m in methods if m not in found or (m != "entk" and (found[m].read is None or found[m].vectors is None))]
-    if missing:
-        raise ValueError(f"no cards for {missing}: a method needs its Directions with read and vectors (or the eNTK)")
-    tokenizer, Y = lm.tokenizer, labels.to_numpy().T
-    plan = {}  # (method, j) -> (orientation, shown contexts)
-    for m in methods:
-        for row in explanations[m].itertuples():
-            s = found[m].scores[:, row.direction] * row.sign
-            plan[m, row.direction] = (row.sign, shown_contexts(s, top, quantiles))
-    rows = sorted({n for (m, _), (_, shown) in plan.items() if m != "entk" for _, n in shown})  # read from hidden
-    where = {n: i for i, n in enumerate(rows)}
-    with torch.no_grad():
-        hidden = [residual_stream(lm.model, data.input_ids[rows[i:i + 16]], layer).float().cpu()
-                  for i in range(0, len(rows), 16)]
-    hidden = torch.cat(hidden).double().numpy() if hidden else None  # (R, T, d)
-    tops = sorted({n for (m, _), (_, shown) in plan.items() if m != "entk" for _, n in shown[:logit_contexts]})
-    at_top = {n: i for i, n in enumerate(tops)}
-    final = FinalNorm(lm.model, data.input_ids[tops]) if tops else None
-    tokens = TokenReading.of_operator(entk.operator) if entk is not None and entk.operator.output_maps is None else None
-    cards = []
-    for (m, j), (sign, shown) in tqdm(plan.items(), desc="direction cards", disable=not progress):
-        d, row = found[m], explanations[m].set_index("direction").loc[j]
-        scores = d.scores[:, j] * sign
-        index = [n for _, n in shown]
-        if m == "entk":
-            values, last = entk_token_readings(entk, j, index, tokens)
-            values *= sign
-            change = _entk_logit_change(lm, last[:logit_contexts], sign)
-            note = ("per-token reading: the eNTK eigenfunction extended to every token (output change under the "
-                    "eigenvector's weight step, over its eigenvalue, along its top singular vector)")
-            if entk.operator.output_maps is not None:
-                note += "; read at the last token only: this model's logit metric differs per context (soft cap)"
-        else:
-            H = hidden[[where[n] for n in index]]
-            values = d.read(H.reshape(-1, H.shape[-1]))[:, j].reshape(H.shape[:2]) * sign
-            change = sign * final.logit_change(d.vectors[j], [at_top[n] for n in index[:logit_contexts]])
-            note = f"per-token reading: the {m} score of each token's hidden state after layer {layer}"
-        gap = np.abs(values[:, -1] - scores[index]).max() / max(np.abs(scores).max(), 1e-30)
-        if gap > READING_CHECK and m == "entk":  # the eigenvector's own error: said on the card and warned
-            warnings.warn(f"eNTK direction {j}: the last token's reading differs from the context's score by {gap:.1%} "
-                          "of the largest score: the eigenvector is far from converged (more Lanczos steps?)")
-        elif gap > READING_CHECK:
-            raise ValueError(f"{m} direction {j}: the last token's reading differs from the context's score by "
-                             f"{gap:.1%} of the largest score (activations from "
-                             f"another layer than {layer}?)")
-        up, down = _extremes(change.double(), tokenizer, n_logits)
+def render_cards(tokenizer, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
+                 labels: pd.DataFrame, plans: list[CardPlan], measured: list[Measured], *,
+                 floor: ExplanationFloor | None = None, fdr: float = LEVEL, n_logits: int = 8, tokens_shown: int = 32,
+                 logit_contexts: int = 3) -> list[Card]:
+    """The :class:`~entk_utils.io.site.Card` of each plan with what was measured for it."""
+    Y, cards = labels.to_numpy().T, []
+    for p, m in zip(plans, measured):
+        row = explanations[p.method].set_index("direction").loc[p.direction]
+        scores = found[p.method].scores[:, p.direction] * p.sign
+        up, down = _extremes(m.logit_change, tokenizer, n_logits)
         validated, detail = _explanation_text(row, floor, fdr)
         contexts = []
-        for (label, n), vals in zip(shown, values):
+        for (label, n), vals in zip(p.shown, m.values):
             ids = data.input_ids[n].tolist()[-tokens_shown:]
             contexts.append(Context(label, float(scores[n]), _token_texts(tokenizer, ids),
                                     [float(x) for x in vals[-tokens_shown:]], data.words[n],
                                     " ".join(x for x in (data.upos[n], data.morph[n]) if x), data.generated[n]))
         aurocs = auroc_matrix(scores[:, None], Y)[:, 0]
-        cards.append(Card(key=f"{m}-{j}", method=m, title=f"{m} direction {j}", explanation=row.candidate,
-                          explained=validated, detail=detail, scores=scores, contexts=contexts, logits_up=up,
-                          logits_down=down, aurocs=dict(zip(labels.columns, map(float, aurocs))),
-                          notes=[note, f"last-token reading vs score: largest gap {gap:.1e} of the largest score",
-                                 f"logit effects: mean first-order change at the top {logit_contexts} contexts"]))
+        cards.append(Card(key=f"{p.method}-{p.direction}", method=p.method, title=f"{p.method} direction {p.direction}",
+                          explanation=row.candidate, explained=validated, detail=detail, scores=scores,
+                          contexts=contexts, logits_up=up, logits_down=down,
+                          aurocs=dict(zip(labels.columns, map(float, aurocs))),
+                          notes=[m.note, f"last-token reading vs score: largest gap {m.gap:.1e} of the largest score",
+                                 LOGIT_NOTE.format(n=logit_contexts)]))
     return cards
 
 
-def _entk_logit_change(lm, last: torch.Tensor, sign: int) -> torch.Tensor:
-    """(V,): the logit change ``U dh`` of the eNTK weight step (over lam) at the top contexts,
-    mean over them, oriented by ``sign`` (``last``: (n, d) output changes, metric undone)."""
-    U = lm.model.get_output_embeddings().weight.detach()
-    return sign * (U @ last.mean(0).to(U.dtype))
+def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
+                    labels: pd.DataFrame, *, layer: int, entk: Eigenfunctions | None = None, top: int = 5,
+                    quantiles=QUANTILES, logit_contexts: int = 3, n_logits: int = 8, tokens_shown: int = 32,
+                    floor: ExplanationFloor | None = None, fdr: float = LEVEL, progress: bool = True) -> list[Card]:
+    """One :class:`~entk_utils.io.site.Card` per direction of every method in
+    ``explanations`` (see the module docstring for what each shows): :func:`plan_cards`,
+    :func:`measure_cards`, :func:`render_cards`. ``found``: the finders' directions on the
+    contexts ``data`` (their activations: the residual stream after ``layer`` at the last
+    token); ``entk``: the eNTK's :class:`~entk_utils.kernels.token_reading.Eigenfunctions`
+    (needed for ``"entk"``); ``logit_contexts``: how many top contexts the logit effects average
+    over; ``tokens_shown``: the last tokens of each context shown."""
+    methods = list(explanations)
+    if "entk" in methods and entk is None:
+        raise ValueError("cards for 'entk' need entk=Eigenfunctions(operator, eigenvectors, eigenvalues, key)")
+    missing = [m for m in methods if m not in found or (m != "entk" and (found[m].read is None or found[m].vectors is None))]
+    if missing:
+        raise ValueError(f"no cards for {missing}: a method needs its Directions with read and vectors (or the eNTK)")
+    plans = plan_cards(found, explanations, top=top, quantiles=quantiles)
+    measured = measure_cards(lm, data, found, plans, layer=layer, entk=entk, logit_contexts=logit_contexts,
+                             progress=progress)
+    return render_cards(lm.tokenizer, data, found, explanations, labels, plans, measured, floor=floor, fdr=fdr,
+                        n_logits=n_logits, tokens_shown=tokens_shown, logit_contexts=logit_contexts)
 
 
 INTRO = ("One card per direction of each method. An explanation is the candidate property of the contexts "
@@ -271,7 +247,7 @@ INTRO = ("One card per direction of each method. An explanation is the candidate
          f"false discovery rate controlled at {LEVEL:.0%} over all direction x candidate pairs of a method); "
          "'beyond_random' counts the explanations stronger (held-out AUROC) than those of "
          f"{FLOOR_QUANTILE:.0%} of random directions explained by the same rule, 'by_chance' the share random "
-         "directions reach.")
+         "directions reach. Logit effects are centred over the vocabulary.")
 
 
 def write_dashboard(cards: list[Card], out_dir: str | os.PathLike, *, title: str, discovery: pd.DataFrame | None = None,

@@ -19,6 +19,7 @@ from ..kernels import anatomy, conventions, forward_paths, module_tools, operato
 from ..kernels.distributed import data_parallel_operator
 from ..kernels.eigen import lanczos
 from ..kernels.operators import entk_operator
+from ..kernels.token_reading import eigenvectors_key
 from ..settings.language import LoadedModel, hash_text
 
 log = logging.getLogger("entk_utils.eigs")
@@ -51,7 +52,9 @@ def cached_eigenpairs(cache_dir, model, input_ids: torch.Tensor, weights, n_eigs
     ``key`` should identify the model and inputs (:func:`eigenpairs_key`); the weights,
     metric and other operator arguments (tensors by content) are part of the cache key.
     Returns ``{"evals": (n_eigs,), "evecs": (N*d, n_eigs), "residuals": (n_eigs,), "seconds":
-    float, "path": str}``.
+    float, "path": str, "key": str}``; ``key`` is
+    :func:`~entk_utils.kernels.token_reading.eigenvectors_key` of the contexts and weights (what
+    :class:`~entk_utils.kernels.token_reading.Eigenfunctions` checks an operator against).
     """
     def compute():
         start = time.perf_counter()
@@ -60,9 +63,10 @@ def cached_eigenpairs(cache_dir, model, input_ids: torch.Tensor, weights, n_eigs
         return {"evals": torch.from_numpy(evals), "evecs": torch.from_numpy(evecs), "path": op.strategy.describe(),
                 "residuals": torch.from_numpy(residuals), "seconds": time.perf_counter() - start}
 
-    return cached(cache_dir, name, compute, produced_by=OPERATOR_CODE,
-                  **entry_params(input_ids, weights, n_eigs, steps=steps, seed=seed, metric=metric, key=key,
-                                 **operator_kwargs))
+    result = cached(cache_dir, name, compute, produced_by=OPERATOR_CODE,
+                    **entry_params(input_ids, weights, n_eigs, steps=steps, seed=seed, metric=metric, key=key,
+                                   **operator_kwargs))
+    return {**result, "key": eigenvectors_key(input_ids, operators.resolve_weights(model, weights))}
 
 
 def layer_entry(model, input_ids: torch.Tensor, layer: int, n_eigs: int, *, steps: int, seed: int, metric,

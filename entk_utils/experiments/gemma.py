@@ -19,7 +19,7 @@ from ..features.scoring import choose_layer, score_directions
 from ..features.significance import LEVEL
 from ..kernels.eigen import fix_signs
 from ..kernels.operators import layer_entk_operator, resolve_weights
-from ..settings.language import ContextDataset, LoadedModel, last_token_activations
+from ..settings.language import ContextDataset, LoadedModel, residual_stream
 from .eigenpairs import cached_layer_eigenpairs
 
 # The direction-finding methods every table compares (in this order).
@@ -44,14 +44,17 @@ class LayerScores:
     :func:`~entk_utils.features.scoring.score_directions` with ``layer, method, kind``;
     ``scores[method, layer]`` (N, n_eigs) per-context scores; per layer ``spectra``
     (n_eigs,), ``shares`` (n_eigs,) of :func:`~entk_utils.features.directions.entk_scores`,
-    ``eigenvectors`` (N*d, n_eigs) and ``seconds`` of Lanczos, ``activations`` (N, h) the
-    residual stream after the layer at the contexts' last token (what PCA reads)."""
+    ``eigenvectors`` (N*d, n_eigs), their ``keys`` (what
+    :class:`~entk_utils.kernels.token_reading.Eigenfunctions` checks) and ``seconds`` of Lanczos,
+    ``activations`` (N, h) the residual stream after the layer at the contexts' last token
+    (what PCA reads)."""
 
     table: pd.DataFrame
     scores: dict = field(default_factory=dict)
     spectra: dict = field(default_factory=dict)
     shares: dict = field(default_factory=dict)
     eigenvectors: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     activations: dict = field(default_factory=dict)
 
@@ -67,9 +70,9 @@ def score_layers(lm: LoadedModel, data: ContextDataset, labels: pd.DataFrame, ki
         eig = cached_layer_eigenpairs(cache_dir, lm.model, data.input_ids, layer, n_eigs, steps=lanczos_steps,
                                       seed=seed, metric=metric, key=key)
         result.spectra[layer], result.seconds[layer] = eig["evals"].numpy(), eig["seconds"]
-        result.eigenvectors[layer] = eig["evecs"].numpy()
+        result.eigenvectors[layer], result.keys[layer] = eig["evecs"].numpy(), eig["key"]
         result.shares[layer] = entk_scores(result.eigenvectors[layer], len(data))[1]
-        result.activations[layer] = last_token_activations(lm.model, data.input_ids, layer).numpy()
+        result.activations[layer] = residual_stream(lm.model, data.input_ids, layer, positions=-1).numpy()
         inputs = FinderInputs(activations=result.activations[layer], eigenvectors=result.eigenvectors[layer])
         for method, found in find_directions(DIRECTION_METHODS, inputs, n_eigs, seed).items():
             result.scores[method, layer] = found.scores

@@ -209,8 +209,8 @@ def check_transformer_notebook(values: Mapping[str, Any] | None = None, /, **kwa
 SAE_PARAMETERS = ("sae", "sae_documents", "sae_width", "sae_k", "sae_tokens", "sae_batch_size", "sae_held_out")
 GEMMA_NOTEBOOK = ("seed", "n_per_tag", "context_len", "layers", "n_eigs", "lanczos_steps", "min_positives",
                   "min_per_half", "n_splits", "n_boot", "n_permutations", "causal_labels", "causal_contexts",
-                  "relative_norms", *SAE_PARAMETERS, "candidate_min_count", "model_source", "stories_path", "device",
-                  "out_dir", "cache_dir")
+                  "relative_norms", *SAE_PARAMETERS, "candidate_min_count", "model_source", "text_path", "stories_path",
+                  "device", "out_dir", "cache_dir")
 
 
 def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -245,9 +245,10 @@ def check_gemma_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: A
     checks.folder("cache_dir", v["cache_dir"])
     source = v["model_source"]
     language.resolve_source(source)
-    if v["stories_path"] is not None:
-        checks.folder("stories_path", v["stories_path"])
-    language.read_stories(language.stories_path(v["stories_path"]))
+    name = "stories_path" if v["text_path"] is None and v["stories_path"] is not None else "text_path"
+    if v[name] is not None:  # stories_path: text_path's old name, which the notebook has taken as text_path already
+        checks.folder(name, v[name])
+    language.read_stories(language.stories_path(v[name]))
     shape = language.model_outline(source, v["cache_dir"])
     checks.integers("layers", v["layers"], minimum=0, maximum=shape["layers"] - 1, unique=True,
                     note=f" (the model has {shape['layers']} decoder layers)")

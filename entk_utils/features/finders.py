@@ -3,7 +3,9 @@
 Every finder reads the same :class:`FinderInputs` (the activations of the N scored contexts,
 the eNTK eigenvectors, an SAE, and, for the supervised ceilings only, the labels of the
 ``select`` half) and returns :class:`Directions`: per-context scores (N, k) for its k
-directions with a short description. The scoring (:mod:`.scoring`), the significance tests
+directions with a short description. Each is one :class:`FinderSpec` entry of
+:data:`FINDERS`: what it reads, whether the labels choose it, whether it gets a larger budget
+and whether it gets dashboard cards; everything downstream reads the spec. The scoring (:mod:`.scoring`), the significance tests
 (:mod:`.significance`) and notebooks 03 and 06 take them all alike.
 
 =================  =====================================================================
@@ -21,7 +23,7 @@ directions with a short description. The scoring (:mod:`.scoring`), the signific
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -161,7 +163,7 @@ def _sae(inputs: FinderInputs, k: int, seed: int) -> Directions:
 def _sae_all(inputs: FinderInputs, k: int, seed: int) -> Directions:
     sae = inputs.needs("sae", "sae-all")
     latents = sae_latents(sae, inputs.activations)
-    return Directions("sae-all", latents, f"{describe_sae(sae)}: the whole dictionary", larger_budget=True,
+    return Directions("sae-all", latents, f"{describe_sae(sae)}: the whole dictionary",
                       vectors=decoder_rows(sae), read=lambda X: sae_latents(sae, X))
 
 
@@ -193,7 +195,7 @@ def logistic_scores(activations, labels: np.ndarray, fit, C: float = 1.0) -> np.
 def _supervised(method: str, fit: Callable, inputs: FinderInputs, description: str) -> Directions:
     labels, select = inputs.needs("labels", method), inputs.needs("select", method)
     Y = labels.to_numpy()
-    return Directions(method, fit(inputs.activations, Y, select), description, supervised=True,
+    return Directions(method, fit(inputs.activations, Y, select), description,
                       refit=lambda other: fit(inputs.activations, Y, other))
 
 
@@ -207,26 +209,54 @@ def _logistic(inputs: FinderInputs, k: int, seed: int) -> Directions:
                        "per label, a logistic regression on the activations (select half)")
 
 
-FINDERS: dict[str, Callable[[FinderInputs, int, int], Directions]] = {
-    "entk": _entk, "pca": _pca, "random": _random, "ica": _ica, "sae": _sae, "sae-all": _sae_all,
-    "mean-difference": _mean_difference, "logistic": _logistic,
+@dataclass(frozen=True)
+class FinderSpec:
+    """One finder: ``find(inputs, k, seed) -> Directions``; ``needs``: the fields of
+    :class:`FinderInputs` it reads beyond the activations; ``supervised``: the labels choose its
+    directions (a ceiling, not a rival); ``larger_budget``: it gets more than the k directions
+    the others get; ``carded``: it gets explanations and a dashboard card per direction."""
+
+    find: Callable[[FinderInputs, int, int], Directions]
+    needs: tuple[str, ...] = ()
+    supervised: bool = False
+    larger_budget: bool = False
+    carded: bool = False
+
+
+# Every finder, in table order (the eNTK first). Adding a finder is one entry here.
+FINDERS: dict[str, FinderSpec] = {
+    "entk": FinderSpec(_entk, needs=("eigenvectors",), carded=True),
+    "pca": FinderSpec(_pca, carded=True),
+    "ica": FinderSpec(_ica, carded=True),
+    "sae": FinderSpec(_sae, needs=("sae",), carded=True),
+    "sae-all": FinderSpec(_sae_all, needs=("sae",), larger_budget=True),
+    "random": FinderSpec(_random, carded=True),
+    "mean-difference": FinderSpec(_mean_difference, needs=("labels", "select"), supervised=True),
+    "logistic": FinderSpec(_logistic, needs=("labels", "select"), supervised=True),
 }
-UNSUPERVISED = ("entk", "pca", "random", "ica", "sae", "sae-all")
-SUPERVISED = ("mean-difference", "logistic")
+
+
+def carded_finders() -> tuple[str, ...]:
+    """The finders that get explanations and cards, in table order."""
+    return tuple(m for m, spec in FINDERS.items() if spec.carded)
 
 
 def find_directions(methods: Sequence[str], inputs: FinderInputs, k: int, seed: int = 0) -> dict[str, Directions]:
     """``{method: Directions}`` for each of ``methods`` (names of :data:`FINDERS`), each with
-    ``k`` directions (the supervised ones: one per label; ``sae-all``: the whole dictionary).
-    Unknown names and missing inputs fail before any work, naming them."""
+    ``k`` directions (the supervised ones: one per label; ``sae-all``: the whole dictionary),
+    marked supervised / larger budget as its :class:`FinderSpec` says. Unknown names and
+    missing inputs fail before any work, naming them."""
     unknown = [m for m in methods if m not in FINDERS]
     if unknown:
         raise ValueError(f"unknown direction finder(s) {unknown}; choose from {list(FINDERS)}")
     for method in methods:
-        for what, users in (("eigenvectors", ("entk",)), ("sae", ("sae", "sae-all")), ("labels", SUPERVISED),
-                            ("select", SUPERVISED)):
-            if method in users:
-                inputs.needs(what, method)
+        for what in FINDERS[method].needs:
+            inputs.needs(what, method)
     if not 1 <= int(k) <= min(inputs.activations.shape):
         raise ValueError(f"k must lie in 1..{min(inputs.activations.shape)} (= min(N, d)), got {k}")
-    return {method: FINDERS[method](inputs, int(k), seed) for method in methods}
+    found = {}
+    for method in methods:
+        spec = FINDERS[method]
+        found[method] = replace(spec.find(inputs, int(k), seed), supervised=spec.supervised,
+                                larger_budget=spec.larger_budget)
+    return found

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..io import checks
+
 GEMMA_SCOPE_RELEASE = "gemma-scope-2-270m-pt-res-all"
 GEMMA_SCOPE_REPO = "google/gemma-scope-2-270m-pt"
 
@@ -63,14 +65,32 @@ def hub_files_converter(repo_id: str, folder_name: str, device: str = "cpu", for
     return cfg, state, None
 
 
+class PublishedSAEUnavailable(FileNotFoundError):
+    """A published SAE whose files are not in the Hugging Face Hub cache while the Hub cannot be
+    reached (offline, ``HF_HUB_OFFLINE=1``, or no connection); raised by :func:`load_published_sae`
+    from huggingface_hub's error."""
+
+
 def load_published_sae(release: str = GEMMA_SCOPE_RELEASE, sae_id: str = "layer_16_width_16k_l0_small", *,
                        device: str = "cpu"):
     """A published SAE from SAELens' registry (``release``, ``sae_id``), its files through
     :func:`hub_files_converter` (Hub, or the Hub cache offline). ``ValueError`` naming valid
-    ids for an unknown one (SAELens' message)."""
+    ids for an unknown one (SAELens' message); :class:`PublishedSAEUnavailable` (a
+    ``FileNotFoundError``) naming the id and the cache folder when its files are not cached and
+    the Hub cannot be reached."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
     from sae_lens import SAE
 
-    return SAE.from_pretrained(release, sae_id, device=device, converter=hub_files_converter)
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device, converter=hub_files_converter)
+    except (LocalEntryNotFoundError, ConnectionError) as error:  # not cached and no Hub (OfflineModeIsEnabled, ...)
+        why = ("offline mode: HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE
+               else type(error.__cause__ or error).__name__)
+        raise PublishedSAEUnavailable(
+            f"SAE {release}/{sae_id} is not in the Hugging Face Hub cache {constants.HF_HUB_CACHE} and the Hub "
+            f"could not be reached ({why}): run once online to download it there, or give a folder saved by "
+            f"SAELens (sae.save_model(folder)) instead of '{release}/{sae_id}'") from error
 
 
 def load_sae(path, *, device: str = "cpu"):
@@ -103,18 +123,21 @@ class SAERecipe:
     held_out: int = 8192
     seed: int = 0
 
-    def check(self, n_activations: int) -> None:
-        """``ValueError`` naming the first field that cannot work for ``n_activations`` inputs."""
-        for name in ("width", "k", "tokens", "batch_size", "held_out"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SAERecipe.{name} must be >= 1, got {getattr(self, name)}")
-        if self.k > self.width:
-            raise ValueError(f"SAERecipe.k={self.k} must not exceed width={self.width}")
-        if not self.lr > 0:
-            raise ValueError(f"SAERecipe.lr must be > 0, got {self.lr}")
-        if n_activations < self.held_out + self.batch_size:
-            raise ValueError(f"{n_activations} activations cannot hold held_out={self.held_out} plus one batch of "
-                             f"{self.batch_size}; use more text or smaller held_out / batch_size")
+    def check(self, n_activations: int | None = None, names: dict[str, str] | None = None) -> None:
+        """``ValueError`` in one line naming the first field that cannot work (for
+        ``n_activations`` inputs, where given); ``names`` spells fields as the caller does (e.g.
+        a notebook's ``{"width": "sae_width"}``; default ``SAERecipe.<field>``)."""
+        name = {f: (names or {}).get(f, f"SAERecipe.{f}") for f in ("width", "k", "tokens", "batch_size", "held_out",
+                                                                      "lr", "seed")}
+        for field in ("width", "k", "tokens", "batch_size", "held_out"):
+            checks.integer(name[field], getattr(self, field), minimum=1)
+        checks.integer(name["k"], self.k, maximum=self.width, note=f" ({name['width']})")
+        checks.real(name["lr"], self.lr, minimum=0, low_open=True)
+        checks.integer(name["seed"], self.seed, minimum=0)
+        if n_activations is not None and n_activations < self.held_out + self.batch_size:
+            raise ValueError(f"{n_activations} activations cannot hold {name['held_out']}={self.held_out} plus one "
+                             f"batch of {self.batch_size}; use more text or smaller {name['held_out']} / "
+                             f"{name['batch_size']}")
 
 
 @dataclass

@@ -135,7 +135,7 @@ def card_html(card: Card, link: str | None = None) -> str:
     histogram = (f'{histogram_svg(card.scores, marks)}<p class="note">scores of all {len(card.scores)} contexts; '
                  'ticks: the contexts shown below</p>')
     return (f'<div class="card" id="{_e(card.key)}"><h3>{title}</h3>{explanation}'
-            f'<div class="row"><div>{histogram}</div><div>{logits}<p class="note">next-token logits it moves most</p></div>'
+            f'<div class="row"><div>{histogram}</div><div>{logits}<p class="note">next-token logits it moves most (change less its mean over the vocabulary)</p></div>'
             f'<div>{aurocs}</div></div>{contexts}{notes}</div>')
 
 

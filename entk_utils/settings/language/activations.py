@@ -41,16 +41,17 @@ class TokenActivations:
     def to_dict(self) -> dict:
         return {"activations": self.activations, "document": self.document, "position": self.position}
 
-    def excluding(self, documents: Sequence[int], ends: Sequence[int], context_len: int) -> TokenActivations:
-        """These activations without the positions inside the contexts ``documents[i]``,
-        tokens ``ends[i] - context_len .. ends[i] - 1`` (a context dataset's ``story`` and
-        ``token``): what an SAE may train on when those contexts are scored."""
-        if len(documents) != len(ends):
-            raise ValueError(f"documents and ends must have one entry per context, got {len(documents)} and {len(ends)}")
+    def excluding(self, document_index: Sequence[int], ends: Sequence[int], context_len: int) -> TokenActivations:
+        """These activations without the positions inside the contexts of document
+        ``document_index[i]``, tokens ``ends[i] - context_len .. ends[i] - 1`` (a context
+        dataset's ``story`` and ``token``): what an SAE may train on when those contexts are scored."""
+        if len(document_index) != len(ends):
+            raise ValueError(f"document_index and ends must have one entry per context, got {len(document_index)} and "
+                             f"{len(ends)}")
         drop = np.zeros(len(self), dtype=bool)
         doc, pos = self.document.numpy(), self.position.numpy()
         by_document: dict[int, list[int]] = {}
-        for d, end in zip(documents, ends):
+        for d, end in zip(document_index, ends):
             by_document.setdefault(int(d), []).append(int(end))
         for d, doc_ends in by_document.items():
             rows = np.flatnonzero(doc == d)
@@ -60,15 +61,23 @@ class TokenActivations:
         return TokenActivations(self.activations[keep], self.document[keep], self.position[keep])
 
 
-def residual_stream(model, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """(B, T, d) residual stream after decoder block ``layer`` (``hidden_states[layer + 1]``
-    of the model's decoder, as :func:`~.models.last_token_activations` reads it)."""
+@torch.no_grad()
+def residual_stream(model, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None, *,
+                    positions: int | slice | None = None, chunk_size: int = 64) -> torch.Tensor:
+    """The residual stream after decoder block ``layer`` (``hidden_states[layer + 1]`` of the
+    model's decoder, ``get_decoder()``; after the final norm for the last layer) of contexts
+    ``input_ids`` (B, T), read in chunks of ``chunk_size`` contexts, as float32 on the CPU:
+    (B, T, d) at every position, or (B, d) at one ``positions`` index (e.g. ``-1``, the last
+    token), or (B, T', d) at a slice of them. The one reader of hidden states in the package."""
     device = next(model.parameters()).device
-    mask = None if attention_mask is None else attention_mask.to(device)
-    hidden = model.get_decoder()(input_ids=input_ids.to(device), attention_mask=mask, output_hidden_states=True,
-                                 use_cache=False).hidden_states
-    return hidden[layer + 1]
+    decoder, out = model.get_decoder(), []
+    for start in range(0, len(input_ids), chunk_size):
+        rows = slice(start, start + chunk_size)
+        mask = None if attention_mask is None else attention_mask[rows].to(device)
+        hidden = decoder(input_ids=input_ids[rows].to(device), attention_mask=mask, output_hidden_states=True,
+                         use_cache=False).hidden_states[layer + 1]
+        out.append((hidden if positions is None else hidden[:, positions]).float().cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -106,7 +115,7 @@ def token_activations(model, tokenizer, documents: Sequence[str], layer: int, *,
         for row, (_, _, piece) in enumerate(batch):
             ids[row, :len(piece)] = torch.tensor(piece)
             mask[row, :len(piece)] = 1
-        hidden = residual_stream(model, ids, layer, mask).float().cpu()
+        hidden = residual_stream(model, ids, layer, mask, chunk_size=len(ids))
         for row, (d, start, piece) in enumerate(batch):
             acts.append(hidden[row, skip_first:len(piece)])
             positions.append(torch.arange(start + skip_first, start + len(piece)))

@@ -62,17 +62,19 @@ def context_properties(doc, offsets, text: str, end: int) -> list[str]:
     return out
 
 
-def context_candidates(documents: Sequence[str], stories: Sequence[int], ends: Sequence[int], tokenizer, nlp, *,
-                       min_count: int = 8) -> pd.DataFrame:
+def context_candidates(documents: Sequence[str], document_index: Sequence[int], ends: Sequence[int], tokenizer, nlp,
+                       *, min_count: int = 8) -> pd.DataFrame:
     """(N, C) 0/1 DataFrame of candidate explanations (columns named in words, see the
     module docstring) for N contexts ending before token ``ends[i]`` of document
-    ``stories[i]``; candidates with fewer than ``min_count`` positives or negatives are
-    dropped. Each document is tokenised and parsed once."""
-    if len(stories) != len(ends):
-        raise ValueError(f"stories and ends must have one entry per context, got {len(stories)} and {len(ends)}")
+    ``documents[document_index[i]]`` (a context dataset's ``story`` and ``token``); candidates
+    with fewer than ``min_count`` positives or negatives are dropped. Each document is
+    tokenised and parsed once."""
+    if len(document_index) != len(ends):
+        raise ValueError(f"document_index and ends must have one entry per context, got {len(document_index)} and "
+                         f"{len(ends)}")
     parsed: dict[int, tuple] = {}
     rows = []
-    for s, end in zip(stories, ends):
+    for s, end in zip(document_index, ends):
         if s not in parsed:
             text = documents[s]
             parsed[s] = (nlp(text), tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping)

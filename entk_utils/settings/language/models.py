@@ -307,18 +307,3 @@ def model_outline(source: str | os.PathLike = "auto", cache_dir: str | Path | No
                       source=place.key())
 
     return _first_available(source, outline)
-
-
-@torch.no_grad()
-def last_token_activations(model, input_ids: torch.Tensor, layer: int, chunk_size: int = 64) -> torch.Tensor:
-    """(N, d) residual stream after decoder block ``layer`` (``hidden_states[layer + 1]`` of
-    the model's decoder, ``get_decoder()``; after the final norm for the last layer) at the
-    last position."""
-    device = next(model.parameters()).device
-    decoder = model.get_decoder()
-    out = []
-    for start in range(0, len(input_ids), chunk_size):
-        hidden = decoder(input_ids=input_ids[start:start + chunk_size].to(device), output_hidden_states=True,
-                         use_cache=False).hidden_states
-        out.append(hidden[layer + 1][:, -1].float().cpu())
-    return torch.cat(out)
