@@ -160,7 +160,7 @@ GEMMA_SCOPE_BUDGET = "4 billion tokens per 16k-latent SAE (Gemma Scope 1; Gemma 
 # --------------------------------------------------------------------------- the comparison
 @dataclass
 class Comparison:
-    """What :func:`compare` found. ``directions``: the finders' output; ``labels``: the
+    """What :func:`compare` gives. ``directions``: the finders' output; ``labels``: the
     labels compared (:func:`~entk_utils.features.labels.comparable_labels`: identical ones
     merged, thin ones left out); ``per_label``: one row per (method, label) of the paper's
     metric on the table's split (chosen on select, scored on evaluate) with ``auroc_splits``
@@ -178,14 +178,14 @@ class Comparison:
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def tested_methods(found: dict[str, Directions], reference: str = "entk") -> list[str]:
+def tested_methods(directions: dict[str, Directions], reference: str = "entk") -> list[str]:
     """The methods the eNTK is tested against: every unsupervised one with the same budget
     (the supervised ceilings and the whole SAE dictionary are reference rows, not rivals)."""
-    return [m for m, d in found.items() if reference in found and m != reference
+    return [m for m, d in directions.items() if reference in directions and m != reference
             and not (d.supervised or d.larger_budget)]
 
 
-def compare(found: dict[str, Directions], labels: pd.DataFrame, strata, select, evaluate, *, n_splits: int,
+def compare(directions: dict[str, Directions], labels: pd.DataFrame, strata, select, evaluate, *, n_splits: int,
             seed: int, min_per_half: int = 1, ks=PROBE_KS, paper: dict | None = None,
             progress: bool = True) -> Comparison:
     """Score every finder's directions on ``labels`` (N, L) both ways and resample the paper's
@@ -198,17 +198,17 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, strata, select, 
     shown beside (e.g. :data:`PAPER_LAYER16`)."""
     clean = comparable_labels(labels, select, evaluate, min_per_half=min_per_half)
     labels = clean.labels
-    refit = [m for m, d in found.items() if d.supervised and d.k != labels.shape[1]]
+    refit = [m for m, d in directions.items() if d.supervised and d.k != labels.shape[1]]
     if refit:
         raise ValueError(f"the supervised finders {refit} were fit on other labels than the {labels.shape[1]} compared "
                          f"({clean.describe()}): give comparison_inputs the labels of comparable_labels")
-    resampled = resample_halves({m: d.refit or d.scores for m, d in found.items()}, labels, strata,
+    resampled = resample_halves({m: d.refit or d.scores for m, d in directions.items()}, labels, strata,
                                 repeats=n_splits, seed=seed, progress=progress)
-    splits = {metric: pd.DataFrame(resampled.values[metric].mean(axis=0), index=list(found), columns=labels.columns)
+    splits = {metric: pd.DataFrame(resampled.values[metric].mean(axis=0), index=list(directions), columns=labels.columns)
               for metric in ("auroc", "ap")}
     macro = resampled.macro_table()
     per_label, probing, summary = [], [], []
-    for method, d in found.items():
+    for method, d in directions.items():
         table = score_directions(d.scores, labels, select, evaluate)
         table["auroc_splits"] = splits["auroc"].loc[method, table.label].to_numpy()
         table["ap_splits"] = splits["ap"].loc[method, table.label].to_numpy()
@@ -225,9 +225,9 @@ def compare(found: dict[str, Directions], labels: pd.DataFrame, strata, select, 
             row["paper ap"] = paper.get(method, {}).get("ap", np.nan)
         row["description"] = d.description
         summary.append(row)
-    tested = tested_methods(found)
+    tested = tested_methods(directions)
     tests = resampled.differences("entk", tested) if tested else pd.DataFrame()
-    return Comparison(directions=found, labels=clean, per_label=pd.concat(per_label, ignore_index=True),
+    return Comparison(directions=directions, labels=clean, per_label=pd.concat(per_label, ignore_index=True),
                       probing=pd.concat(probing, ignore_index=True), resampled=resampled,
                       tests=tests.rename(columns={"difference": "entk minus method auroc"}),
                       summary=pd.DataFrame(summary).set_index("method"))

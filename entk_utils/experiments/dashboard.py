@@ -56,14 +56,14 @@ READING_CHECK = 0.1  # largest relative gap allowed between a last token's readi
 LOGIT_NOTE = "logit effects: mean first-order change at the top {n} contexts, centred over the vocabulary"
 
 
-def explain(found: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=None,
+def explain(directions: dict[str, Directions], candidates: pd.DataFrame, select, evaluate, *, methods=None,
             fdr: float = LEVEL) -> dict[str, pd.DataFrame]:
     """``{method: explanations}`` (:func:`~entk_utils.features.explanations.explain_directions`,
     one false discovery rate per method over its direction x candidate pairs) for each of
     ``methods`` (default: the carded finders, :func:`~entk_utils.features.finders.carded_finders`)
-    in ``found``."""
-    return {m: explain_directions(found[m].scores, candidates, select, evaluate, fdr=fdr)[0]
-            for m in (carded_finders() if methods is None else methods) if m in found}
+    in ``directions``."""
+    return {m: explain_directions(directions[m].scores, candidates, select, evaluate, fdr=fdr)[0]
+            for m in (carded_finders() if methods is None else methods) if m in directions}
 
 
 def shown_contexts(scores: np.ndarray, top: int, quantiles) -> list[tuple[str, int]]:
@@ -118,15 +118,15 @@ class Measured:
     note: str
 
 
-def plan_cards(found: dict[str, Directions], explanations: dict[str, pd.DataFrame], *, top: int = 5,
+def plan_cards(directions: dict[str, Directions], explanations: dict[str, pd.DataFrame], *, top: int = 5,
                quantiles=QUANTILES) -> list[CardPlan]:
     """A :class:`CardPlan` per explained direction of each method of ``explanations``."""
     return [CardPlan(m, int(row.direction), int(row.sign),
-                     shown_contexts(found[m].scores[:, row.direction] * row.sign, top, quantiles))
+                     shown_contexts(directions[m].scores[:, row.direction] * row.sign, top, quantiles))
             for m in explanations for row in explanations[m].itertuples()]
 
 
-def measure_cards(lm, data: ContextDataset, found: dict[str, Directions], plans: list[CardPlan], *, layer: int,
+def measure_cards(lm, data: ContextDataset, directions: dict[str, Directions], plans: list[CardPlan], *, layer: int,
                   entk: Eigenfunctions | None, logit_contexts: int = 3, progress: bool = True) -> list[Measured]:
     """The model passes behind the cards: each shown context read at every token along its
     direction and the logit effect at its top ``logit_contexts`` (module docstring). A last
@@ -140,7 +140,7 @@ def measure_cards(lm, data: ContextDataset, found: dict[str, Directions], plans:
     where, at_top = {n: i for i, n in enumerate(read)}, {n: i for i, n in enumerate(tops)}
     out = []
     for p in tqdm(plans, desc="direction cards", disable=not progress):
-        d, index = found[p.method], [n for _, n in p.shown]
+        d, index = directions[p.method], [n for _, n in p.shown]
         if p.method == "entk":
             values, last = entk_token_values(entk, p.direction, index)
             change = p.sign * logit_change(lm.model, last[:logit_contexts])
@@ -191,7 +191,7 @@ def _explanation_text(row, floor: ExplanationFloor | None, fdr: float) -> tuple[
     return True, effect
 
 
-def render_cards(tokenizer, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
+def render_cards(tokenizer, data: ContextDataset, directions: dict[str, Directions], explanations: dict[str, pd.DataFrame],
                  labels: pd.DataFrame, plans: list[CardPlan], measured: list[Measured], *,
                  floor: ExplanationFloor | None = None, fdr: float = LEVEL, n_logits: int = 8, tokens_shown: int = 32,
                  logit_contexts: int = 3) -> list[Card]:
@@ -199,7 +199,7 @@ def render_cards(tokenizer, data: ContextDataset, found: dict[str, Directions], 
     Y, cards = labels.to_numpy().T, []
     for p, m in zip(plans, measured):
         row = explanations[p.method].set_index("direction").loc[p.direction]
-        scores = found[p.method].scores[:, p.direction] * p.sign
+        scores = directions[p.method].scores[:, p.direction] * p.sign
         up, down = _extremes(m.logit_change, tokenizer, n_logits)
         validated, detail = _explanation_text(row, floor, fdr)
         contexts = []
@@ -218,13 +218,13 @@ def render_cards(tokenizer, data: ContextDataset, found: dict[str, Directions], 
     return cards
 
 
-def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], explanations: dict[str, pd.DataFrame],
+def direction_cards(lm, data: ContextDataset, directions: dict[str, Directions], explanations: dict[str, pd.DataFrame],
                     labels: pd.DataFrame, *, layer: int, entk: Eigenfunctions | None = None, top: int = 5,
                     quantiles=QUANTILES, logit_contexts: int = 3, n_logits: int = 8, tokens_shown: int = 32,
                     floor: ExplanationFloor | None = None, fdr: float = LEVEL, progress: bool = True) -> list[Card]:
     """One :class:`~entk_utils.io.site.Card` per direction of every method in
     ``explanations`` (see the module docstring for what each shows): :func:`plan_cards`,
-    :func:`measure_cards`, :func:`render_cards`. ``found``: the finders' directions on the
+    :func:`measure_cards`, :func:`render_cards`. ``directions``: the finders' directions on the
     contexts ``data`` (their activations: the residual stream after ``layer`` at the last
     token); ``entk``: the eNTK's :class:`~entk_utils.kernels.token_reading.Eigenfunctions`
     (needed for ``"entk"``); ``logit_contexts``: how many top contexts the logit effects average
@@ -232,13 +232,13 @@ def direction_cards(lm, data: ContextDataset, found: dict[str, Directions], expl
     methods = list(explanations)
     if "entk" in methods and entk is None:
         raise ValueError("cards for 'entk' need entk=Eigenfunctions(operator, eigenvectors, eigenvalues, key)")
-    missing = [m for m in methods if m not in found or (m != "entk" and (found[m].read is None or found[m].vectors is None))]
+    missing = [m for m in methods if m not in directions or (m != "entk" and (directions[m].read is None or directions[m].vectors is None))]
     if missing:
         raise ValueError(f"no cards for {missing}: a method needs its Directions with read and vectors (or the eNTK)")
-    plans = plan_cards(found, explanations, top=top, quantiles=quantiles)
-    measured = measure_cards(lm, data, found, plans, layer=layer, entk=entk, logit_contexts=logit_contexts,
+    plans = plan_cards(directions, explanations, top=top, quantiles=quantiles)
+    measured = measure_cards(lm, data, directions, plans, layer=layer, entk=entk, logit_contexts=logit_contexts,
                              progress=progress)
-    return render_cards(lm.tokenizer, data, found, explanations, labels, plans, measured, floor=floor, fdr=fdr,
+    return render_cards(lm.tokenizer, data, directions, explanations, labels, plans, measured, floor=floor, fdr=fdr,
                         n_logits=n_logits, tokens_shown=tokens_shown, logit_contexts=logit_contexts)
 
 

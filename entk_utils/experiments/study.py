@@ -46,7 +46,7 @@ class CardSource:
 
 @dataclass
 class FinderStudy:
-    """What :func:`finder_study` found: the ``sae`` (None without one) and its ``sae_report``,
+    """What :func:`finder_study` gives: the ``sae`` (None without one) and its ``sae_report``,
     each finder's ``directions``, the ``comparison``, the ``explanations`` per carded finder,
     the random-direction ``floor`` and the ``discovery`` table; the ``cards`` and the
     ``site``'s index where a :class:`CardSource` was given."""
@@ -92,15 +92,15 @@ def finder_study(activations, eigenvectors, labels: pd.DataFrame, strata, select
         trained = baselines.notebook_sae(sae, sae_activations, cache_dir=cache_dir, device=device)
         report = baselines.sae_report(trained, len(getattr(sae_activations, "activations", sae_activations)))
     inputs = baselines.comparison_inputs(activations, eigenvectors, trained, labels, select)
-    found = baselines.run_finders(inputs, k, seed)
-    comparison = baselines.compare(found, labels, strata, select, evaluate, n_splits=n_splits, seed=seed,
+    directions = baselines.run_finders(inputs, k, seed)
+    comparison = baselines.compare(directions, labels, strata, select, evaluate, n_splits=n_splits, seed=seed,
                                    min_per_half=min_per_half, paper=paper, progress=progress)
-    explanations = dashboard.explain(found, candidates, select, evaluate)
+    explanations = dashboard.explain(directions, candidates, select, evaluate)
     floor = random_explanation_floor(np.asarray(activations), candidates, select, evaluate, k=k, seed=seed)
     discovery = discovery_table(explanations, floor)
-    study = FinderStudy(trained, report, found, comparison, explanations, floor, discovery)
+    study = FinderStudy(trained, report, directions, comparison, explanations, floor, discovery)
     if cards is not None:
-        study.cards = dashboard.direction_cards(cards.lm, cards.data, found, explanations, labels,
+        study.cards = dashboard.direction_cards(cards.lm, cards.data, directions, explanations, labels,
                                                 layer=cards.layer, entk=cards.eigenfunctions, floor=floor,
                                                 top=cards.top, progress=progress)
         study.site = dashboard.write_dashboard(study.cards, cards.out_dir, discovery=discovery.round(3),
