@@ -13,7 +13,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers size-of-tests gpu-check clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 toy-spd seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers size-of-tests gpu-check clean
 
 env: $(STAMP)
 
@@ -96,6 +96,17 @@ gemma-n1024: $(STAMP)
 	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
 	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
 	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb > /dev/null
+	$(PY) -m entk_utils.io.report
+
+# Notebook 07 with its spd profile: SPD's recipe on 5-2 and 40-10, three seeds (about half an
+# hour on a 2-core CPU); its tables and figures go to paper_figures/toy_spd/, the executed
+# notebook beside them.
+toy-spd: $(STAMP)
+	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/07_toy_superposition.ipynb notebooks/profiles/07_toy_superposition.spd.yaml
+	mkdir -p paper_figures/toy_spd
+	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/07_toy_superposition.spd.yaml \
+	  notebooks/07_toy_superposition.ipynb paper_figures/toy_spd/07_toy_superposition.ipynb
+	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/toy_spd/07_toy_superposition.ipynb > /dev/null
 	$(PY) -m entk_utils.io.report
 
 # Notebook 04 with its paper profile: 10 Transformer seeds under each split policy and a 7 x 4

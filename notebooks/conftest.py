@@ -20,4 +20,6 @@ os.environ.setdefault("TQDM_MININTERVAL", "30")
 # profiles instead.
 # Notebook 06 at its defaults (the offline Gemma, ten minutes) likewise: it has no output for
 # nbval to compare, and tests/test_notebooks.py runs it with its quick profile on a tiny model.
-collect_ignore = ["04_seeds.ipynb", "06_your_model.ipynb"]
+# Notebook 07 trains a dozen toy models (a minute or two) and prints numbers that move in the
+# last digits with the thread count; tests/test_notebooks.py runs it with its quick profile.
+collect_ignore = ["04_seeds.ipynb", "06_your_model.ipynb", "07_toy_superposition.ipynb"]

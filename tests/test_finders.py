@@ -129,8 +129,11 @@ def test_missing_inputs_and_unknown_finders_fail_before_any_work(inputs):
     bare = finders.FinderInputs(activations=inputs.activations)
     with pytest.raises(ValueError, match="'logistic' needs FinderInputs.labels"):
         finders.find_directions(["logistic"], bare, K)
-    with pytest.raises(ValueError, match="k must lie in 1..12"):
+    with pytest.raises(ValueError, match="k must lie in 1..12"):  # PCA: at most the activations' dimensions
         finders.find_directions(["pca"], inputs, 13)
+    assert finders.find_directions(["random"], inputs, 13)["random"].scores.shape == (N, 13)  # more than d: fine
+    with pytest.raises(ValueError, match=f"k must lie in 1..{N} \\(the inputs\\)"):
+        finders.find_directions(["random"], inputs, N + 1)
     with pytest.raises(ValueError, match="finite"):
         finders.FinderInputs(activations=np.full((3, 2), np.nan))
 

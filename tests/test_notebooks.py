@@ -146,3 +146,17 @@ def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
     pages = {p.name for p in site.iterdir()}
     assert pages == {"index.html"} | {f"{m}-{j}.html" for m in discovery.index for j in range(n_eigs)}
     assert "span class=\"tok\"" in (site / "entk-0.html").read_text()
+
+
+@pytest.mark.notebook
+def test_toy_notebook_quick_profile(tmp_path):
+    """Notebook 07 with its quick profile: one small model, every method scored, the tables
+    and figures written."""
+    params = profile("07_toy_superposition", "quick")
+    out = execute("07_toy_superposition", tmp_path, **params)
+    for name in ("fig7_toy_spectrum.png", "fig7_toy_recovered.png", "table7_toy_sweep.csv", "table7_toy_summary.csv"):
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "table7_toy_summary.csv").set_index("method")
+    assert {"entk", "entk-rotated", "pca", "ica", "sae", "random", "logistic"} <= set(summary.index)
+    assert summary.loc["pca", "k"] == 2 and summary.loc["entk", "k"] == 5
+    assert summary.loc[["entk", "pca", "sae", "random"], "mmcs"].between(0, 1).all()

@@ -20,6 +20,7 @@ VALIDATORS = {
                  parameters.SEEDS_NOTEBOOK),
     "05_causal": (parameters.check_causal_notebook, parameters.CAUSAL_NOTEBOOK),
     "06_your_model": (parameters.check_your_model_notebook, parameters.YOUR_MODEL_NOTEBOOK),
+    "07_toy_superposition": (parameters.check_toy_notebook, parameters.TOY_NOTEBOOK),
 }
 
 
@@ -99,7 +100,8 @@ def check_run(name, profile, monkeypatch, **extra):
 
 
 @pytest.mark.parametrize("name, profile", runs(["01_mlp_modular_addition", "02_transformer_modular_addition",
-                                                "04_seeds", "05_causal"]), ids=lambda x: getattr(x, "stem", x))
+                                                "04_seeds", "05_causal", "07_toy_superposition"]),
+                         ids=lambda x: getattr(x, "stem", x))
 def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
     check_run(name, profile, monkeypatch)
 
@@ -360,3 +362,16 @@ def test_your_model_notebook_checks_the_text_before_the_model(your_model_values,
     with pytest.raises(ValueError, match="text file .*latin1.txt is not UTF-8 text: .* at byte offset 3"):
         parameters.check_your_model_notebook({**your_model_values, "text_path": str(text), "model_source": "gguf"})
     assert not (tmp_path / "cache").exists()  # the model was not looked at
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(configurations=["40x10"]), "configuration='40x10': must be '<features>-<hidden>'"),
+    (dict(configurations=[]), "configurations=\\[\\]: must be a non-empty list"),
+    (dict(probabilities=[1.5]), "probabilities=1.5: must be a finite real number in \\(0, 1\\]"),
+    (dict(seeds=[0, 0]), "seeds=\\[0, 0\\]: must be a non-empty list of distinct integers"),
+    (dict(steps=0), "steps=0: must be an integer >= 1 or None"),
+    (dict(n_inputs=60), "n_inputs=60: must be an integer >= 100"),
+])
+def test_toy_notebook_values_are_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        parameters.check_toy_notebook({**defaults("07_toy_superposition"), **bad})

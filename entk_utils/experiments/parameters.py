@@ -30,7 +30,7 @@ from ..io.notebooks import check_declared, declared_parameters
 from ..kernels import operators
 from ..settings import language, modular
 from ..settings.modular import MLPRecipe, Recipe, TransformerRecipe
-from . import baselines
+from . import baselines, toy
 
 # Notebook 01 compares the fast kernel with the torch.func one on this many of the p*p
 # inputs, notebook 02 on this many: p*p must be at least as large.
@@ -398,3 +398,15 @@ def check_your_model_notebook(values: Mapping[str, Any] | None = None, /, **kwar
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+TOY_NOTEBOOK = ("seeds", "configurations", "probabilities", "steps", "batch_size", "n_inputs", "out_dir", "cache_dir")
+
+
+def check_toy_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    """Validate the parameters of notebook 07 (toy models of superposition): the sweep
+    (:func:`~entk_utils.experiments.toy.check_toy_parameters`), ``out_dir``, ``cache_dir``."""
+    v = _gather(values, kwargs, TOY_NOTEBOOK, "07")
+    toy.check_toy_parameters(v)
+    checks.folder("out_dir", v["out_dir"])
+    checks.folder("cache_dir", v["cache_dir"])

@@ -243,7 +243,9 @@ def carded_finders() -> tuple[str, ...]:
 
 def find_directions(methods: Sequence[str], inputs: FinderInputs, k: int, seed: int = 0) -> dict[str, Directions]:
     """``{method: Directions}`` for each of ``methods`` (names of :data:`FINDERS`), each with
-    ``k`` directions (the supervised ones: one per label; ``sae-all``: the whole dictionary),
+    ``k`` directions (the supervised ones: one per label; ``sae-all``: the whole dictionary; PCA
+    and ICA at most as many as the activations have dimensions, the others any number: more
+    features than dimensions is superposition),
     marked supervised / larger budget as its :class:`FinderSpec` says. Unknown names and
     missing inputs fail before any work, naming them."""
     unknown = [m for m in methods if m not in FINDERS]
@@ -252,8 +254,8 @@ def find_directions(methods: Sequence[str], inputs: FinderInputs, k: int, seed: 
     for method in methods:
         for what in FINDERS[method].needs:
             inputs.needs(what, method)
-    if not 1 <= int(k) <= min(inputs.activations.shape):
-        raise ValueError(f"k must lie in 1..{min(inputs.activations.shape)} (= min(N, d)), got {k}")
+    if not 1 <= int(k) <= inputs.n:
+        raise ValueError(f"k must lie in 1..{inputs.n} (the inputs), got {k}")  # PCA and ICA: also at most d
     found = {}
     for method in methods:
         spec = FINDERS[method]

@@ -21,6 +21,9 @@ from pathlib import Path
 # file's table and the columns of it to keep, in that order.
 Source = str | tuple[str, tuple[str, ...]]
 
+# The columns of notebook 07's summary shown in docs/results.md.
+TOY_COLUMNS = ("configuration", "method", "k", "seeds", "mmcs", "mmcs ±", "recovered", "recovered ±", "column mmcs", "matrix mmcs", "auroc", "auroc ±")
+
 # region -> its source
 SECTIONS: dict[str, Source] = {
     "mlp-summary": "paper_figures/summary_mlp.md",
@@ -50,6 +53,8 @@ SECTIONS: dict[str, Source] = {
     "bench-peers": "benchmarks/results/bench_peers.md",
     "gpu-check": "benchmarks/results/gpu_check.md",
     "size-of-tests": "benchmarks/results/size_of_tests.md",
+    "toy-default": ("paper_figures/table7_toy_summary.md", TOY_COLUMNS),
+    "toy-spd": ("paper_figures/toy_spd/table7_toy_summary.md", TOY_COLUMNS),
 }
 
 # The documents that hold regions, relative to the repository root (glob patterns).

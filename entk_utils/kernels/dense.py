@@ -232,3 +232,31 @@ def reference_error(model: nn.Module, inputs: torch.Tensor, fast: torch.Tensor |
         reference = layerwise_entk(model, inputs[subset], groups, reduce=reduce, method="reference")
         fast_sub = {g: fast[g][subset][:, subset] for g in groups}
     return max(((fast_sub[g] - reference[g]).norm() / reference[g].norm()).item() for g in reference)
+
+
+def output_jacobian(model: nn.Module, inputs: torch.Tensor, params: str | Iterable[str] | None = None, *,
+                    output_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, slice]]:
+    """The per-example Jacobian of the outputs with respect to the chosen parameters, flat:
+    ``(J (N*C, P), {name: its slice of the P columns})``, rows ordered input-major (row
+    ``n*C + c`` is output c of input n). ``J @ J.T`` is the ``"full"`` eNTK laid out as
+    (N*C, N*C); its rank is at most P, so for a small model its eigenpairs come cheaper from
+    ``J``'s SVD (:func:`~entk_utils.kernels.eigen.jacobian_eigenpairs`). ``output_scale``
+    (C,) multiplies output c's rows (e.g. the square roots of the outputs' loss importances)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    names = resolve_params(model, params)
+    chosen = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
+    fixed.update({n: b.detach() for n, b in model.named_buffers()})
+
+    def outputs(theta, x):
+        return functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),))[0]
+
+    with torch.no_grad():
+        per_param = vmap(jacrev(outputs), in_dims=(None, 0))(chosen, inputs)  # {name: (N, C, *shape)}
+    n, c = per_param[names[0]].shape[:2]
+    J = torch.cat([per_param[name].reshape(n, c, -1) for name in names], dim=2)
+    if output_scale is not None:
+        J = J * torch.as_tensor(output_scale, dtype=J.dtype).reshape(1, c, 1)
+    sizes = np.cumsum([0] + [chosen[name].numel() for name in names])
+    return J.reshape(n * c, -1), {name: slice(int(a), int(b)) for name, a, b in zip(names, sizes[:-1], sizes[1:])}

@@ -175,3 +175,17 @@ def cliff_blocks(cliffs, n: int | None = None) -> list[tuple[int, int]]:
     """
     edges = [0, *(int(c) for c in cliffs)] + ([int(n)] if n is not None else [])
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def jacobian_eigenpairs(J, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top ``k`` eigenpairs of the kernel ``K = J J^T`` from the SVD of ``J`` (R, P) (e.g. the
+    flat Jacobian of :func:`~entk_utils.kernels.dense.output_jacobian`): ``(evals (k,)
+    descending, evecs (R, k), steps (k, P))`` with ``evals = s**2``, ``evecs`` the left singular
+    vectors (signs fixed by :func:`fix_signs`) and ``steps[i] = J^T evecs[:, i]`` the weight step
+    of eigenvector i (``s_i`` times its right singular vector). ``k`` at most ``min(R, P)``."""
+    J = np.asarray(J, dtype=np.float64)
+    if not 1 <= k <= min(J.shape):
+        raise ValueError(f"k must lie in 1..{min(J.shape)} (the kernel's rank bound), got {k}")
+    U, s, _ = np.linalg.svd(J, full_matrices=False)
+    U = fix_signs(U[:, :k])
+    return s[:k] ** 2, U, U.T @ J
