@@ -88,26 +88,26 @@ chromium:
 sync: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
 
-# Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU); its
-# tables and figures go to paper_figures/gemma_n1024_layer16/, the executed notebook beside them.
-gemma-n1024: $(STAMP)
-	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/03_gemma_tinystories.ipynb notebooks/profiles/03_gemma_tinystories.paper16.yaml
-	mkdir -p paper_figures/gemma_n1024_layer16
-	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/03_gemma_tinystories.paper16.yaml \
-	  notebooks/03_gemma_tinystories.ipynb paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb
-	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/gemma_n1024_layer16/03_gemma_tinystories.ipynb > /dev/null
+# $(call profile-run,NOTEBOOK,PROFILE,FOLDER): one notebook with one of its profiles, its
+# tables and figures in paper_figures/FOLDER/ with the executed notebook beside them, then the
+# documents' regions refreshed.
+define profile-run
+	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/$(1).ipynb notebooks/profiles/$(1).$(2).yaml
+	mkdir -p paper_figures/$(3)
+	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/$(1).$(2).yaml \
+	  notebooks/$(1).ipynb paper_figures/$(3)/$(1).ipynb
+	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/$(3)/$(1).ipynb > /dev/null
 	$(PY) -m entk_utils.io.report
+endef
+
+# Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU).
+gemma-n1024: $(STAMP)
+	$(call profile-run,03_gemma_tinystories,paper16,gemma_n1024_layer16)
 
 # Notebook 07 with its spd profile: SPD's recipe on 5-2 and 40-10, three seeds (about half an
-# hour on a 2-core CPU); its tables and figures go to paper_figures/toy_spd/, the executed
-# notebook beside them.
+# hour on a 2-core CPU).
 toy-spd: $(STAMP)
-	$(PY) -m entk_utils.experiments.parameters check-profile notebooks/07_toy_superposition.ipynb notebooks/profiles/07_toy_superposition.spd.yaml
-	mkdir -p paper_figures/toy_spd
-	$(PY) -m papermill --cwd notebooks -k python3 -f notebooks/profiles/07_toy_superposition.spd.yaml \
-	  notebooks/07_toy_superposition.ipynb paper_figures/toy_spd/07_toy_superposition.ipynb
-	$(PY) -m entk_utils.io.report --strip-widgets paper_figures/toy_spd/07_toy_superposition.ipynb > /dev/null
-	$(PY) -m entk_utils.io.report
+	$(call profile-run,07_toy_superposition,spd,toy_spd)
 
 # Notebook 04 with its paper profile: 10 Transformer seeds under each split policy and a 7 x 4
 # split x init grid (a few hours on a 2-core CPU, resumable); its tables and figures go to

@@ -107,3 +107,17 @@ def test_the_spd_configurations_and_recipe_checks():
     identity = train_tms(TMSRecipe(5, 2, steps=50, identity=True), progress=False)
     x = run.inputs(10, seed=3)
     torch.testing.assert_close(run.model(x), identity.model(x))  # a frozen identity changes nothing trained
+
+
+@pytest.mark.slow
+def test_the_modular_table_scores_every_finder_by_the_eNTKs_blocks(tmp_path):
+    from entk_utils.settings.modular import train_gromov_mlp
+
+    run = train_gromov_mlp(p=11, width=64, epochs=150, cache_dir=tmp_path, progress=False)
+    table = toy.modular_finder_table(run, null_draws=20, seed=0)
+    assert list(dict.fromkeys(table.method)) == ["entk", "pca", "sae", "random"]
+    assert set(table[table.method == "sae"].block) == {"all"} and "block 0" in set(table[table.method == "pca"].block)
+    every = table[table.block == "all"]
+    assert len(set(every.directions)) == 1  # the same K directions for every method
+    assert (table.overlap <= table.dim + 1e-9).all() and table.null_p.between(0, 1).all()
+    assert (table.null_mean < table.dim).all()

@@ -400,7 +400,8 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-TOY_NOTEBOOK = ("seeds", "configurations", "probabilities", "steps", "batch_size", "n_inputs", "out_dir", "cache_dir")
+TOY_NOTEBOOK = ("seeds", "configurations", "probabilities", "steps", "batch_size", "n_inputs", "modular", "null_draws",
+                "out_dir", "cache_dir")
 
 
 def check_toy_notebook(values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:

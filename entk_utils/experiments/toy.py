@@ -21,7 +21,7 @@ from ..features.sae import SAERecipe, train_sae
 from ..features.scoring import score_directions, stratified_halves
 from ..features.significance import CONFIDENCE
 from ..kernels.dense import entk, output_jacobian
-from ..kernels.eigen import find_cliffs, jacobian_eigenpairs, top_eigenpairs
+from ..kernels.eigen import cliff_blocks, find_cliffs, jacobian_eigenpairs, top_eigenpairs
 from ..settings.toy import TMSRecipe, TMSRun, recipe_of, train_tms
 
 # The eNTK's variants and the other finders, in table order. k = n for every method that can
@@ -194,19 +194,18 @@ SUMMARY_COLUMNS = ("auroc", "ap", "mmcs", "recovered", "column mmcs", "matrix mm
 
 
 def sweep_summary(sweep: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per configuration x method: the mean of each number over seeds and the half-width of
-    its t interval (``<column> ±``; NaN with one seed)."""
+    """Per configuration x method: the mean of each number of :data:`SUMMARY_COLUMNS` over the
+    seeds that give it and the half-width of its t interval (``<column> ±``; NaN with fewer
+    than two)."""
     out = []
     for (configuration, method), group in sweep.groupby(["configuration", "method"], sort=False):
         row = {"configuration": configuration, "method": method, "features": int(group.features.iloc[0]),
                "k": int(group.k.iloc[0]), "seeds": len(group)}
-        for column in SUMMARY_COLUMNS:
-            if column in group and group[column].notna().any():
-                values = group[column].dropna().to_numpy(dtype=float)
-                row[column] = values.mean()
-                half = (stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-                        if len(values) > 1 else np.nan)
-                row[f"{column} ±"] = half
+        for column in SUMMARY_COLUMNS:  # every column, NaN where no seed gives a value
+            values = group[column].dropna().to_numpy(dtype=float) if column in group else np.array([])
+            row[column] = values.mean() if len(values) else np.nan
+            row[f"{column} ±"] = (stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1)
+                                  / np.sqrt(len(values)) if len(values) > 1 else np.nan)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -215,6 +214,45 @@ def published_rows() -> pd.DataFrame:
     """The parameter decompositions' published MMCS, as rows beside the sweep's (not rerun)."""
     return pd.DataFrame([{"configuration": c, "method": f"{m} (published, not rerun)", "column mmcs": v}
                          for (c, m), v in PUBLISHED_PARAMETER_MMCS.items()])
+
+
+def modular_finder_table(run, *, null_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Notebook 01's Table 1 with the field's finders beside the eNTK, on the MLP's hidden layer
+    (:func:`~entk_utils.settings.modular.hidden_activations`, N = p*p pairs): the trace eNTK's
+    eigenvectors in the blocks between its cliffs up to the one that holds most of ``sum``
+    (K vectors in all), and K directions of each finder as functions over the pairs: PCA's top K
+    components (in the eNTK's block ranges too), the K most active latents of a TopK SAE of the
+    hidden activations (2K latents, 16 active, trained on the pairs in batches of 256, a quarter
+    of them, at most 256, held out), K random readouts. ICA is
+    left out: FastICA's K sources span PCA's top-K subspace exactly, so its span overlaps are
+    PCA's. Rows per (method, block, family) with the random-subspace null of the same sizes."""
+    from ..features.directions import pca_scores, random_scores
+    from ..features.geometry import overlap_table
+    from ..features.nulls import with_random_null
+    from ..settings.modular import hidden_activations
+    from . import mlp
+
+    evals, evecs = top_eigenpairs(entk(run.model, run.inputs, reduce="trace"))
+    blocks = cliff_blocks(find_cliffs(evals))
+    fams = mlp.families(run)
+    fourier = mlp.fourier_block(overlap_table(evecs, dict(enumerate(blocks)), fams))
+    K = blocks[fourier][1]
+    ranges = {**{f"block {i}": blocks[i] for i in range(fourier + 1)}, "all": (0, K)}
+    hidden = hidden_activations(run.model, run.inputs).double().numpy()
+    held_out = min(256, len(hidden) // 4)
+    recipe = SAERecipe(width=2 * K, k=min(16, 2 * K), tokens=100_000, batch_size=min(256, len(hidden) - held_out),
+                       lr=3e-3, held_out=held_out, seed=seed)
+    sae = train_sae(torch.tensor(hidden, dtype=torch.float32), recipe).sae
+    inputs = FinderInputs(activations=hidden, sae=sae)
+    scores = {"entk": evecs[:, :K], "pca": pca_scores(hidden, K), "sae": find_directions(["sae"], inputs, K)["sae"].scores,
+              "random": random_scores(hidden, K, seed)}
+    tables = []
+    for method, S in scores.items():
+        chosen = ranges if method in ("entk", "pca") else {"all": (0, K)}
+        tables.append(overlap_table(S, chosen, fams).assign(method=method))
+    table = with_random_null(pd.concat(tables, ignore_index=True), len(run.inputs), n_draws=null_draws, seed=seed)
+    return table.rename(columns={"cliff": "block", "eigvecs": "directions"})[
+        ["method", "block", "directions", "family", "overlap", "dim", "null_mean", "null_q99", "null_p"]]
 
 
 def recovered_figure(summary: pd.DataFrame, column: str = "recovered", title: str = ""):
@@ -255,7 +293,8 @@ def check_toy_parameters(v) -> None:
     """Notebook 07's values: ``seeds`` distinct integers >= 0, ``configurations`` a non-empty
     list of configuration names each making a valid recipe at every ``probabilities`` value
     (in (0, 1]) with ``steps`` / ``batch_size`` (None or >= 1), ``n_inputs`` at least twice the
-    largest number of features (each half needs inputs with every feature on and off)."""
+    largest number of features (each half needs inputs with every feature on and off),
+    ``modular`` True or False, ``null_draws`` >= 1."""
     from ..io import checks
 
     checks.integers("seeds", v["seeds"], minimum=0, unique=True)
@@ -269,3 +308,6 @@ def check_toy_parameters(v) -> None:
     widest = max(r.n_features for r in recipes.values())
     checks.integer("n_inputs", v["n_inputs"], minimum=max(100, 2 * widest),
                    note=f" (at least 100 and twice the {widest} features)")
+    if not isinstance(v["modular"], bool):
+        raise checks.fail("modular", v["modular"], "True or False")
+    checks.integer("null_draws", v["null_draws"], minimum=1)
