@@ -60,7 +60,7 @@ probabilities = [0.05, 0.2]         # each feature's probability of being on: sp
 steps = 2000                        # None: the configuration's own (SPD: 10,000)
 batch_size = 1024                   # None: the configuration's own (SPD: 1,024; 8,192 for 40-10)
 n_inputs = 1000                     # inputs the kernels and the finders see
-modular = True                      # also the MLP of notebook 01 (its default recipe), scored as Table 1
+modular = True                      # also the MLP of 01 and the Transformer of 02 (default recipes), as Tables 1 and 2
 null_draws = 1000                   # random subspaces behind each overlap's null (modular part)
 out_dir = None                      # None: $ENTK_OUT_DIR or the scratch folder ../.cache/out
 cache_dir = None                    # None: $ENTK_CACHE_DIR or ../.cache
@@ -71,7 +71,7 @@ import pandas as pd
 
 from entk_utils.experiments import parameters, toy
 from entk_utils.io import plotting, session
-from entk_utils.settings.modular import train_gromov_mlp
+from entk_utils.settings.modular import train_gromov_mlp, train_transformer
 from entk_utils.settings.toy import train_tms
 
 out_dir, cache_dir = session.start(out_dir, cache_dir)
@@ -167,6 +167,19 @@ if modular:
     overlaps.round(2)
 
 # %% [markdown]
+# The same for the Transformer of notebook 02 (its default recipe, seed 2): Table 2's rows for
+# the unembedding's eNTK at the key frequencies notebook 02 finds, beside PCA's top components
+# of the final residual stream (each family given its range by the same rule), and the span of
+# as many SAE latents and random readouts of it.
+
+# %%
+if modular:
+    transformer_run = train_transformer(cache_dir=cache_dir)
+    transformer_table = toy.transformer_finder_table(transformer_run, null_draws=null_draws, seed=seeds[0])
+    plotting.save_table(transformer_table, "table7_transformer_finders", out_dir)
+    transformer_table.round(3)
+
+# %% [markdown]
 # **What the default run shows** (two seeds, 2,000 steps: a first look; the `spd` profile is
 # SPD's recipe). In two hidden dimensions (5-2) every set of five directions lies close to the
 # features (see the random row), so hidden-space numbers say little there. In 40-10 at
@@ -184,4 +197,7 @@ if modular:
 # rank-one components SPD and APD train for. `docs/results.md`, section 5, reads the tables of
 # the `spd` profile. On the MLP, PCA's top directions capture `a + b` and `a - b` as fully as the
 # eNTK's, but not `a` and `b`, and do not sort them into blocks as the eNTK's cliffs do; the
-# SAE's latents and random readouts capture about half of each family.
+# SAE's latents and random readouts capture about half of each family. In the Transformer the
+# final residual stream is mostly the key-frequency features: PCA's components find `sum` and
+# `axis_sum` as fully as the unembedding's eNTK does, and even as many random readouts capture
+# most of them.

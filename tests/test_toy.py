@@ -121,3 +121,16 @@ def test_the_modular_table_scores_every_finder_by_the_eNTKs_blocks(tmp_path):
     assert len(set(every.directions)) == 1  # the same K directions for every method
     assert (table.overlap <= table.dim + 1e-9).all() and table.null_p.between(0, 1).all()
     assert (table.null_mean < table.dim).all()
+
+
+@pytest.mark.slow
+def test_the_transformer_table_scores_the_finders_as_table_2(tmp_path):
+    from entk_utils.settings.modular import train_transformer
+
+    run = train_transformer(p=11, epochs=20, d_model=16, d_mlp=32, cache_dir=tmp_path, progress=False)
+    table = toy.transformer_finder_table(run, n_eigs=8, null_draws=20, seed=0)
+    assert list(dict.fromkeys(table.method)) == ["entk (W_U)", "pca", "sae", "random"]
+    assert set(table.family) == {"sum", "axis_sum"} and len(table) == 8
+    assert (table.overlap <= table.dim + 1e-9).all() and table.null_p.between(0, 1).all()
+    spans = table[table.method.isin(["sae", "random"])]
+    assert len(set(spans.eigvecs)) == 1 and not spans.assigned.any()

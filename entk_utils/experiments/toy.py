@@ -255,6 +255,51 @@ def modular_finder_table(run, *, null_draws: int = 1000, seed: int = 0) -> pd.Da
         ["method", "block", "directions", "family", "overlap", "dim", "null_mean", "null_q99", "null_p"]]
 
 
+def transformer_finder_table(run, *, n_eigs: int = 20, null_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Notebook 02's Table 2 with the finders beside the eNTK, on the Transformer's final
+    residual stream (the unembedding's input at the last position, N = p*p pairs), at the key
+    frequencies notebook 02 finds: the eigenvectors of the unembedding's eNTK (Table 2's
+    ``W_U`` rows) and PCA's top components of the residual stream, each family given its range
+    by the same rule (:func:`~entk_utils.features.geometry.family_overlap_table`); and, K being
+    the end of the eNTK's ranges, the span of the K most active latents of a TopK SAE of the
+    residual stream (2K latents, 4 active, trained on the pairs) and of K random readouts of
+    it. Rows per (method, family) with the random-subspace null of the same sizes."""
+    from ..features import fourier
+    from ..features.directions import pca_scores, random_scores
+    from ..features.geometry import family_overlap_table, overlap_table, parse_range
+    from ..features.nulls import with_random_null
+    from ..kernels.dense import layerwise_entk
+    from . import transformer
+
+    keys = fourier.first_key_frequencies(fourier.transformer_spectra(run.model, run.inputs, run.pairs.numpy(), run.p),
+                                         fallback=True)[1]
+    fams = transformer.families(run, keys)
+    evecs = top_eigenpairs(layerwise_entk(run.model, run.inputs, ["W_U"], reduce="mean")["W_U"], n_eigs)[1]
+    captured = []
+    handle = run.model.W_U.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            run.model(run.inputs)
+    finally:
+        handle.remove()
+    resid = captured[0].double().numpy()
+    resid = resid[:, -1] if resid.ndim == 3 else resid  # (N, d) at the last position
+    tables = [family_overlap_table(evecs, fams).assign(method="entk (W_U)"),
+              family_overlap_table(pca_scores(resid, n_eigs), fams).assign(method="pca")]
+    K = max(parse_range(r)[1] for r in tables[0].eigvecs)
+    held_out = min(256, len(resid) // 4)
+    recipe = SAERecipe(width=2 * K, k=min(4, K), tokens=100_000, batch_size=min(256, len(resid) - held_out), lr=3e-3,
+                       held_out=held_out, seed=seed)
+    sae = train_sae(torch.tensor(resid, dtype=torch.float32), recipe).sae
+    spans = {"sae": find_directions(["sae"], FinderInputs(activations=resid, sae=sae), K)["sae"].scores,
+             "random": random_scores(resid, K, seed)}
+    for method, S in spans.items():
+        tables.append(overlap_table(S, {"all": (0, K)}, fams).drop(columns="cliff").assign(method=method, assigned=False))
+    table = with_random_null(pd.concat(tables, ignore_index=True), len(run.inputs), n_draws=null_draws, seed=seed)
+    return table.assign(keys=str(keys.tolist()))[["method", "family", "eigvecs", "overlap", "dim", "assigned",
+                                                   "null_mean", "null_p", "keys"]]
+
+
 def recovered_figure(summary: pd.DataFrame, column: str = "recovered", title: str = ""):
     """Per configuration (x) and unsupervised method with hidden-space vectors: the share of
     the features recovered (``column`` over the features), mean over seeds with its interval."""

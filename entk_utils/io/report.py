@@ -55,6 +55,8 @@ SECTIONS: dict[str, Source] = {
     "size-of-tests": "benchmarks/results/size_of_tests.md",
     "toy-default": ("paper_figures/table7_toy_summary.md", TOY_COLUMNS),
     "toy-spd": ("paper_figures/toy_spd/table7_toy_summary.md", TOY_COLUMNS),
+    "toy-transformer": ("paper_figures/table7_transformer_finders.md",
+                        ("method", "family", "eigvecs", "overlap", "dim", "null_mean", "null_p", "keys")),
     "toy-modular": ("paper_figures/table7_modular_finders.md",
                     ("method", "block", "directions", "family", "overlap", "dim", "null_mean", "null_p")),
 }
