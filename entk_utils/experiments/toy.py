@@ -216,6 +216,18 @@ def published_rows() -> pd.DataFrame:
                          for (c, m), v in PUBLISHED_PARAMETER_MMCS.items()])
 
 
+def small_sae_scores(activations: np.ndarray, k: int, active: int, seed: int) -> np.ndarray:
+    """(N, k): the activations of the ``k`` most often active latents of a TopK SAE (2k
+    latents, ``active`` of them on per input, Adam at 3e-3, 100,000 samples) trained on the same
+    N activations (N, d), a quarter of them (at most 256) held out: the SAE of a setting whose
+    every input is scored (the N = p*p pairs of modular addition)."""
+    held_out = min(256, len(activations) // 4)
+    recipe = SAERecipe(width=2 * k, k=min(active, 2 * k), tokens=100_000, lr=3e-3, held_out=held_out, seed=seed,
+                       batch_size=min(256, len(activations) - held_out))
+    sae = train_sae(torch.tensor(activations, dtype=torch.float32), recipe).sae
+    return find_directions(["sae"], FinderInputs(activations=activations, sae=sae), k)["sae"].scores
+
+
 def modular_finder_table(run, *, null_draws: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Notebook 01's Table 1 with the field's finders beside the eNTK, on the MLP's hidden layer
     (:func:`~entk_utils.settings.modular.hidden_activations`, N = p*p pairs): the trace eNTK's
@@ -239,12 +251,7 @@ def modular_finder_table(run, *, null_draws: int = 1000, seed: int = 0) -> pd.Da
     K = blocks[fourier][1]
     ranges = {**{f"block {i}": blocks[i] for i in range(fourier + 1)}, "all": (0, K)}
     hidden = hidden_activations(run.model, run.inputs).double().numpy()
-    held_out = min(256, len(hidden) // 4)
-    recipe = SAERecipe(width=2 * K, k=min(16, 2 * K), tokens=100_000, batch_size=min(256, len(hidden) - held_out),
-                       lr=3e-3, held_out=held_out, seed=seed)
-    sae = train_sae(torch.tensor(hidden, dtype=torch.float32), recipe).sae
-    inputs = FinderInputs(activations=hidden, sae=sae)
-    scores = {"entk": evecs[:, :K], "pca": pca_scores(hidden, K), "sae": find_directions(["sae"], inputs, K)["sae"].scores,
+    scores = {"entk": evecs[:, :K], "pca": pca_scores(hidden, K), "sae": small_sae_scores(hidden, K, 16, seed),
               "random": random_scores(hidden, K, seed)}
     tables = []
     for method, S in scores.items():
@@ -287,11 +294,7 @@ def transformer_finder_table(run, *, n_eigs: int = 20, null_draws: int = 1000, s
     tables = [family_overlap_table(evecs, fams).assign(method="entk (W_U)"),
               family_overlap_table(pca_scores(resid, n_eigs), fams).assign(method="pca")]
     K = max(parse_range(r)[1] for r in tables[0].eigvecs)
-    held_out = min(256, len(resid) // 4)
-    recipe = SAERecipe(width=2 * K, k=min(4, K), tokens=100_000, batch_size=min(256, len(resid) - held_out), lr=3e-3,
-                       held_out=held_out, seed=seed)
-    sae = train_sae(torch.tensor(resid, dtype=torch.float32), recipe).sae
-    spans = {"sae": find_directions(["sae"], FinderInputs(activations=resid, sae=sae), K)["sae"].scores,
+    spans = {"sae": small_sae_scores(resid, K, 4, seed),
              "random": random_scores(resid, K, seed)}
     for method, S in spans.items():
         tables.append(overlap_table(S, {"all": (0, K)}, fams).drop(columns="cliff").assign(method=method, assigned=False))
