@@ -13,7 +13,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 PROFILES := $(sort $(foreach f,$(wildcard notebooks/profiles/*.yaml),$(word 2,$(subst ., ,$(notdir $(f))))))
 
-.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 toy-spd seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers size-of-tests gpu-check clean
+.PHONY: env figures test test-fast test-browser chromium sync gemma-n1024 smollm2-n1024 toy-spd seeds-paper benchmark benchmark-gemma benchmark-gemma-full benchmark-distributed benchmark-peers size-of-tests gpu-check clean
 
 env: $(STAMP)
 
@@ -103,6 +103,11 @@ endef
 # Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU).
 gemma-n1024: $(STAMP)
 	$(call profile-run,03_gemma_tinystories,paper16,gemma_n1024_layer16)
+
+# Notebook 03's pipeline on SmolLM2-135M-Instruct at N = 1024, layer 27 of 30 (about 1.5
+# hours on a 2-core CPU).
+smollm2-n1024: $(STAMP)
+	$(call profile-run,03_gemma_tinystories,smollm2,smollm2_n1024_layer27)
 
 # Notebook 07 with its spd profile: SPD's recipe on 5-2 and 40-10, three seeds (about half an
 # hour on a 2-core CPU).

@@ -50,7 +50,7 @@
 
 # %% tags=["parameters"]
 seed = 0
-model_source = "gguf"    # "auto" | "hub" | "gguf" | a local folder or .gguf file | a Hub id
+model_source = "gguf"    # "auto" | "hub" | "gguf" | "smollm2" | a local folder or .gguf file | a Hub id
 weights = None           # None: attention output projection + MLP block of the second-to-last layer
 text_path = None         # None: $ENTK_TINYSTORIES or the TinyStories sample; or any UTF-8 text file
 n_contexts = 256         # windows of text, each ending just before a word

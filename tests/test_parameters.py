@@ -240,7 +240,7 @@ GEMMA_CASES = [
     (dict(causal_contexts=0), "causal_contexts=0: must be an integer >= 1 or None"),
     (dict(relative_norms=[0.0, 0.1]), "relative_norms=\\[0.0, 0.1\\]: must be a non-empty list of finite real "
                                       "numbers > 0"),
-    (dict(model_source="no such model"), "model_source='no such model': must be one of 'auto', 'hub', 'gguf', an "
+    (dict(model_source="no such model"), "model_source='no such model': must be one of 'auto', 'hub', 'gguf', 'smollm2', an "
                                         "existing"),
     (dict(sae="gemma-scope-2-270m-pt-res-all/layer_99_width_16k"), "sae='gemma-scope-2-270m-pt-res-all/layer_99_width_"
                                                                    "16k': must be 'train', an existing folder"),
@@ -337,7 +337,7 @@ YOUR_MODEL_CASES = [
     (dict(weights=["model.layers.1.mlpp"]), "weights: model .* has no parameter or module 'model.layers.1.mlpp'; "
                                             "did you mean 'model.layers.1.mlp'"),
     (dict(text_path="/no/such/file.txt"), "text_path='/no/such/file.txt': must be None or an existing text file"),
-    (dict(model_source="not a model"), "model_source='not a model': must be one of 'auto', 'hub', 'gguf', an existing"),
+    (dict(model_source="not a model"), "model_source='not a model': must be one of 'auto', 'hub', 'gguf', 'smollm2', an existing"),
     (dict(min_positives=0), "min_positives=0: must be an integer >= 1"),
     (dict(top_contexts=0), "top_contexts=0"),
     (dict(candidate_min_count=1000), "candidate_min_count=1000: must be an integer in \\[1, 128\\] \\(half the contexts"),

@@ -65,6 +65,28 @@ def test_the_output_jacobian_is_the_full_entk_and_its_svd_the_eigenpairs():
         jacobian_eigenpairs(J.numpy(), 16)
 
 
+def test_the_layerwise_entk_of_W_is_the_dense_kernel_of_W_alone(tmp_path):
+    """entk-W against brute force: its scores are eigenvectors of the (N*n) x (N*n) kernel of
+    the parameter W alone (outputs scaled by importance), and its weight steps are J_W^T v."""
+    recipe = TMSRecipe(5, 2, probability=0.3, steps=200, importance_decay=0.9)
+    run = train_tms(recipe, cache_dir=tmp_path, progress=False)
+    found = toy.toy_directions(run, n_inputs=40, seed=0, sae_inputs=6000)
+    x = found.x
+    K = entk(run.model, x, params="W", reduce="full").double().numpy()  # (N, N, n, n)
+    scale = np.sqrt(recipe.importances().double().numpy())
+    K = (K * scale[None, None, :, None] * scale[None, None, None, :]).transpose(0, 2, 1, 3).reshape(200, 200)
+    evals, evecs = np.linalg.eigh(K)
+    top = evecs[:, ::-1][:, :5]
+    scores = found.directions["entk-W"].scores  # (N, k): per input, the norm-weighted reading
+    from entk_utils.features.directions import entk_scores
+
+    np.testing.assert_allclose(np.abs(entk_scores(top, 40)[0]), np.abs(scores), atol=1e-5 * np.abs(scores).max())  # float32 kernel
+    J = output_jacobian(run.model, x, "W", output_scale=torch.tensor(scale))[0].double().numpy()
+    v = np.linalg.svd(J, full_matrices=False)[0][:, :5]
+    steps = found.weight_steps["entk-W"].reshape(5, -1)
+    np.testing.assert_allclose(np.abs(steps), np.abs(v.T @ J), rtol=1e-4, atol=1e-6 * np.abs(steps).max())
+
+
 def test_ica_and_an_sae_recover_planted_sparse_features():
     """Four orthonormal features in six dimensions, each on with probability 0.1: what ICA and
     the toy SAE recipe must find."""

@@ -26,7 +26,7 @@ from ..settings.toy import TMSRecipe, TMSRun, recipe_of, train_tms
 
 # The eNTK's variants and the other finders, in table order. k = n for every method that can
 # give n directions; PCA and ICA give at most m (marked in the table's ``k`` column).
-ENTK_VARIANTS = ("entk", "entk-rotated", "entk-trace")
+ENTK_VARIANTS = ("entk", "entk-rotated", "entk-W", "entk-trace")
 FINDERS_AT_M = ("pca", "ica")
 FINDERS_AT_N = ("sae", "sae-all", "random", "mean-difference", "logistic")
 # The reference row of the parameter-space numbers: W itself as one step. Every column of it is
@@ -76,7 +76,8 @@ def toy_directions(run: TMSRun, n_inputs: int = 2000, seed: int = 0, *, sae_inpu
     the eNTK of all parameters, outputs scaled by the square root of their importance, as
     (N*n) x (N*n) (the paper's earlier versions' kernel; its top n eigenvectors, their hidden-space
     directions and their weight steps on W), the same eigenvectors rotated inside their span
-    by ICA (``entk-rotated``), the trace eNTK (N x N), PCA and ICA of the hidden activations
+    by ICA (``entk-rotated``), the layerwise eNTK of ``W`` alone (``entk-W``: the same outputs,
+    the Jacobian's columns of ``W`` only; its weight steps live on ``W``), the trace eNTK (N x N), PCA and ICA of the hidden activations
     (at most m), random directions, an SAE trained on ``sae_inputs`` other inputs' activations
     (its n most active latents, and ``sae-all``), and the supervised ceilings."""
     recipe, model = run.recipe, run.model
@@ -101,6 +102,11 @@ def toy_directions(run: TMSRun, n_inputs: int = 2000, seed: int = 0, *, sae_inpu
     out.directions["entk-rotated"] = Directions("entk-rotated", rotated, "the same, rotated in their span by ICA",
                                                 vectors=truth.hidden_space_directions(rotated, hidden))
     out.weight_steps["entk-rotated"] = np.einsum("ck,kmn->cmn", _rotation(scores, rotated), on_W)
+    layer_evecs, layer_steps = jacobian_eigenpairs(J[:, slices["W"]].double().numpy(), n)[1:]
+    layer_scores = entk_scores(layer_evecs, n_inputs)[0]
+    out.directions["entk-W"] = Directions("entk-W", layer_scores, f"top {n} eigenvectors of the layerwise eNTK of W",
+                                          vectors=truth.hidden_space_directions(layer_scores, hidden))
+    out.weight_steps["entk-W"] = layer_steps.reshape(n, m, n)
     K = entk(model, x, reduce="trace").double().numpy()
     trace_evals, trace_vecs = top_eigenpairs(K, n)
     trace_scores = trace_vecs * np.sqrt(np.maximum(trace_evals, 0))

