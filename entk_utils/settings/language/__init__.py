@@ -3,7 +3,8 @@
 from a text (:mod:`.contexts`) and the activations at every token of a text
 (:mod:`.activations`)."""
 
-from .activations import TokenActivations, cached_token_activations, residual_stream, token_activations
+from .activations import (TokenActivations, cached_token_activations, residual_stream, residual_streams,
+                          token_activations)
 from .candidates import context_candidates
 from .contexts import (GENERATED_TOKENS, ContextDataset, cached_contexts, context_tail, greedy_generate_fn,
                        load_token_ids, sample_contexts, word_starts)
@@ -15,7 +16,7 @@ from .tags import SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_spa
 
 __all__ = ["GENERATED_TOKENS", "HUB_ID", "MODEL_SOURCES", "SEPARATOR", "SPACY_MODELS", "STORIES_ENV", "TAGS",
            "ContextDataset", "TokenActivations", "cached_token_activations", "context_candidates", "corpus_files", "documents_of",
-           "residual_stream", "token_activations", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
+           "residual_stream", "residual_streams", "token_activations", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
            "gguf_path", "grammar_labels", "greedy_generate_fn", "hash_text", "is_hub_id",
            "load_gemma", "load_model", "load_spacy", "load_stories", "load_token_ids", "model_outline",
            "read_documents", "read_stories", "read_text", "resolve_source", "sample_contexts", "smollm2_path", "stories_path",

@@ -81,6 +81,21 @@ def residual_stream(model, input_ids: torch.Tensor, layer: int, attention_mask: 
 
 
 @torch.no_grad()
+def residual_streams(model, input_ids: torch.Tensor, layers, *, positions: int = -1,
+                     chunk_size: int = 64) -> dict[int, torch.Tensor]:
+    """``{layer: (B, d)}``: :func:`residual_stream` at one ``positions`` index for several
+    ``layers`` from one forward pass per chunk (what a table over every layer needs)."""
+    device = next(model.parameters()).device
+    decoder, out = model.get_decoder(), {int(layer): [] for layer in layers}
+    for start in range(0, len(input_ids), chunk_size):
+        hidden = decoder(input_ids=input_ids[start:start + chunk_size].to(device), output_hidden_states=True,
+                         use_cache=False).hidden_states
+        for layer, parts in out.items():
+            parts.append(hidden[layer + 1][:, positions].float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
+
+
+@torch.no_grad()
 def token_activations(model, tokenizer, documents: Sequence[str], layer: int, *, max_len: int = 512,
                       skip_first: int = 0, batch_tokens: int = 4096, progress: bool = True) -> TokenActivations:
     """The residual stream after block ``layer`` at every token of ``documents`` but the first
