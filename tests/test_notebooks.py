@@ -149,6 +149,27 @@ def test_your_model_notebook_quick_profile_on_a_tiny_random_llama(tmp_path):
 
 
 @pytest.mark.notebook
+def test_replication_notebook_quick_profile(tmp_path):
+    """Notebook 08 with its quick profile (SmolLM2, 32 contexts): Table 3 over every layer, the
+    tagger and quantisation tables, the figure."""
+    params = profile("08_does_it_hold", "quick")
+    out = execute("08_does_it_hold", tmp_path, **params)
+    for name in ("fig8_layers.png", "table8_tagger.csv", "table8_quantisation.csv",
+                 "table8_quantisation_extrapolated.csv"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "table8_layers_smollm2.csv")
+    assert set(table["layers used"]) == {"layer 27", "extreme over layers", "layer chosen on select"}
+    assert set(table.method) == {"entk", "pca", "ica", "random"} and table.auroc.between(0, 1).all()
+    extreme = table[table["layers used"] == "extreme over layers"].set_index(["method", "labels"])
+    assert extreme.loc[("pca", "parts of speech"), "layers"] == "0-29"
+    assert extreme.loc[("entk", "parts of speech"), "layers"] == "27"
+    per_layer = pd.read_csv(out / "table8_per_layer_smollm2.csv")
+    assert sorted(per_layer[per_layer.method == "ica"].layer.unique()) == list(range(30))
+    probe = pd.read_csv(out / "table8_quantisation.csv")
+    assert (probe[probe.bits.notna()]["added error"] > 0).all()
+
+
+@pytest.mark.notebook
 def test_toy_notebook_quick_profile(tmp_path):
     """Notebook 07 with its quick profile: one small model, every method scored, the tables
     and figures written."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entk_utils.experiments import parameters
+from entk_utils.experiments import parameters, replication
 from entk_utils.settings import language
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -21,6 +21,7 @@ VALIDATORS = {
     "05_causal": (parameters.check_causal_notebook, parameters.CAUSAL_NOTEBOOK),
     "06_your_model": (parameters.check_your_model_notebook, parameters.YOUR_MODEL_NOTEBOOK),
     "07_toy_superposition": (parameters.check_toy_notebook, parameters.TOY_NOTEBOOK),
+    "08_does_it_hold": (replication.check_notebook, replication.REPLICATION_NOTEBOOK),
 }
 
 
@@ -100,7 +101,8 @@ def check_run(name, profile, monkeypatch, **extra):
 
 
 @pytest.mark.parametrize("name, profile", runs(["01_mlp_modular_addition", "02_transformer_modular_addition",
-                                                "04_seeds", "05_causal", "07_toy_superposition"]),
+                                                "04_seeds", "05_causal", "07_toy_superposition",
+                                                "08_does_it_hold"]),
                          ids=lambda x: getattr(x, "stem", x))
 def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
     check_run(name, profile, monkeypatch)

@@ -23,12 +23,19 @@ from ..features.scoring import choose_layer, score_directions
 from ..kernels.operators import unembedding_metric
 from ..settings.language import quantisation
 from ..settings.language.activations import residual_streams
+from dataclasses import dataclass
+
+from ..features.labels import comparable_labels
+from ..features.scoring import stratified_halves
+from ..io import checks
+from ..settings import language
 from .baselines import PAPER_LAYER16
-from .eigenpairs import cached_layer_eigenpairs
+from .eigenpairs import cached_layer_eigenpairs, eigenpairs_key
 from .gemma import LayerScores
 
 __all__ = ["LABEL_SETS", "LAYER_METHODS", "PAPER_NOTEBOOK", "LayerScores", "every_layer_scores", "extrapolated",
-           "layer_extreme", "quantisation_probe", "same_depth_layer", "score_directions", "step_ratio", "table3_over_layers",
+           "layer_extreme", "quantisation_probe", "same_depth_layer", "score_directions", "step_ratio", "layer_figure", "Setting", "setting", "setting_scores", "subset",
+           "check_notebook", "REPLICATION_NOTEBOOK", "table3_over_layers",
            "tagger_effect"]
 
 LAYER_METHODS = ("pca", "ica", "random")
@@ -51,6 +58,46 @@ def same_depth_layer(n_layers: int, layer: int = 16, of: int = 18) -> int:
     if n_layers < 1:
         raise ValueError(f"n_layers must be at least 1, got {n_layers}")
     return int(round(layer * (n_layers - 1) / (of - 1)))
+
+
+@dataclass
+class Setting:
+    """One model's contexts and labels as notebook 03 builds them (the same cache entries):
+    ``lm``, ``data`` (:class:`~entk_utils.settings.language.ContextDataset`), ``labels`` and
+    ``kinds`` (comparable labels only), ``select`` / ``evaluate`` halves, ``layer`` (the eNTK's:
+    the paper's depth, :func:`same_depth_layer`) and ``layers`` (every decoder layer)."""
+
+    lm: object
+    data: object
+    labels: pd.DataFrame
+    kinds: dict
+    select: np.ndarray
+    evaluate: np.ndarray
+    layer: int
+    layers: list
+
+
+def setting(source, documents, nlp, *, n_per_tag: int, context_len: int, seed: int, min_positives: int,
+            min_per_half: int, cache_dir, device: str = "cpu") -> Setting:
+    """The :class:`Setting` of model ``source`` (any ``model_source``) on ``documents``."""
+    lm = language.load_model(source, device=device)
+    data = language.cached_contexts(cache_dir, documents, lm, nlp, n_per_tag=n_per_tag, context_len=context_len,
+                                    seed=seed)
+    labels, kinds = language.grammar_labels(data.upos, data.morph, min_positives=min_positives)
+    select, evaluate = stratified_halves(np.array(data.upos), seed=seed)
+    compared = comparable_labels(labels, select, evaluate, min_per_half=min_per_half, kinds=kinds)
+    n_layers = lm.model.config.get_text_config().num_hidden_layers
+    return Setting(lm, data, compared.labels, compared.kinds, select, evaluate, same_depth_layer(n_layers),
+                   list(range(n_layers)))
+
+
+def setting_scores(s: Setting, *, k: int, lanczos_steps: int, seed: int, cache_dir) -> LayerScores:
+    """:func:`every_layer_scores` of a :class:`Setting`: PCA, ICA and random at every layer, the
+    eNTK at ``s.layer`` (its eigenpairs from notebook 03's cache entry, computed if missing)."""
+    eig = cached_layer_eigenpairs(cache_dir, s.lm.model, s.data.input_ids, s.layer, k, steps=lanczos_steps, seed=seed,
+                                  metric=unembedding_metric(s.lm.model), key=eigenpairs_key(s.data.input_ids, s.lm))
+    return every_layer_scores(s.lm.model, s.data.input_ids, s.labels, s.kinds, s.layers, k=k, seed=seed,
+                              select=s.select, evaluate=s.evaluate, eigenvectors={s.layer: eig["evecs"].numpy()})
 
 
 def every_layer_scores(model, input_ids: torch.Tensor, labels: pd.DataFrame, kinds: dict, layers, *, k: int,
@@ -208,3 +255,67 @@ def extrapolated(probe: pd.DataFrame, loaded_bits: int = 4) -> pd.DataFrame:
             rows.append({"method": method, "labels": labels, "metric": column, "as loaded": loaded, "slope": slope,
                          "e4": e4, "at float": intercept, "shift": loaded - intercept})
     return pd.DataFrame(rows)
+
+
+def subset(s: Setting, n: int | None, seed: int) -> Setting:
+    """The :class:`Setting` on ``n`` of its contexts (None: all), the same share of each part
+    of speech, drawn with ``seed``; halves and comparable labels redone on them."""
+    if n is None or n >= len(s.data):
+        return s
+    rng = np.random.default_rng(seed)
+    upos = np.array(s.data.upos)
+    tags = sorted(set(upos))
+    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(upos == t), n // len(tags), replace=False) for t in tags]))
+    data = language.ContextDataset(**{**s.data.to_dict(), "input_ids": s.data.input_ids[keep],
+                                      **{k: [getattr(s.data, k)[i] for i in keep]
+                                         for k in ("upos", "morph", "words", "generated", "story", "token")}})
+    select, evaluate = stratified_halves(upos[keep], seed=seed)
+    compared = comparable_labels(s.labels.iloc[keep].reset_index(drop=True), select, evaluate, min_per_half=1,
+                                 kinds=s.kinds)
+    return Setting(s.lm, data, compared.labels, compared.kinds, select, evaluate, s.layer, s.layers)
+
+
+REPLICATION_NOTEBOOK = ("seed", "models", "n_per_tag", "context_len", "n_eigs", "lanczos_steps", "min_positives",
+                        "min_per_half", "second_tagger", "quantisation_bits", "quantisation_contexts", "text_path",
+                        "device", "out_dir", "cache_dir")
+
+
+def check_notebook(values: dict) -> None:
+    """Validate notebook 08's parameters before any work, one line naming the first problem."""
+    v = {name: values[name] for name in REPLICATION_NOTEBOOK}
+    checks.integer("seed", v["seed"], minimum=0)
+    if not isinstance(v["models"], (list, tuple)) or not v["models"]:
+        raise checks.fail("models", v["models"], "a non-empty list of model sources")
+    for source in v["models"]:
+        language.resolve_source(source)
+    n_per_tag = checks.integer("n_per_tag", v["n_per_tag"], minimum=2)
+    checks.integer("context_len", v["context_len"], minimum=1)
+    lanczos_steps = checks.integer("lanczos_steps", v["lanczos_steps"], minimum=1)
+    checks.integer("n_eigs", v["n_eigs"], minimum=1, maximum=min(lanczos_steps, n_per_tag * len(language.TAGS)))
+    checks.integer("min_positives", v["min_positives"], minimum=1)
+    checks.integer("min_per_half", v["min_per_half"], minimum=1)
+    checks.integers("quantisation_bits", v["quantisation_bits"], minimum=1, maximum=3, unique=True, nonempty=False)
+    checks.integer("quantisation_contexts", v["quantisation_contexts"], minimum=2 * len(language.TAGS), allow_none=True)
+    checks.torch_device("device", v["device"])
+    checks.folder("out_dir", v["out_dir"])
+    checks.folder("cache_dir", v["cache_dir"])
+
+
+def layer_figure(per_model: dict[str, pd.DataFrame], labels: str = "parts of speech"):
+    """Macro held-out AUROC over the ``labels`` set (:data:`LABEL_SETS`) at every layer, one
+    panel per model (``{name: LayerScores.table}``), a line per method (the eNTK a marker at
+    its layer)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(per_model), figsize=(5 * len(per_model), 3.4), layout="constrained",
+                             squeeze=False)
+    for ax, (name, table) in zip(axes[0], per_model.items()):
+        macro = (table[table.kind.isin(LABEL_SETS[labels])].groupby(["method", "layer"]).auroc.mean()
+                 .unstack("method"))
+        for method in macro.columns:
+            series = macro[method].dropna()
+            ax.plot(series.index, series.values, "o" if len(series) == 1 else ".-", ms=8 if len(series) == 1 else 4,
+                    label=method)
+        ax.set(title=name, xlabel="layer", ylabel=f"macro AUROC, {labels}")
+        ax.legend(fontsize=8)
+    return fig

@@ -12,12 +12,13 @@ from .corpus import (SEPARATOR, STORIES_ENV, corpus_files, documents_of, hash_te
                      read_stories, read_text, stories_path)
 from .models import (HUB_ID, MODEL_SOURCES, LoadedModel, ResolvedSource, gguf_path, is_hub_id, smollm2_path,
                      load_gemma, load_model, model_outline, resolve_source)
-from .tags import SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_spacy
+from .tags import (SECOND_TAGGER, SPACY_MODELS, TAGS, first_word_after, grammar_labels, load_second_tagger, load_spacy,
+                   next_word_upos)
 
 __all__ = ["GENERATED_TOKENS", "HUB_ID", "MODEL_SOURCES", "SEPARATOR", "SPACY_MODELS", "STORIES_ENV", "TAGS",
            "ContextDataset", "TokenActivations", "cached_token_activations", "context_candidates", "corpus_files", "documents_of",
            "residual_stream", "residual_streams", "token_activations", "LoadedModel", "ResolvedSource", "cached_contexts", "context_tail", "first_word_after",
            "gguf_path", "grammar_labels", "greedy_generate_fn", "hash_text", "is_hub_id",
-           "load_gemma", "load_model", "load_spacy", "load_stories", "load_token_ids", "model_outline",
+           "load_gemma", "load_model", "load_second_tagger", "load_spacy", "next_word_upos", "SECOND_TAGGER", "load_stories", "load_token_ids", "model_outline",
            "read_documents", "read_stories", "read_text", "resolve_source", "sample_contexts", "smollm2_path", "stories_path",
            "word_starts"]
