@@ -90,14 +90,15 @@ for source, s in settings.items():
 # Every method's best direction per label (chosen on the select half, scored on the evaluate
 # half) at every layer it has, then the macro average under each way of using the layers.
 # `paper auroc` / `paper ap` are the authors' notebook's numbers at their layer 16 (the original
-# Gemma, Stanza tags, N = 1024), set beside our rows at that layer and over layers.
+# Gemma, Stanza tags, N = 1024), set beside Gemma's rows at that layer and over layers.
 
 # %%
 found = {source: replication.setting_scores(s, k=n_eigs, lanczos_steps=lanczos_steps, seed=seed, cache_dir=cache_dir)
          for source, s in settings.items()}
 tables = {}
 for source, s in settings.items():
-    tables[source] = replication.table3_over_layers(found[source], s.labels, s.select, single_layer=s.layer)
+    tables[source] = replication.table3_over_layers(found[source], s.labels, s.select, single_layer=s.layer,
+                                                    paper="gemma-3-270m" in s.lm.description.lower())
     plotting.save_table(tables[source], f"table8_layers_{source}", out_dir)
     plotting.save_table(found[source].table, f"table8_per_layer_{source}", out_dir)
 table8 = pd.concat(tables, names=["model"]).reset_index(level=0)

@@ -69,6 +69,8 @@ def test_table_3_over_layers_on_a_planted_case():
     assert rows.loc[("entk", "parts of speech", "layer 0"), "paper auroc"] == pytest.approx(0.827)
     assert np.isnan(rows.loc[("entk", "parts of speech", "layer chosen on select"), "paper auroc"])
     assert rows.loc[("pca", "morphology", "layer 0"), "n labels"] == 1
+    other_model = replication.table3_over_layers(found, labels, select, single_layer=0, paper=False)
+    assert other_model["paper auroc"].isna().all()
 
 
 def test_round_to_nearest_keeps_each_blocks_range_on_2_to_the_bits_levels():

@@ -145,14 +145,16 @@ def _span(layers) -> str:
     return ", ".join(map(str, values))
 
 
-def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, single_layer: int) -> pd.DataFrame:
+def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, single_layer: int,
+                       paper: bool = True) -> pd.DataFrame:
     """The macro table per method and label set (:data:`LABEL_SETS`) under three ways of
     using the layers: ``single_layer`` alone; the extreme over every layer the method has
     (the paper's reading, :func:`layer_extreme`); one layer per method chosen on ``select``
     (our rule, :func:`~entk_utils.features.scoring.choose_layer`). Columns ``method, labels,
     layers used, layers, auroc, ap`` and the authors' numbers where the row is theirs
     (``paper auroc``, ``paper ap``: the same method and labels at their layer 16, the number
-    the authors' notebook prints, beside our layer-16 and extreme rows)."""
+    the authors' notebook prints, beside our single-layer and extreme rows; only with ``paper``,
+    for the paper's model)."""
     table = found.table
     Y = labels.T.to_numpy().astype(np.float64)
     candidates: dict[str, dict] = {}
@@ -178,7 +180,7 @@ def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, sing
     paper = PAPER_NOTEBOOK[PAPER_NOTEBOOK.layer == "16"].drop(columns="layer")
     out = out.merge(paper.rename(columns={"auroc": "paper auroc", "ap": "paper ap"}), on=["method", "labels"],
                     how="left")
-    out.loc[out["layers used"] == "layer chosen on select", ["paper auroc", "paper ap"]] = np.nan
+    out.loc[(out["layers used"] == "layer chosen on select") | (not paper), ["paper auroc", "paper ap"]] = np.nan
     return out
 
 

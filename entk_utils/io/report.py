@@ -24,6 +24,8 @@ Source = str | tuple[str, tuple[str, ...]]
 # The columns of notebook 07's summary shown in docs/results.md.
 TOY_COLUMNS = ("configuration", "method", "k", "seeds", "mmcs", "mmcs ±", "recovered", "recovered ±", "column mmcs", "matrix mmcs", "auroc", "auroc ±")
 
+REPLICATION_COLUMNS = ("method", "labels", "layers used", "layers", "n labels", "auroc", "ap", "paper auroc", "paper ap")
+
 # region -> its source
 SECTIONS: dict[str, Source] = {
     "mlp-summary": "paper_figures/summary_mlp.md",
@@ -53,6 +55,13 @@ SECTIONS: dict[str, Source] = {
     "bench-peers": "benchmarks/results/bench_peers.md",
     "gpu-check": "benchmarks/results/gpu_check.md",
     "size-of-tests": "benchmarks/results/size_of_tests.md",
+    "replication-gemma": ("paper_figures/replication/table8_layers_gguf.md", REPLICATION_COLUMNS),
+    "replication-smollm2": ("paper_figures/replication/table8_layers_smollm2.md", REPLICATION_COLUMNS),
+    "replication-tagger": "paper_figures/replication/table8_tagger.md",
+    "replication-quantisation": "paper_figures/replication/table8_quantisation_extrapolated.md",
+    "smollm2-n1024-summary": "paper_figures/smollm2_n1024_layer27/summary_gemma.md",
+    "smollm2-n1024-finders": "paper_figures/smollm2_n1024_layer27/table5_finders_gemma.md",
+    "smollm2-n1024-discovery": "paper_figures/smollm2_n1024_layer27/table6_discovery_gemma.md",
     "toy-default": ("paper_figures/table7_toy_summary.md", TOY_COLUMNS),
     "toy-spd": ("paper_figures/toy_spd/table7_toy_summary.md", TOY_COLUMNS),
     "toy-transformer": ("paper_figures/table7_transformer_finders.md",
