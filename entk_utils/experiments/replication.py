@@ -177,8 +177,8 @@ def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, sing
                 rows.append({"method": method, "labels": name, "layers used": way, "layers": used,
                              "n labels": len(part), "auroc": part.auroc.mean(), "ap": part.ap.mean()})
     out = pd.DataFrame(rows)
-    paper = PAPER_NOTEBOOK[PAPER_NOTEBOOK.layer == "16"].drop(columns="layer")
-    out = out.merge(paper.rename(columns={"auroc": "paper auroc", "ap": "paper ap"}), on=["method", "labels"],
+    theirs = PAPER_NOTEBOOK[PAPER_NOTEBOOK.layer == "16"].drop(columns="layer")
+    out = out.merge(theirs.rename(columns={"auroc": "paper auroc", "ap": "paper ap"}), on=["method", "labels"],
                     how="left")
     out.loc[(out["layers used"] == "layer chosen on select") | (not paper), ["paper auroc", "paper ap"]] = np.nan
     return out
