@@ -31,7 +31,8 @@
 #   scaled by the square root of their loss importance (the kernel of the paper's earlier
 #   versions), its top n eigenvectors; the same eigenvectors **rotated** inside their span by
 #   ICA (their eigenvalues are nearly equal where the features are equally important, so any
-#   rotation of them is as good an eigenbasis); and the **trace** eNTK (N × N);
+#   rotation of them is as good an eigenbasis); the **layerwise** eNTK of `W` alone (the same
+#   outputs, the parameter `W` only); and the **trace** eNTK (N × N);
 # * **PCA** and **ICA** of the hidden activations `W x` (at most m directions: in
 #   superposition they cannot name more features than there are dimensions), **random**
 #   directions, an **SAE** of the hidden activations (its n most active latents, and its whole
@@ -50,8 +51,8 @@
 # **Scale.** The defaults train each model for 2,000 steps of 1,024 samples, two seeds, two
 # configurations at two feature probabilities: a few minutes on 2 cores.
 # The `spd` profile is SPD's recipe (10,000 steps, its batch sizes) on its two configurations
-# with three seeds; the `paper` profile adds five seeds, the identity-layer variants and a
-# sweep of superposition (hours).
+# with five seeds; the `paper` profile adds the identity-layer variants and a sweep of
+# superposition (hours).
 
 # %% tags=["parameters"]
 seeds = [0, 1]                      # each seeds the model, its inputs and the finders
