@@ -189,7 +189,7 @@ if modular:
 # eNTK's top 40 eigenvectors, rotated inside their span, recover about as many as the SAE's
 # latents do (unrotated, about half as many), and the eNTK's spectrum drops right after the
 # 40th eigenvalue. With denser features (probability 0.2) the model represents fewer of them,
-# every method recovers fewer (ICA's ten directions do best there), and the cliff no longer
+# every method recovers fewer (the layerwise eNTK of `W` and ICA's ten directions do best there), and the cliff no longer
 # sits at the number represented. The paper's metric (the best single direction per feature,
 # AUROC) barely separates the methods, random directions included: it rewards a direction
 # that correlates with a feature, not one that is the feature. In parameter space the eNTK's
