@@ -122,8 +122,8 @@ if second_tagger:
     s = settings[models[0]]
     other = language.next_word_upos(documents, s.data.story, s.data.token, s.lm.tokenizer, nlp,
                                     language.load_second_tagger())
-    tags = [t for t in language.TAGS if t in s.labels.columns]
-    tag_table = replication.tagger_effect(found[models[0]], s.layer, s.data.upos, other, tags, s.select, s.evaluate)
+    tag_table = replication.tagger_effect(found[models[0]], s.layer, s.data.upos, other, language.TAGS, s.select,
+                                          s.evaluate)
     plotting.save_table(tag_table, "table8_tagger", out_dir)
     print(f"the taggers agree on {pd.Series(s.data.upos).eq(other).mean():.1%} of the {len(other)} next words")
     print(tag_table.groupby("method")[["spaCy", "second tagger", "difference"]].mean().round(3).to_string())

@@ -172,3 +172,16 @@ def _has_spacy() -> bool:
         return True
     except (FileNotFoundError, ImportError):
         return False
+
+
+def test_the_tagger_effect_scores_both_labellings_and_leaves_out_a_tag_one_tagger_never_gives():
+    found, labels, select = planted()
+    n = len(labels)
+    evaluate = np.setdiff1d(np.arange(n), select)
+    upos = np.where(labels.NOUN == 1, "NOUN", "VERB").tolist()
+    other = ["NOUN" if u == "NOUN" and i % 10 else "VERB" for i, u in enumerate(upos)]  # disagrees on a tenth of NOUN
+    table = replication.tagger_effect(found, 1, upos, other, ["NOUN", "VERB", "ADV"], select, evaluate)
+    assert set(table.label) == {"NOUN", "VERB"}  # no tagger gives ADV
+    row = table[(table.label == "NOUN") & (table.method == "entk")].iloc[0]
+    assert row["spaCy"] > 0.8 and row["difference"] == pytest.approx(row["second tagger"] - row["spaCy"])
+    assert row["taggers agree"] == pytest.approx(np.mean([a == b for a, b in zip(upos, other) if "NOUN" in (a, b)]))

@@ -188,7 +188,14 @@ def tagger_effect(found: LayerScores, layer: int, upos: list[str], other_upos: l
                   evaluate) -> pd.DataFrame:
     """Per part of speech in ``tags`` and method: the held-out AUROC of the best direction at
     ``layer`` for the labels of spaCy (``upos``) and of a second tagger (``other_upos``), their
-    difference, and how often the two taggers agree on that tag's contexts."""
+    difference, and how often the two taggers agree on that tag's contexts. A tag that either
+    tagger leaves without positives or negatives in a half is left out."""
+    select, evaluate = np.asarray(select), np.asarray(evaluate)
+
+    def usable(tag):
+        return all(0 < sum(np.array(t)[half] == tag) < len(half) for t in (upos, other_upos) for half in (select, evaluate))
+
+    tags = [tag for tag in tags if usable(tag)]
     rows = []
     for (method, at), scores in found.scores.items():
         if at != layer:
