@@ -125,14 +125,20 @@ def test_the_quantisation_probe_on_a_tiny_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == cached and len(cached) == 3  # one entry per width
 
 
-def test_the_extrapolation_recovers_an_exact_line():
+def test_the_extrapolation_follows_the_secant_back_and_says_how_far_the_curve_bends():
     e3, e2 = 0.02, 0.08
     e4 = e3 / replication.step_ratio(4, 3)
-    rows = [{"bits": b, "added error": e, "method": "entk", "labels": "all labels",
-             "auroc": 0.8 - 2.0 * (e + e4), "ap": 0.5 - 1.0 * (e + e4)} for b, e in ((np.nan, 0.0), (3, e3), (2, e2))]
-    out = replication.extrapolated(pd.DataFrame(rows)).set_index("metric")
+
+    def rows(curve):
+        return pd.DataFrame([{"bits": b, "added error": e, "method": "entk", "labels": "all labels",
+                              "auroc": curve(e + e4), "ap": 0.5 - (e + e4)} for b, e in ((np.nan, 0.0), (3, e3), (2, e2))])
+
+    out = replication.extrapolated(rows(lambda t: 0.8 - 2.0 * t)).set_index("metric")
     assert out.loc["auroc", "at float"] == pytest.approx(0.8) and out.loc["ap", "at float"] == pytest.approx(0.5)
     assert out.loc["auroc", "shift"] == pytest.approx(-2.0 * e4) and out.loc["auroc", "e4"] == pytest.approx(e4)
+    assert out.loc["auroc", "off the line"] == pytest.approx(0.0, abs=1e-12)
+    bent = replication.extrapolated(rows(lambda t: 0.8 - 2.0 * t + 10 * t**2)).set_index("metric")
+    assert bent.loc["auroc", "off the line"] > 0.01  # a curve that flattens sits above the secant further out
 
 
 class FakeTokenizer:

@@ -245,24 +245,30 @@ def step_ratio(bits: int, fewer: int) -> float:
 
 
 def extrapolated(probe: pd.DataFrame, loaded_bits: int = 4) -> pd.DataFrame:
-    """Per method, label set and metric, the number back at unquantised weights, by a line
-    through the probe's points in the total error. The loaded weights' own error ``e4`` is
-    unknown; round to nearest's error variance scales with its squared step
-    (:func:`step_ratio`), so ``e4`` is the coarsest-but-one point's added error scaled down to
-    ``loaded_bits`` (the 3-bit point: ``e3 / 4.6``), and each point's total error is its added
-    error plus ``e4`` (independent errors add). Columns: ``as loaded``, ``slope`` (per unit of
-    relative squared error), ``e4``, ``at float`` (the line at total error 0) and ``shift`` (as
-    loaded minus at float: what the 4-bit weights did)."""
+    """Per method, label set and metric, the number back at unquantised weights. The loaded
+    weights' own error ``e4`` is unknown; round to nearest's error variance scales with its
+    squared step (:func:`step_ratio`), so ``e4`` is the finest requantisation's added error
+    scaled down to ``loaded_bits`` (3 bits: ``e3 / 4.6``), and each point's total error is its
+    added error plus ``e4`` (independent errors add). The number falls faster near zero error
+    than further out, so the step back (a quarter of the way to the 3-bit point) follows the
+    secant through the loaded point and the finest requantisation; the coarser points say how
+    far from a line the curve is. Columns: ``as loaded``, ``slope`` (of that secant, per unit
+    of relative squared error), ``e4``, ``at float`` (the secant at total error 0), ``shift``
+    (as loaded minus at float: what the 4-bit weights did) and ``off the line`` (the coarsest
+    point's distance from the secant)."""
     errors = probe.dropna(subset=["bits"]).groupby("bits")["added error"].first()
-    finest = int(errors.index.max())
+    finest, coarsest = int(errors.index.max()), int(errors.index.min())
     e4 = float(errors[finest]) / step_ratio(loaded_bits, finest)
     rows = []
     for (method, labels), group in probe.groupby(["method", "labels"], sort=False):
+        at = {bits: group[group.bits == bits].iloc[0] for bits in (finest, coarsest)}
+        loaded_row = group[group.bits.isna()].iloc[0]
         for column in ("auroc", "ap"):
-            slope, intercept = np.polyfit(group["added error"].to_numpy() + e4, group[column].to_numpy(), 1)
-            loaded = float(group.loc[group.bits.isna(), column].iloc[0])
+            loaded = float(loaded_row[column])
+            slope = (float(at[finest][column]) - loaded) / float(errors[finest])
+            off = float(at[coarsest][column]) - (loaded + slope * float(errors[coarsest]))
             rows.append({"method": method, "labels": labels, "metric": column, "as loaded": loaded, "slope": slope,
-                         "e4": e4, "at float": intercept, "shift": loaded - intercept})
+                         "e4": e4, "at float": loaded - slope * e4, "shift": slope * e4, "off the line": off})
     return pd.DataFrame(rows)
 
 
