@@ -111,7 +111,8 @@ def test_the_defaults_and_profiles_pass(name, profile, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, profile", runs(["03_gemma_tinystories", "06_your_model"]), ids=lambda x: getattr(x, "stem", x))
 def test_the_gemma_defaults_and_profiles_pass_against_the_offline_model(name, profile, monkeypatch, outline_cache):
-    check_run(name, profile, monkeypatch, cache_dir=str(outline_cache), model_source="gguf")
+    source = (yaml.safe_load(profile.read_text()) if profile else {}).get("model_source", "gguf")  # e.g. smollm2
+    check_run(name, profile, monkeypatch, cache_dir=str(outline_cache), model_source=source)
 
 
 MLP_CASES = [

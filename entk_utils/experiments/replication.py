@@ -13,30 +13,29 @@ our rule (one layer per method, chosen on the select half).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..features.directions import entk_scores
 from ..features.finders import FinderInputs, find_directions
-from ..features.scoring import choose_layer, score_directions
+from ..features.labels import comparable_labels
+from ..features.scoring import choose_layer, score_directions, stratified_halves
+from ..io import checks
 from ..kernels.operators import unembedding_metric
+from ..settings import language
 from ..settings.language import quantisation
 from ..settings.language.activations import residual_streams
-from dataclasses import dataclass
-
-from ..features.labels import comparable_labels
-from ..features.scoring import stratified_halves
-from ..io import checks
-from ..settings import language
 from .baselines import PAPER_LAYER16
 from .eigenpairs import cached_layer_eigenpairs, eigenpairs_key
 from .gemma import LayerScores
 
-__all__ = ["LABEL_SETS", "LAYER_METHODS", "PAPER_NOTEBOOK", "LayerScores", "every_layer_scores", "extrapolated",
-           "layer_extreme", "quantisation_probe", "same_depth_layer", "score_directions", "step_ratio", "layer_figure", "Setting", "setting", "setting_scores", "subset",
-           "check_notebook", "REPLICATION_NOTEBOOK", "table3_over_layers",
-           "tagger_effect"]
+__all__ = ["LABEL_SETS", "LAYER_METHODS", "PAPER_NOTEBOOK", "REPLICATION_NOTEBOOK", "LayerScores", "Setting",
+           "check_notebook", "every_layer_scores", "extrapolated", "layer_extreme", "layer_figure",
+           "quantisation_probe", "same_depth_layer", "score_directions", "setting", "setting_scores", "step_ratio",
+           "subset", "table3_over_layers", "tagger_effect"]
 
 LAYER_METHODS = ("pca", "ica", "random")
 # The authors' notebook (Gemma-3-270M base, float32, Stanza tags, N = 1024, 25 directions):
