@@ -22,7 +22,7 @@ import torch
 from ..features.directions import entk_scores
 from ..features.finders import FinderInputs, find_directions
 from ..features.labels import comparable_labels
-from ..features.scoring import choose_layer, score_directions, stratified_halves
+from ..features.scoring import score_directions, stratified_halves
 from ..io import checks
 from ..kernels.operators import unembedding_metric
 from ..settings import language
@@ -30,10 +30,10 @@ from ..settings.language import quantisation
 from ..settings.language.activations import residual_streams
 from .baselines import PAPER_LAYER16
 from .eigenpairs import cached_layer_eigenpairs, eigenpairs_key
-from .gemma import LayerScores
+from .gemma import LayerScores, chosen_layers
 
 __all__ = ["LABEL_SETS", "LAYER_METHODS", "PAPER_NOTEBOOK", "REPLICATION_NOTEBOOK", "LayerScores", "Setting",
-           "check_notebook", "every_layer_scores", "extrapolated", "layer_extreme", "layer_figure",
+           "check_notebook", "every_layer_scores", "extrapolated", "label_set_macros", "layer_extreme", "layer_figure",
            "quantisation_probe", "same_depth_layer", "score_directions", "setting", "setting_scores", "step_ratio",
            "subset", "table3_over_layers", "tagger_effect"]
 
@@ -144,22 +144,29 @@ def _span(layers) -> str:
     return ", ".join(map(str, values))
 
 
+def label_set_macros(rows: pd.DataFrame) -> dict[str, dict]:
+    """``{label set: {"n labels", "auroc", "ap"}}``: the mean held-out AUROC and AP of
+    ``rows`` (one per label, with ``kind``) over each set of :data:`LABEL_SETS` it has labels in."""
+    out = {}
+    for name, kinds in LABEL_SETS.items():
+        part = rows[rows.kind.isin(kinds)]
+        if len(part):
+            out[name] = {"n labels": len(part), "auroc": part.auroc.mean(), "ap": part.ap.mean()}
+    return out
+
+
 def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, single_layer: int,
                        paper: bool = True) -> pd.DataFrame:
     """The macro table per method and label set (:data:`LABEL_SETS`) under three ways of
     using the layers: ``single_layer`` alone; the extreme over every layer the method has
     (the paper's reading, :func:`layer_extreme`); one layer per method chosen on ``select``
-    (our rule, :func:`~entk_utils.features.scoring.choose_layer`). Columns ``method, labels,
+    (our rule, :func:`~entk_utils.experiments.gemma.chosen_layers`). Columns ``method, labels,
     layers used, layers, auroc, ap`` and the authors' numbers where the row is theirs
     (``paper auroc``, ``paper ap``: the same method and labels at their layer 16, the number
     the authors' notebook prints, beside our single-layer and extreme rows; only with ``paper``,
     for the paper's model)."""
     table = found.table
-    Y = labels.T.to_numpy().astype(np.float64)
-    candidates: dict[str, dict] = {}
-    for (method, layer), scores in found.scores.items():
-        candidates.setdefault(method, {})[layer] = scores
-    chosen = {method: choose_layer(by_layer, Y, np.asarray(select)) for method, by_layer in candidates.items()}
+    chosen = chosen_layers(found, labels, select)
     ways = {f"layer {single_layer}": table[table.layer == single_layer],
             "extreme over layers": layer_extreme(table),
             "layer chosen on select": pd.concat([table[(table.method == m) & (table.layer == layer)]
@@ -167,14 +174,10 @@ def table3_over_layers(found: LayerScores, labels: pd.DataFrame, select, *, sing
     rows = []
     for way, rows_of_way in ways.items():
         for method, group in rows_of_way.groupby("method", sort=False):
-            for name, kinds in LABEL_SETS.items():
-                part = group[group.kind.isin(kinds)]
-                if part.empty:
-                    continue
-                used = (_span(table[table.method == method].layer) if way == "extreme over layers"
-                        else str(chosen[method]) if way == "layer chosen on select" else str(single_layer))
-                rows.append({"method": method, "labels": name, "layers used": way, "layers": used,
-                             "n labels": len(part), "auroc": part.auroc.mean(), "ap": part.ap.mean()})
+            used = (_span(table[table.method == method].layer) if way == "extreme over layers"
+                    else str(chosen[method]) if way == "layer chosen on select" else str(single_layer))
+            rows += [{"method": method, "labels": name, "layers used": way, "layers": used, **macro}
+                     for name, macro in label_set_macros(group).items()]
     out = pd.DataFrame(rows)
     theirs = PAPER_NOTEBOOK[PAPER_NOTEBOOK.layer == "16"].drop(columns="layer")
     out = out.merge(theirs.rename(columns={"auroc": "paper auroc", "ap": "paper ap"}), on=["method", "labels"],
@@ -227,12 +230,9 @@ def quantisation_probe(lm, input_ids: torch.Tensor, labels: pd.DataFrame, kinds:
         found = every_layer_scores(model, input_ids, labels, kinds, [layer], k=k, seed=seed, select=select,
                                    evaluate=evaluate, eigenvectors={layer: eig["evecs"].numpy()}, methods=("pca",))
         for method, group in found.table.groupby("method", sort=False):
-            for name, label_kinds in LABEL_SETS.items():
-                part = group[group.kind.isin(label_kinds)]
-                if len(part):
-                    rows.append({"weights": "as loaded" if width is None else f"+ {width}-bit round to nearest",
-                                 "bits": width, "added error": added, "method": method, "labels": name,
-                                 "auroc": part.auroc.mean(), "ap": part.ap.mean()})
+            rows += [{"weights": "as loaded" if width is None else f"+ {width}-bit round to nearest", "bits": width,
+                      "added error": added, "method": method, "labels": name, "auroc": macro["auroc"],
+                      "ap": macro["ap"]} for name, macro in label_set_macros(group).items()]
     return pd.DataFrame(rows)
 
 
