@@ -44,9 +44,9 @@ seed = 0
 n_per_tag = 8            # contexts per part of speech (paper: 128)
 context_len = 64         # Gemma tokens before the target word (no BOS)
 layers = [16]            # decoder layers to analyse (paper: all 18, best reported)
-n_eigs = 25              # eNTK directions = PCA components = random directions
+n_eigs = 25              # eNTK directions; also the number of PCA components and random directions
 lanczos_steps = 50
-min_positives = 6        # morphological features need this many positives (paper: 30 at N = 1024)
+min_positives = 6        # morphological features need this many positives (paper: 30 with 1024 contexts)
 min_per_half = 4         # a label compared needs this many positives and negatives in each half
 n_splits = 200           # fresh half-splits behind every interval and test (each redoes every choice)
 n_boot = None            # old name of n_splits (bootstrap resamples until 2026-12)

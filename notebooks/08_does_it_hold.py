@@ -51,7 +51,7 @@ n_per_tag = 8                 # contexts per part of speech (paper: 128)
 context_len = 64
 n_eigs = 25                   # directions per method and layer
 lanczos_steps = 50
-min_positives = 6             # paper: 30 at N = 1024
+min_positives = 6             # paper: 30 with 1024 contexts
 min_per_half = 4
 second_tagger = True          # relabel the first model's contexts with the second tagger
 quantisation_bits = [3, 2]    # requantise the first model to these widths ([]: skip the probe)

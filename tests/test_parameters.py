@@ -39,6 +39,15 @@ def test_declared_parameters_read_every_assignment_of_the_parameters_cell(tmp_pa
                                                       "derived": "n_eigs * 2"}
 
 
+@pytest.mark.parametrize("name", sorted(VALIDATORS))
+def test_papermill_infers_every_declared_parameter(name):
+    """papermill's own reading of the parameters cell (``--help-notebook``, its warnings) finds
+    every name ours does: a line it cannot parse is reported as an unknown parameter."""
+    from papermill.inspection import inspect_notebook
+    inferred = set(inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+    assert inferred == set(defaults(name))
+
+
 def test_an_unknown_name_is_rejected_with_the_valid_names():
     notebook = NOTEBOOKS / "01_mlp_modular_addition.ipynb"
     with pytest.raises(ValueError, match=r"unknown parameter 'stepz' for notebook 01_mlp_modular_addition.ipynb; "
