@@ -100,14 +100,25 @@ define profile-run
 	$(PY) -m entk_utils.io.report
 endef
 
+# The finder comparisons of the two N = 1024 runs of notebook 03 in one table (a run not made
+# yet is left out), then the documents' regions refreshed.
+define side-by-side
+	$(PY) -m entk_utils.experiments.replication side-by-side paper_figures/replication/table8_models \
+	  "Gemma-3-270M, layer 16=paper_figures/gemma_n1024_layer16" \
+	  "SmolLM2-135M-Instruct, layer 27=paper_figures/smollm2_n1024_layer27"
+	$(PY) -m entk_utils.io.report
+endef
+
 # Notebook 03 at the paper's N = 1024, layer 16 only (about an hour on a 2-core CPU).
 gemma-n1024: $(STAMP)
 	$(call profile-run,03_gemma_tinystories,paper16,gemma_n1024_layer16)
+	$(side-by-side)
 
 # Notebook 03's pipeline on SmolLM2-135M-Instruct at N = 1024, layer 27 of 30 (about 1.5
 # hours on a 2-core CPU).
 smollm2-n1024: $(STAMP)
 	$(call profile-run,03_gemma_tinystories,smollm2,smollm2_n1024_layer27)
+	$(side-by-side)
 
 # Notebook 08 with its paper profile: Table 3 over every layer for Gemma and SmolLM2 at N = 1024,
 # the tagger and quantisation probes (after gemma-n1024 and smollm2-n1024, whose contexts and

@@ -191,3 +191,45 @@ def test_the_tagger_effect_scores_both_labellings_and_leaves_out_a_tag_one_tagge
     row = table[(table.label == "NOUN") & (table.method == "entk")].iloc[0]
     assert row["spaCy"] > 0.8 and row["difference"] == pytest.approx(row["second tagger"] - row["spaCy"])
     assert row["taggers agree"] == pytest.approx(np.mean([a == b for a, b in zip(upos, other) if "NOUN" in (a, b)]))
+
+
+def notebook_03_run(folder, entk, others, tests):
+    """A notebook 03 output folder with a finder table (``{method: auroc}``) and its tests
+    (``[(method, label, entk minus method, p_holm)]``)."""
+    folder.mkdir()
+    rows = [{"method": m, "auroc": a, "auroc low": a - .02, "auroc high": a + .02, "ap": a / 2}
+            for m, a in {"entk": entk, **others}.items()]
+    pd.DataFrame(rows).to_csv(folder / replication.FINDERS_TABLE, index=False)
+    pd.DataFrame(tests, columns=["method", "label", "entk minus method auroc", "p_holm"]).to_csv(
+        folder / replication.TESTS_TABLE, index=False)
+    return folder
+
+
+def test_side_by_side_puts_each_methods_runs_together_with_the_entks_lead_and_significant_labels(tmp_path):
+    a = notebook_03_run(tmp_path / "a", .80, {"pca": .70, "logistic": .95},
+                        [("pca", "NOUN", .10, .001), ("pca", "VERB", -.05, .01), ("pca", "DET", .20, .2)])
+    b = notebook_03_run(tmp_path / "b", .75, {"pca": .74, "logistic": .90},
+                        [("pca", "NOUN", .01, .5), ("pca", "VERB", .02, .6)])
+    table = replication.side_by_side({"A": a, "B": b})
+    assert list(zip(table.method, table.model)) == [("entk", "A"), ("entk", "B"), ("pca", "A"), ("pca", "B"),
+                                                    ("logistic", "A"), ("logistic", "B")]
+    pca = table[table.method == "pca"].set_index("model")
+    assert pca["entk minus method"].round(3).tolist() == [.10, .01]
+    assert pca["labels"].tolist() == [3, 2]
+    assert pca["labels eNTK better (Holm 5%)"].tolist() == [1, 0]
+    assert pca["labels eNTK worse (Holm 5%)"].tolist() == [1, 0]
+    assert table[table.method == "logistic"]["labels eNTK better (Holm 5%)"].isna().all()
+
+
+def test_side_by_side_names_the_missing_table_and_the_command_leaves_out_a_run_not_yet_made(tmp_path, capsys):
+    a = notebook_03_run(tmp_path / "a", .80, {"pca": .70}, [("pca", "NOUN", .10, .001)])
+    with pytest.raises(FileNotFoundError, match=r"table5_finders_gemma.csv is missing: run notebook 03 with B's"):
+        replication.side_by_side({"A": a, "B": tmp_path / "none"})
+    out = tmp_path / "out" / "models"
+    assert replication.main(["side-by-side", str(out), f"A={a}", f"B={tmp_path / 'none'}"]) == 0
+    assert "B: no table5_finders_gemma.csv" in capsys.readouterr().err
+    written = pd.read_csv(out.with_suffix(".csv"))
+    assert set(written.model) == {"A"} and "| pca " in out.with_suffix(".md").read_text()
+    assert replication.main(["side-by-side", str(out), f"B={tmp_path / 'none'}"]) == 1
+    with pytest.raises(SystemExit):
+        replication.main(["side-by-side", str(out), "no-equals-sign"])

@@ -20,6 +20,7 @@ from ..features.significance import LEVEL
 from ..kernels.eigen import fix_signs
 from ..kernels.operators import layer_entk_operator, resolve_weights
 from ..settings.language import ContextDataset, LoadedModel, residual_stream
+from .baselines import significant_labels
 from .eigenpairs import cached_layer_eigenpairs
 
 # The direction-finding methods every table compares (in this order).
@@ -134,10 +135,9 @@ def summary(table3: pd.DataFrame, resampled: Resampled, cosines: dict, best_laye
     out["layer"] = [best_layer[m] for m in out.index]
     out["layer chosen in share of splits"] = [float(np.mean(resampled.layers[:, resampled.methods.index(m)] ==
                                                             best_layer[m])) for m in out.index]
-    significant = tests[tests.p_holm < level]
-    for column, sign in ((f"labels eNTK better (Holm {level:.0%})", 1), (f"labels eNTK worse (Holm {level:.0%})", -1)):
-        counts = significant[np.sign(significant["entk minus method auroc"]) == sign].groupby("method").size()
-        out[column] = [counts.get(m, 0) if m in set(tests.method) else np.nan for m in out.index]
+    counts = significant_labels(tests, level)
+    for side in ("better", "worse"):
+        out[f"labels eNTK {side} (Holm {level:.0%})"] = counts[f"eNTK {side}"].reindex(out.index)
     return out
 
 

@@ -13,7 +13,12 @@ our rule (one layer per method, chosen on the select half).
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,19 +28,20 @@ from ..features.directions import entk_scores
 from ..features.finders import FinderInputs, find_directions
 from ..features.labels import comparable_labels
 from ..features.scoring import score_directions, stratified_halves
+from ..features.significance import LEVEL
 from ..io import checks
 from ..kernels.operators import unembedding_metric
 from ..settings import language
 from ..settings.language import quantisation
 from ..settings.language.activations import residual_streams
-from .baselines import PAPER_LAYER16
+from .baselines import PAPER_LAYER16, significant_labels
 from .eigenpairs import cached_layer_eigenpairs, eigenpairs_key
 from .gemma import LayerScores, chosen_layers
 
 __all__ = ["LABEL_SETS", "LAYER_METHODS", "PAPER_NOTEBOOK", "REPLICATION_NOTEBOOK", "LayerScores", "Setting",
            "check_notebook", "every_layer_scores", "extrapolated", "label_set_macros", "layer_extreme", "layer_figure",
-           "quantisation_probe", "same_depth_layer", "score_directions", "setting", "setting_scores", "step_ratio",
-           "subset", "table3_over_layers", "tagger_effect"]
+           "quantisation_probe", "same_depth_layer", "score_directions", "setting", "setting_scores", "side_by_side",
+           "step_ratio", "subset", "table3_over_layers", "tagger_effect"]
 
 LAYER_METHODS = ("pca", "ica", "random")
 # The authors' notebook (Gemma-3-270M base, float32, Stanza tags, N = 1024, 25 directions):
@@ -333,3 +339,69 @@ def layer_figure(per_model: dict[str, pd.DataFrame], labels: str = "parts of spe
         ax.set(title=name, xlabel="layer", ylabel=f"macro AUROC, {labels}")
         ax.legend(fontsize=8)
     return fig
+
+
+# The files of a notebook 03 run that :func:`side_by_side` reads (its ``study.save`` names).
+FINDERS_TABLE, TESTS_TABLE = "table5_finders_gemma.csv", "table5_finders_gemma_tests.csv"
+
+
+def side_by_side(runs: Mapping[str, str | os.PathLike], level: float = LEVEL) -> pd.DataFrame:
+    """The finder comparison of several notebook 03 runs side by side (``runs``: a name per
+    run's output folder, holding :data:`FINDERS_TABLE` and :data:`TESTS_TABLE`). One row per
+    method and run, methods in the runs' order: the number of labels, the macro AUROC over the
+    resampled splits with its interval, the AP, the eNTK's macro lead (its AUROC minus the method's) and the labels on
+    which the paired test finds the eNTK better / worse (the run's finder tests, Holm over its
+    labels x methods at ``level``; missing for methods not tested against it)."""
+    frames = []
+    for name, folder in runs.items():
+        paths = [Path(folder) / FINDERS_TABLE, Path(folder) / TESTS_TABLE]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: run notebook 03 with {name}'s profile into {folder} first")
+        finders, tests = (pd.read_csv(path) for path in paths)
+        if "entk" not in set(finders.method):
+            raise ValueError(f"{paths[0]} has no eNTK row to compare with")
+        entk = finders.set_index("method").auroc["entk"]
+        rows = finders[["method", "auroc", "auroc low", "auroc high", "ap"]].assign(
+            model=name, labels=tests.label.nunique(), **{"entk minus method": entk - finders.auroc})
+        counts = significant_labels(tests, level)[["eNTK better", "eNTK worse"]].astype("Int64")
+        frames.append(rows.join(counts.rename(columns=lambda c: f"labels {c} (Holm {level:.0%})"), on="method"))
+    out = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(out.method))
+    out["_order"] = out.method.map(order.index)
+    out = out.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return out[["method", "model"] + [c for c in out.columns if c not in ("method", "model")]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m entk_utils.experiments.replication side-by-side OUT NAME=FOLDER ...``: write
+    :func:`side_by_side` of the named notebook 03 runs to ``OUT.csv`` and ``OUT.md``; a run
+    whose folder lacks its tables is left out with a message (0 runs left: exit status 1)."""
+    from ..io.plotting import save_table
+
+    parser = argparse.ArgumentParser(prog="python -m entk_utils.experiments.replication")
+    sub = parser.add_subparsers(dest="command", required=True)
+    side = sub.add_parser("side-by-side", help="the finder comparison of notebook 03 runs, one table")
+    side.add_argument("out", type=Path, help="the table's path without suffix (.csv and .md are written)")
+    side.add_argument("runs", nargs="+", metavar="NAME=FOLDER", help="a name and a notebook 03 output folder")
+    args = parser.parse_args(argv)
+    runs = {}
+    for run in args.runs:
+        name, sep, folder = run.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"a run must be NAME=FOLDER, got {run!r}")
+        if (Path(folder) / FINDERS_TABLE).is_file():
+            runs[name] = folder
+        else:
+            print(f"{name}: no {FINDERS_TABLE} in {folder}; left out", file=sys.stderr)
+    if not runs:
+        print("no run to compare", file=sys.stderr)
+        return 1
+    table = side_by_side(runs)
+    save_table(table.astype(object).where(table.notna(), ""), args.out.name, args.out.parent)
+    print(f"{args.out}.md: {', '.join(runs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

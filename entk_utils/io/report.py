@@ -59,6 +59,7 @@ SECTIONS: dict[str, Source] = {
     "replication-smollm2": ("paper_figures/replication/table8_layers_smollm2.md", REPLICATION_COLUMNS),
     "replication-tagger": "paper_figures/replication/table8_tagger.md",
     "replication-quantisation": "paper_figures/replication/table8_quantisation_extrapolated.md",
+    "replication-models": "paper_figures/replication/table8_models.md",
     "smollm2-n1024-summary": "paper_figures/smollm2_n1024_layer27/summary_gemma.md",
     "smollm2-n1024-finders": "paper_figures/smollm2_n1024_layer27/table5_finders_gemma.md",
     "smollm2-n1024-discovery": "paper_figures/smollm2_n1024_layer27/table6_discovery_gemma.md",
