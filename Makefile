@@ -114,8 +114,8 @@ gemma-n1024: $(STAMP)
 	$(call profile-run,03_gemma_tinystories,paper16,gemma_n1024_layer16)
 	$(side-by-side)
 
-# Notebook 03's pipeline on SmolLM2-135M-Instruct at N = 1024, layer 27 of 30 (about 1.5
-# hours on a 2-core CPU).
+# Notebook 03's pipeline on SmolLM2-135M-Instruct at N = 1024, layer 27 of 30 (about an
+# hour on a 2-core CPU; 19 minutes of it the eigenpairs).
 smollm2-n1024: $(STAMP)
 	$(call profile-run,03_gemma_tinystories,smollm2,smollm2_n1024_layer27)
 	$(side-by-side)
