@@ -349,9 +349,10 @@ def side_by_side(runs: Mapping[str, str | os.PathLike], level: float = LEVEL) ->
     """The finder comparison of several notebook 03 runs side by side (``runs``: a name per
     run's output folder, holding :data:`FINDERS_TABLE` and :data:`TESTS_TABLE`). One row per
     method and run, methods in the runs' order: the number of labels, the macro AUROC over the
-    resampled splits with its interval, the AP, the eNTK's macro lead (its AUROC minus the method's) and the labels on
-    which the paired test finds the eNTK better / worse (the run's finder tests, Holm over its
-    labels x methods at ``level``; missing for methods not tested against it)."""
+    resampled splits with its interval, the AP, the eNTK's macro lead (its AUROC minus the
+    method's) and the labels on which the paired test finds the eNTK better / worse (the run's
+    finder tests, Holm over its labels x methods at ``level``; missing for methods not tested
+    against it)."""
     frames = []
     for name, folder in runs.items():
         paths = [Path(folder) / FINDERS_TABLE, Path(folder) / TESTS_TABLE]
@@ -368,8 +369,7 @@ def side_by_side(runs: Mapping[str, str | os.PathLike], level: float = LEVEL) ->
         frames.append(rows.join(counts.rename(columns=lambda c: f"labels {c} (Holm {level:.0%})"), on="method"))
     out = pd.concat(frames, ignore_index=True)
     order = list(dict.fromkeys(out.method))
-    out["_order"] = out.method.map(order.index)
-    out = out.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    out = out.sort_values("method", key=lambda m: m.map(order.index), kind="stable").reset_index(drop=True)
     return out[["method", "model"] + [c for c in out.columns if c not in ("method", "model")]]
 
 
